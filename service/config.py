@@ -1,0 +1,46 @@
+"""Runtime settings, read once from FACECHECK_* environment variables."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO_ROOT / "exports" / "default.onnx"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FACECHECK_", protected_namespaces=())
+
+    model: Path = Field(DEFAULT_MODEL, description="Exported .onnx model to serve.")
+    tta_angles: Annotated[tuple[float, ...], NoDecode] = Field((-15.0, 0.0, 15.0), description="Test-time rotations in degrees; empty disables.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted upload, in bytes.")
+    max_pixels: int = Field(40_000_000, gt=0, description="Largest accepted image, in pixels (checked before decoding).")
+    max_faces: int = Field(20, gt=0, description="Faces classified per image; further faces are reported unclassified.")
+    max_batch_files: int = Field(500, gt=0, description="Files accepted by one batch request.")
+    data_root: Path = Field(REPO_ROOT / "data", description="Folder that the batch endpoint may read from.")
+    output_root: Path | None = Field(None, description="Folder that sorted copies go to; default <data_root>/sorted.")
+    batch_size: int = Field(64, gt=0, description="Largest adaptive batch of crops.")
+    batch_latency_ms: int = Field(50, gt=0, description="Longest wait for an adaptive batch.")
+    detect_max_side: int = Field(640, ge=64, description="Detection runs on a copy no longer than this.")
+    request_timeout_s: int = Field(60, gt=0)
+
+    @field_validator("tta_angles", mode="before")
+    @classmethod
+    def _parse_angles(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(float(part) for part in value.replace(" ", "").split(",") if part)
+        return value
+
+    @property
+    def sorted_root(self) -> Path:
+        return self.output_root or self.data_root / "sorted"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,74 @@
+"""Turn untrusted bytes into an RGB image, or a clear client error.
+
+Every limit is checked before the pixels are decoded, so a decompression bomb costs a header read.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Our own pixel limit is checked explicitly; Pillow's global one would raise on its own terms.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageError(ValueError):
+    """A bad input image. `status` is the HTTP status it maps to, `reason` a short metric label."""
+
+    def __init__(self, message: str, status: int = 400, reason: str = "not_an_image") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Decode `data` into an RGB image with EXIF orientation applied."""
+    if not data:
+        raise ImageError("empty upload: no image bytes received", 400, "empty")
+    if len(data) > max_bytes:
+        raise ImageError(f"upload is {len(data)} bytes; the limit is {max_bytes}", 413, "too_many_bytes")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageError(f"not a recognised image format ({exc.__class__.__name__})") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}", 413, "too_many_pixels")
+    if width < 1 or height < 1:
+        raise ImageError("image has no pixels", 400, "empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+        image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, EOFError) as exc:
+        raise ImageError(f"image data is truncated or corrupt ({exc})", 400, "corrupt") from exc
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for every mode Pillow decodes: palette, grayscale, alpha, CMYK and 16-bit included."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float32)
+        top = max(float(array.max()), 1.0)
+        scale = 255.0 / (65535.0 if top > 255 else 255.0)
+        return Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float32)
+        return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def read_image_file(path: str, max_bytes: int, max_pixels: int) -> Image.Image:
+    with open(path, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    return decode_image(data, max_bytes, max_pixels)

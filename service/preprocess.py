@@ -1,0 +1,76 @@
+"""The preprocessing contract: how a face becomes the model's input tensor.
+
+Training, export, evaluation and the service all build inputs through this module.
+"""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, Field
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "box": Image.Resampling.BOX,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class PreprocessSpec(BaseModel):
+    """Everything between a decoded photo and the model's NCHW float32 input."""
+
+    input_size: int = Field(128, ge=16, le=1024)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop_mode: Literal["face", "whole"] = "face"
+    margin: float = Field(0.3, ge=0.0, le=2.0, description="Extra context around the face box, as a fraction of its side.")
+    resize_filter: Literal["nearest", "box", "bilinear", "bicubic", "lanczos"] = "bicubic"
+
+    def cache_key(self) -> str:
+        return f"{self.crop_mode}-{self.input_size}-{self.margin:.3f}-{self.resize_filter}"
+
+
+def square_box(box: Sequence[float], margin: float) -> tuple[int, int, int, int]:
+    """A square around `box` whose side is the box's longer side times (1 + margin)."""
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1) * (1.0 + margin)
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    left, top = round(cx - side / 2.0), round(cy - side / 2.0)
+    size = max(1, round(side))
+    return left, top, left + size, top + size
+
+
+def crop_face(image: Image.Image, box: Sequence[float] | None, spec: PreprocessSpec) -> Image.Image:
+    """The model's view of one face; `box=None` (no face found) or whole-image mode uses the whole photo.
+
+    Parts of the square that fall outside the photo are black, as Pillow pads them.
+    """
+    if box is None or spec.crop_mode == "whole":
+        region = image
+    else:
+        region = image.crop(square_box(box, spec.margin))
+    return region.resize((spec.input_size, spec.input_size), RESAMPLE[spec.resize_filter])
+
+
+def rotate(crop: Image.Image, angle: float) -> Image.Image:
+    """One test-time (or training-time) rotation of a crop, in degrees counter-clockwise."""
+    if angle == 0:
+        return crop
+    return crop.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
+
+
+def to_input(crops: Sequence[Image.Image] | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Stack RGB crops (PIL images or uint8 NHWC) into a normalised float32 NCHW batch."""
+    if isinstance(crops, np.ndarray):
+        batch = crops
+    else:
+        batch = np.stack([np.asarray(crop, dtype=np.uint8) for crop in crops])
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(1, 3, 1, 1)
+    nchw = batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+    return np.ascontiguousarray((nchw - mean) / std, dtype=np.float32)

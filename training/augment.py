@@ -1,0 +1,55 @@
+"""Training-time augmentation of face crops: flips, rotation, lighting, blur, resize and JPEG re-encoding.
+
+Blur, random resizing and JPEG re-encoding keep a detector from learning a dataset's resolution or
+compression instead of the face (the sets here differ in both).
+"""
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+from pydantic import BaseModel, Field
+
+from service.preprocess import RESAMPLE, rotate
+
+
+class AugmentSpec(BaseModel):
+    flip: float = Field(0.5, ge=0, le=1)
+    rotation: float = Field(15.0, ge=0, le=180, description="degrees, uniform in [-r, r]")
+    lighting: float = Field(0.2, ge=0, le=1, description="brightness/contrast/saturation jitter")
+    blur: float = Field(0.2, ge=0, le=1, description="probability of a Gaussian blur, sigma 0.1-1.5")
+    resize: float = Field(0.3, ge=0, le=1, description="probability of a down-and-up resize, scale 0.4-0.9")
+    jpeg: float = Field(0.5, ge=0, le=1, description="probability of JPEG re-encoding, quality 50-95")
+
+
+def augment(crop: np.ndarray, spec: AugmentSpec, rng: random.Random) -> np.ndarray:
+    image = Image.fromarray(crop)
+    if rng.random() < spec.flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if spec.rotation:
+        image = rotate(image, rng.uniform(-spec.rotation, spec.rotation))
+    if spec.lighting:
+        for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+            image = enhance(image).enhance(rng.uniform(1 - spec.lighting, 1 + spec.lighting))
+    if rng.random() < spec.blur:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.1, 1.5)))
+    if rng.random() < spec.resize:
+        image = _down_up(image, rng.uniform(0.4, 0.9), rng)
+    if rng.random() < spec.jpeg:
+        image = _jpeg(image, rng.randint(50, 95))
+    return np.asarray(image)
+
+
+def _down_up(image: Image.Image, scale: float, rng: random.Random) -> Image.Image:
+    size = image.size
+    small = (max(8, round(size[0] * scale)), max(8, round(size[1] * scale)))
+    filters = list(RESAMPLE.values())
+    return image.resize(small, rng.choice(filters)).resize(size, rng.choice(filters))
+
+
+def _jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")

