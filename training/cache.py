@@ -1,6 +1,7 @@
-"""The face-crop cache: MTCNN runs once per image file and detector setting, crops once per preprocessing spec.
+"""The face-crop cache: MTCNN runs once per image and detector setting, cropping once per preprocessing spec.
 
-Entries are keyed by the file's sha256, so renamed or moved files hit the cache and edited ones miss it.
+Detections are keyed by the decoded pixels, so the service's own pipeline can use them through
+`CachingDetector` and give exactly what a live MTCNN gives. Crops are keyed by the file's bytes.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
 from service.config import get_settings
@@ -23,6 +24,30 @@ from service.preprocess import PreprocessSpec, crop_face
 from training.data import Sample
 
 DEFAULT_CACHE = Path(os.environ.get("FACECHECK_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+
+
+def default_detector_settings() -> DetectorSettings:
+    return DetectorSettings(max_side=get_settings().detect_max_side)
+
+
+class CachingDetector:
+    """A FaceDetector that remembers its answers on disk. MTCNN itself is loaded only on a miss."""
+
+    def __init__(self, root: Path = DEFAULT_CACHE, settings: DetectorSettings | None = None) -> None:
+        self.settings = settings or default_detector_settings()
+        self.folder = Path(root) / "faces" / self.settings.cache_key()
+        self._detector: FaceDetector | None = None
+
+    def detect(self, image: Image.Image) -> list[Face]:
+        digest = hashlib.sha256(f"{image.size}{image.mode}".encode() + image.tobytes()).hexdigest()
+        path = self.folder / digest[:2] / f"{digest}.json"
+        if path.exists():
+            return [Face(tuple(f["box"]), f["score"]) for f in json.loads(path.read_text())["faces"]]
+        if self._detector is None:
+            self._detector = FaceDetector(self.settings)
+        faces = self._detector.detect(image)
+        _write_atomic(path, json.dumps({"faces": [{"box": list(f.box), "score": f.score} for f in faces]}).encode())
+        return faces
 
 
 @dataclass
@@ -42,7 +67,7 @@ class CropSet:
 class CropCache:
     def __init__(self, root: Path = DEFAULT_CACHE, detector: DetectorSettings | None = None) -> None:
         self.root = Path(root)
-        self.detector = detector or DetectorSettings(max_side=get_settings().detect_max_side)
+        self.detector = detector or default_detector_settings()
 
     def crop_set(self, samples: list[Sample], spec: PreprocessSpec, workers: int = 2, desc: str = "crops") -> CropSet:
         """Crops for `samples`, detecting and cropping only what the cache lacks."""
@@ -74,48 +99,34 @@ def _single_thread() -> None:
     torch.set_num_threads(1)
 
 
-_DETECTORS: dict[DetectorSettings, FaceDetector] = {}
-
-
-def _detector(settings: DetectorSettings) -> FaceDetector:
-    if settings not in _DETECTORS:
-        _DETECTORS[settings] = FaceDetector(settings)
-    return _DETECTORS[settings]
+_DETECTORS: dict[tuple[Path, DetectorSettings], CachingDetector] = {}
 
 
 def _crop_one(arg: tuple[Path, str, Path, DetectorSettings]) -> tuple[np.ndarray | None, bool, str]:
-    path, spec_json, root, detector = arg
+    path, spec_json, root, settings = arg
     spec = PreprocessSpec.model_validate_json(spec_json)
     data = Path(path).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    crop_file = root / "crops" / detector.cache_key() / spec.cache_key() / digest[:2] / f"{digest}.png"
-    faces_file = root / "faces" / detector.cache_key() / digest[:2] / f"{digest}.json"
-    if crop_file.exists() and faces_file.exists():
-        faces = json.loads(faces_file.read_text())
-        return np.asarray(Image.open(crop_file).convert("RGB")), bool(faces["faces"]), ""
+    crop_file = root / "crops" / settings.cache_key() / spec.cache_key() / digest[:2] / f"{digest}.png"
+    if crop_file.exists():
+        stored = Image.open(crop_file)
+        return np.asarray(stored.convert("RGB")), stored.info.get("face_found") == "1", ""
     try:
         image = decode_image(data, max_bytes=len(data) + 1, max_pixels=get_settings().max_pixels)
     except ImageError as exc:
         return None, False, str(exc)
-    faces = _cached_faces(image, faces_file, detector)
+    detector = _DETECTORS.setdefault((root, settings), CachingDetector(root, settings))
+    faces = detector.detect(image) if spec.crop_mode == "face" else []
     crop = crop_face(image, faces[0].box if faces else None, spec)
-    _write_atomic(crop_file, _png(crop))
+    _write_atomic(crop_file, _png(crop, face_found=bool(faces)))
     return np.asarray(crop), bool(faces), ""
 
 
-def _cached_faces(image: Image.Image, faces_file: Path, settings: DetectorSettings) -> list[Face]:
-    if faces_file.exists():
-        stored = json.loads(faces_file.read_text())["faces"]
-        return [Face(tuple(f["box"]), f["score"]) for f in stored]
-    faces = _detector(settings).detect(image)
-    payload = {"faces": [{"box": list(f.box), "score": f.score} for f in faces]}
-    _write_atomic(faces_file, json.dumps(payload).encode())
-    return faces
-
-
-def _png(image: Image.Image) -> bytes:
+def _png(image: Image.Image, face_found: bool) -> bytes:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("face_found", "1" if face_found else "0")
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
 
 

@@ -1,0 +1,62 @@
+"""The exported classifier under ONNX Runtime: CUDA when present, CPU otherwise."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from service.contract import ModelCard, ModelLoadError, card_from_metadata
+
+log = logging.getLogger(__name__)
+
+
+def providers_for(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise ModelLoadError(f"FACECHECK_DEVICE=cuda but this onnxruntime offers only {available}")
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [p for p in wanted if p in available]
+
+
+class OnnxClassifier:
+    """Fake probabilities for a batch of preprocessed crops (NCHW float32)."""
+
+    def __init__(self, path: Path | str, device: str = "auto") -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelLoadError(f"model file not found: {self.path}")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers_for(device))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types for a bad file
+            raise ModelLoadError(f"{self.path} is not a loadable ONNX model: {exc}") from exc
+        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise ModelLoadError("FACECHECK_DEVICE=cuda but ONNX Runtime could not start its CUDA provider (no GPU or CUDA libraries)")
+        self.card: ModelCard = card_from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
+        self.input_name = self._check_input()
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def _check_input(self) -> str:
+        (model_input,) = self.session.get_inputs()
+        size = self.card.preprocess.input_size
+        shape = model_input.shape
+        if len(shape) != 4 or shape[1] != 3 or shape[2:] != [size, size]:
+            raise ModelLoadError(f"{self.path}: input shape {shape} does not match the card's 3x{size}x{size}")
+        return model_input.name
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) == 0:
+            return np.zeros(0, dtype=np.float32)
+        (probs,) = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        return probs.reshape(-1)

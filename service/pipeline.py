@@ -1,0 +1,86 @@
+"""One image's way through the model: faces -> crops -> rotations -> probabilities -> a result.
+
+`prepare` and `assemble` are split so the service can send the crops of many requests to one batched
+ONNX Runtime call in between; `run` joins them for in-process callers (CLI, evaluation, benchmarks).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from service.contract import ModelCard
+from service.faces import Face, FaceDetector
+from service.preprocess import crop_face, rotate, to_input
+from service.schemas import FaceResult, ImageResult, ModelInfo
+
+Classify = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Prepared:
+    file: str
+    faces: list[Face]
+    classified: int  # faces sent to the model; the whole image counts as one when no face was found
+    inputs: np.ndarray  # (units * angles, 3, H, W)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(self, card: ModelCard, detector: FaceDetector, angles: Sequence[float] = (-15.0, 0.0, 15.0), max_faces: int = 20) -> None:
+        self.card = card
+        self.detector = detector
+        self.angles = tuple(angles) or (0.0,)
+        self.max_faces = max_faces
+        self.model_info = ModelInfo(name=card.name, version=card.version, architecture=card.architecture, threshold=card.threshold)
+
+    def prepare(self, image: Image.Image, file: str = "", timings_ms: dict[str, float] | None = None) -> Prepared:
+        timings = dict(timings_ms or {})
+        started = time.perf_counter()
+        faces = self.detector.detect(image) if self.card.preprocess.crop_mode == "face" else []
+        timings["detect"] = _ms_since(started)
+        started = time.perf_counter()
+        boxes = [face.box for face in faces[: self.max_faces]] or [None]
+        crops = [rotate(crop_face(image, box, self.card.preprocess), angle) for box in boxes for angle in self.angles]
+        timings["crop"] = _ms_since(started)
+        return Prepared(file, faces, len(boxes) if faces else 0, to_input(crops, self.card.preprocess), timings)
+
+    def assemble(self, prepared: Prepared, probs: np.ndarray, classify_ms: float = 0.0) -> ImageResult:
+        per_unit = np.asarray(probs, dtype=np.float64).reshape(-1, len(self.angles))
+        tta = [{f"{angle:g}": float(p) for angle, p in zip(self.angles, row)} for row in per_unit]
+        means = per_unit.mean(axis=1)
+        faces = [self._face(face, index, means, tta) for index, face in enumerate(prepared.faces)]
+        image_probability = float(means.max())
+        return ImageResult(
+            file=prepared.file,
+            verdict=self._label(image_probability),
+            fake_probability=image_probability,
+            face_found=bool(prepared.faces),
+            faces=faces,
+            faces_unclassified=len(prepared.faces) - prepared.classified,
+            whole_image=None if prepared.faces else tta[0],
+            model=self.model_info,
+            timings_ms={**prepared.timings_ms, "classify": classify_ms},
+        )
+
+    def run(self, image: Image.Image, classify: Classify, file: str = "", timings_ms: dict[str, float] | None = None) -> ImageResult:
+        prepared = self.prepare(image, file, timings_ms)
+        started = time.perf_counter()
+        probs = classify(prepared.inputs)
+        return self.assemble(prepared, probs, _ms_since(started))
+
+    def _face(self, face: Face, index: int, means: np.ndarray, tta: list[dict[str, float]]) -> FaceResult:
+        if index >= self.max_faces:
+            return FaceResult(box=face.box, detection_score=face.score, fake_probability=None, label=None, classified=False)
+        probability = float(means[index])
+        return FaceResult(box=face.box, detection_score=face.score, fake_probability=probability, label=self._label(probability), tta=tta[index])
+
+    def _label(self, probability: float) -> str:
+        return "fake" if probability >= self.card.threshold else "real"
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 3)

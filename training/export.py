@@ -1,0 +1,220 @@
+"""Export a training checkpoint to ONNX with its preprocessing contract inside.
+
+    python -m training.export --checkpoint runs/default/best.pt --name default \
+        --data ../shared/data/tpdne128 --data ../shared/data/rff --data ../shared/data/utk-real
+
+Writes exports/<name>.onnx (dynamic batch axis, NCHW float32 in, probability of fake out), the model
+card exports/<name>.json and, when data is given, exports/<name>.split.json. With data, the threshold
+is chosen on the validation split and the card records test metrics per dataset, both measured through
+the service's own pipeline with its default test-time rotations.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import logging
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from service.config import REPO_ROOT, get_settings
+from service.contract import CARD_KEY, ModelCard, card_path
+from service.onnx_model import OnnxClassifier
+from service.preprocess import PreprocessSpec, to_input
+from training.cache import CropCache
+from training.data import DatasetError, Split, scan_dataset
+from training.metrics import balanced_accuracy_threshold, binary_metrics
+from training.models import MODELS
+
+log = logging.getLogger("training.export")
+PARITY_TOLERANCE = 1e-4
+PARITY_BATCHES = (1, 3, 16)
+
+
+class ExportError(RuntimeError):
+    """The export was refused: nothing was written."""
+
+
+class ProbabilityModel(nn.Module):
+    """The classifier with its sigmoid inside, so every consumer reads the same number."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(x)).reshape(-1)
+
+
+def export_model(model: nn.Module, card: ModelCard, out_dir: Path, real_crops: np.ndarray | None = None) -> Path:
+    """Write <out_dir>/<card.name>.onnx and its card .json after checking them; refuse on any mismatch."""
+    wrapped = ProbabilityModel(model).eval().cpu()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{card.name}.onnx"
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / target.name
+        _to_onnx(wrapped, card.preprocess.input_size, staged)
+        _attach_card(staged, card)
+        worst = parity(wrapped, staged, card.preprocess, real_crops)
+        if worst > PARITY_TOLERANCE:
+            raise ExportError(f"ONNX and PyTorch differ by {worst:.2e} (> {PARITY_TOLERANCE}) in fake probability; nothing written")
+        staged.replace(target)
+    write_card_json(target, card)
+    log.info("wrote %s (max |onnx - torch| = %.1e)", target, worst)
+    return target
+
+
+def _to_onnx(wrapped: nn.Module, size: int, path: Path) -> None:
+    example = torch.zeros(2, 3, size, size)
+    names = {"input_names": ["input"], "output_names": ["fake_probability"]}
+    try:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        torch.onnx.export(wrapped, (example,), str(path), dynamo=True, dynamic_shapes=({0: batch},), opset_version=18, verbose=False, **names)
+    except Exception as exc:  # noqa: BLE001 - fall back to the TorchScript exporter for graphs dynamo cannot trace
+        log.warning("dynamo export failed (%s); using the TorchScript exporter", exc.__class__.__name__)
+        torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=17,
+                          dynamic_axes={"input": {0: "batch"}, "fake_probability": {0: "batch"}}, **names)
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _attach_card(path: Path, card: ModelCard) -> None:
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    entries = {CARD_KEY: card.model_dump_json(), "name": card.name, "version": card.version,
+               "architecture": card.architecture, "threshold": str(card.threshold),
+               "input_size": str(card.preprocess.input_size), "class_names": ",".join(card.class_names)}
+    for key, value in entries.items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    proto.doc_string = f"facecheck {card.name} {card.version}: {card.output}"
+    onnx.save(proto, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def parity(wrapped: nn.Module, path: Path, spec: PreprocessSpec, real_crops: np.ndarray | None) -> float:
+    """Largest |ONNX - PyTorch| fake probability over random and real inputs at several batch sizes."""
+    session = OnnxClassifier(path, device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for batch in PARITY_BATCHES:
+        inputs = [torch.randn(batch, 3, spec.input_size, spec.input_size, generator=generator).numpy()]
+        if real_crops is not None and len(real_crops):
+            inputs.append(to_input(real_crops[:batch], spec))
+        for x in inputs:
+            with torch.no_grad():
+                expected = wrapped(torch.from_numpy(x)).numpy()
+            worst = max(worst, float(np.abs(session.predict(x) - expected).max()))
+    return worst
+
+
+def write_card_json(onnx_path: Path, card: ModelCard) -> None:
+    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    card_path(onnx_path).write_text(card.model_copy(update={"sha256": digest}).model_dump_json(indent=2) + "\n")
+
+
+def evaluate_through_service(onnx_path: Path, split: Split, folders: Sequence[Path], angles: Sequence[float]) -> tuple[float, dict[str, Any]]:
+    """Choose the threshold on validation, then measure each dataset's test split, as the service would."""
+    from training.evaluate import predict_onnx
+
+    samples = [s for folder in folders for s in scan_dataset(folder)]
+    val = predict_onnx(onnx_path, split.select(samples, "val"), angles, device="cpu", desc="validation")
+    threshold = balanced_accuracy_threshold(val.labels, val.probs)
+    metrics: dict[str, Any] = {}
+    for folder in folders:
+        name = Path(folder).name
+        test = predict_onnx(onnx_path, split.select([s for s in samples if s.dataset == name], "test"), angles, device="cpu", desc=f"test {name}")
+        metrics[name] = binary_metrics(test.labels, test.probs, threshold) | {"faces_found": int(test.face_found.sum())}
+    return threshold, metrics
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="best.pt from python -m training.train")
+    p.add_argument("--name", required=True, help="export name: writes <out>/<name>.onnx and <name>.json")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "exports", help="folder for the export (default: exports/)")
+    p.add_argument("--data", type=Path, action="append", default=[], help="dataset folders of the checkpoint's split: enables threshold choice and test metrics")
+    p.add_argument("--tta", default=",".join(f"{a:g}" for a in get_settings().tta_angles), help="rotations used for threshold and metrics (the service's default)")
+    p.add_argument("--version", help="model version (default: <date>-<weights digest>)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("onnxscript").setLevel(logging.WARNING)
+    args = parse_args(argv)
+    try:
+        return _export(args)
+    except (ExportError, DatasetError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _export(args: argparse.Namespace) -> int:
+    from training.evaluate import load_checkpoint
+
+    if not args.checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    if state.get("model_name") not in MODELS:
+        raise ExportError(f"{state.get('model_name')!r} is not an exportable network (exportable: {', '.join(MODELS)})")
+    model, state = load_checkpoint(args.checkpoint, torch.device("cpu"))
+    spec = PreprocessSpec.model_validate(state["preprocess"])
+    weights_digest = hashlib.sha256(b"".join(t.detach().numpy().tobytes() for t in model.state_dict().values())).hexdigest()
+    card = ModelCard(
+        name=args.name, architecture=state["model_name"], preprocess=spec,
+        version=args.version or f"{dt.date.today():%Y.%m.%d}-{weights_digest[:8]}",
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        threshold=float(state.get("threshold", 0.5)), threshold_rule=state.get("threshold_rule", "default 0.5"),
+        training=_training_info(state, args.checkpoint),
+        command="python -m training.export " + shlex.join(sys.argv[1:]),
+    )
+    split_file = args.checkpoint.parent / "split.json"
+    real_crops = None
+    if args.data:
+        split = Split.load(split_file)
+        samples = [s for folder in args.data for s in scan_dataset(folder)]
+        real_crops = CropCache().crop_set(split.select(samples, "val")[:64], spec, desc="parity crops").crops
+        card.training["split_sizes"] = split.sizes()
+    path = export_model(model, card, args.out, real_crops)
+    if args.data:
+        angles = tuple(float(a) for a in args.tta.split(",") if a.strip())
+        threshold, metrics = evaluate_through_service(path, split, args.data, angles)
+        card = card.model_copy(update={"threshold": threshold, "metrics": metrics, "threshold_rule":
+                                        f"maximises balanced accuracy on the validation split, TTA {list(angles)}, through the service pipeline"})
+        card.training["tta_angles"] = list(angles)
+        path = export_model(model, card, args.out, real_crops)
+        split.save(args.out / f"{args.name}.split.json")
+        _print_metrics(card)
+    print(path)
+    return 0
+
+
+def _training_info(state: dict, checkpoint: Path) -> dict[str, Any]:
+    history = state.get("history", [])
+    best = max(history, key=lambda h: h["val_roc_auc"]) if history else {}
+    return {"datasets": state.get("datasets", []), "seed": state.get("seed"), "initial_weights": state.get("origin"),
+            "epochs_run": len(history), "best_epoch": best.get("epoch"), "val_roc_auc": best.get("val_roc_auc"),
+            "command": state.get("command"), "checkpoint": str(checkpoint)}
+
+
+def _print_metrics(card: ModelCard) -> None:
+    print(f"threshold {card.threshold:.4f} ({card.threshold_rule})")
+    print(f"{'dataset':<12} {'n':>5} {'acc':>6} {'auc':>6} {'f1':>6} {'fpr':>6}")
+    for name, m in card.metrics.items():
+        auc = "-" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
+        fpr = "-" if m["false_positive_rate"] is None else f"{m['false_positive_rate']:.4f}"
+        print(f"{name:<12} {m['n']:>5} {m['accuracy']:>6.4f} {auc:>6} {m['f1']:>6.4f} {fpr:>6}")
+    print(json.dumps({"threshold": card.threshold}))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
