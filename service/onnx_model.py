@@ -19,8 +19,17 @@ def providers_for(device: str) -> list[str]:
         return ["CPUExecutionProvider"]
     if device == "cuda" and "CUDAExecutionProvider" not in available:
         raise ModelLoadError(f"FACECHECK_DEVICE=cuda but this onnxruntime offers only {available}")
+    if device == "auto" and not cuda_present():
+        return ["CPUExecutionProvider"]
     wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return [p for p in wanted if p in available]
+
+
+def cuda_present() -> bool:
+    """A CUDA device is usable (onnxruntime-gpu lists its CUDA provider even on machines without one)."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 class OnnxClassifier:
