@@ -150,7 +150,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("onnxscript").setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    args.command = "python -m training.export " + shlex.join(argv)
     try:
         return _export(args)
     except (ExportError, DatasetError, FileNotFoundError) as exc:
@@ -175,7 +177,7 @@ def _export(args: argparse.Namespace) -> int:
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         threshold=float(state.get("threshold", 0.5)), threshold_rule=state.get("threshold_rule", "default 0.5"),
         training=_training_info(state, args.checkpoint),
-        command="python -m training.export " + shlex.join(sys.argv[1:]),
+        command=args.command,
     )
     split_file = args.checkpoint.parent / "split.json"
     real_crops = None

@@ -168,7 +168,7 @@ class Trainer:
             "origin": self.origin, "epoch": self.epoch, "history": self.history, "best_auc": self.best_auc,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "datasets": [str(d) for d in self.args.data], "seed": self.args.seed,
-            "command": "python -m training.train " + shlex.join(sys.argv[1:]),
+            "command": self.args.command,
         }, path)
 
     def resume(self, path: Path) -> None:
@@ -199,7 +199,9 @@ def finish(trainer: Trainer, val: CropSet) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    args.command = "python -m training.train " + shlex.join(argv)
     try:
         entry(args.model)
         samples = [s for folder in args.data for s in scan_dataset(folder)]
