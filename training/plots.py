@@ -54,9 +54,11 @@ def confusion_matrix(matrix: list[list[int]], title: str, path: Path) -> None:
     _save(fig, path)
 
 
-def confidently_wrong(crops: np.ndarray, labels: np.ndarray, probs: np.ndarray, names: list[str], path: Path, count: int = 16) -> None:
-    wrongness = np.where(labels == 1, 1 - probs, probs)
-    order = [i for i in np.argsort(-wrongness) if wrongness[i] > 0.5][:count]
+def confidently_wrong(crops: np.ndarray, labels: np.ndarray, probs: np.ndarray, names: list[str], path: Path, count: int = 16,
+                      threshold: float = 0.5) -> None:
+    """The faces misclassified at `threshold` (fake when p >= threshold), farthest from it first."""
+    wrong = (probs >= threshold).astype(int) != labels
+    order = [i for i in np.argsort(-np.abs(probs - threshold), kind="stable") if wrong[i]][:count]
     if not order:
         return
     cols = min(4, len(order))

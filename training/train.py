@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from service.preprocess import PreprocessSpec, to_input
-from training import plots
+from training import baselines, plots
 from training.augment import AugmentSpec, augment
 from training.cache import CropCache, CropSet
 from training.data import DatasetError, Split, make_split, scan_dataset
@@ -36,7 +36,7 @@ log = logging.getLogger("training.train")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help=f"architecture: {', '.join(MODELS)}")
+    p.add_argument("--model", required=True, help=f"architecture: {', '.join(MODELS)}; or a baseline (training/baselines.py): {', '.join(baselines.BASELINES)}")
     p.add_argument("--data", type=Path, action="append", required=True, help="dataset folder with real/ and/or fake/; repeat to combine")
     p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, split, curves and metrics")
     p.add_argument("--pretrained", default="auto", help="auto (offline ImageNet weights where shipped), hub (timm's hub), none, or a checkpoint PATH")
@@ -202,14 +202,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     args.command = "python -m training.train " + shlex.join(argv)
+    baseline = baselines.is_baseline(args.model)
     try:
-        entry(args.model)
+        if not baseline:
+            entry(args.model)
         samples = [s for folder in args.data for s in scan_dataset(folder)]
-    except (UnknownModel, DatasetError) as exc:
+    except UnknownModel as exc:
+        print(f"error: {exc}; or a baseline: {', '.join(baselines.BASELINES)}", file=sys.stderr)
+        return 2
+    except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    spec = preprocess_spec(args)
+    spec = baselines.preprocess_spec(args) if baseline else preprocess_spec(args)
     split = load_split(args, samples)
     cache = CropCache()
     train = cache.crop_set(split.select(samples, "train"), spec, args.workers, "crops (train)")
@@ -222,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     if len({int(x) for x in train.labels}) < 2:
         print("error: the training split needs both real and fake images", file=sys.stderr)
         return 2
+    if baseline:
+        baselines.train_baseline(args, train, val, spec)
+        return 0
     trainer = Trainer(args, train, val, spec)
     log.info("model %s, starting from %s, on %s", args.model, trainer.origin, trainer.device)
     if args.resume and (args.out / "last.pt").exists():

@@ -1,0 +1,172 @@
+"""End to end on tiny data: train (a network and both baselines), then evaluate what was trained.
+
+Generated images (dark noise = real, bright noise = fake) with whole-image crops keep these runs to
+seconds and off MTCNN; one test repeats the run on a few real faces when ../shared/data is present.
+"""
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training import baselines, evaluate, export, train
+from training.cache import CropCache
+from training.data import Split
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TINY = ["--epochs", "1", "--epoch-size", "16", "--batch-size", "8", "--crop-mode", "whole", "--workers", "1"]
+
+
+def make_dataset(root: Path, n_real: int = 16, n_fake: int = 16, broken: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    for label, count, (low, high) in (("real", n_real, (0, 110)), ("fake", n_fake, (140, 256))):
+        folder = root / label
+        for i in range(count):
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(low, high, (40, 40, 3), dtype=np.uint8)).save(folder / f"{label}{i:02d}.png")
+    if broken:
+        (root / "real" / "broken.jpg").write_bytes(b"not an image at all")
+    return root
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch) -> Path:
+    """Crops of the generated images go to a temporary cache, not the project's."""
+    root = tmp_path / "cache"
+    for module in (train, evaluate):
+        monkeypatch.setattr(module, "CropCache", partial(CropCache, root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("cnn")
+    data = make_dataset(tmp / "gen", broken=True)
+    with pytest.MonkeyPatch.context() as mp:
+        for module in (train, evaluate):
+            mp.setattr(module, "CropCache", partial(CropCache, tmp / "cache"))
+        assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp / "run"), "--pretrained", "none", *TINY]) == 0
+    return tmp / "run", data
+
+
+@pytest.mark.slow
+def test_training_writes_checkpoint_split_summary_and_curves(trained_cnn) -> None:
+    run, data = trained_cnn
+    for name in ("best.pt", "last.pt", "split.json", "summary.json", "history.json", "curves.png"):
+        assert (run / name).is_file(), name
+    split = Split.load(run / "split.json")
+    summary = json.loads((run / "summary.json").read_text())
+    state = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
+    assert state["model_name"] == "cnn" and state["preprocess"]["crop_mode"] == "whole"
+    assert 0.0 <= state["threshold"] <= 1.0 and summary["threshold"] == pytest.approx(state["threshold"])
+    val_keys = split.datasets["gen"]["val"]
+    unreadable_in_val = int("real/broken.jpg" in val_keys)
+    assert summary["val"]["n"] == len(val_keys) - unreadable_in_val
+    assert len(json.loads((run / "history.json").read_text())) == 1
+
+
+@pytest.mark.slow
+def test_evaluate_uses_the_runs_test_split(trained_cnn, private_cache) -> None:
+    run, data = trained_cnn
+    metrics = evaluate.evaluate(run / "best.pt", [data], workers=1)
+    split = Split.load(run / "split.json")
+    test_keys = split.datasets["gen"]["test"]
+    m = metrics["gen"]
+    assert set(metrics) == {"gen"}
+    assert m["n"] + len(m["unreadable"]) == len(test_keys)
+    assert sum(map(sum, m["confusion"])) == m["n"]
+    assert m["threshold"] == pytest.approx(torch.load(run / "best.pt", weights_only=False)["threshold"])
+    assert m["selection"] == "test split"
+
+
+@pytest.mark.slow
+def test_evaluate_all_reports_unreadable_files_and_obeys_threshold(trained_cnn, private_cache) -> None:
+    run, data = trained_cnn
+    m = evaluate.evaluate(run / "best.pt", [data], split="all", threshold=0.0, workers=1)["gen"]
+    assert m["n"] == 32
+    assert [Path(u["file"]).name for u in m["unreadable"]] == ["broken.jpg"]
+    assert "not a recognised image" in m["unreadable"][0]["error"]
+    # at threshold 0 everything is called fake
+    assert m["confusion"] == [[0, 16], [0, 16]] and m["recall"] == 1.0 and m["false_positive_rate"] == 1.0
+
+
+@pytest.mark.slow
+def test_dataset_missing_from_split_is_evaluated_in_full_with_a_note(trained_cnn, private_cache, tmp_path: Path) -> None:
+    run, _ = trained_cnn
+    own = tmp_path / "own-photos"
+    make_dataset(own, n_real=5, n_fake=0)
+    report = evaluate.run_evaluation(run / "best.pt", [own], workers=1)
+    m = report.metrics["own-photos"]
+    assert m["n"] == 5 and m["roc_auc"] is None and m["false_positive_rate"] is not None
+    assert m["confusion"][1] == [0, 0]
+    assert any("own-photos" in note and "not in the split file" in note for note in report.notes)
+
+
+@pytest.mark.slow
+def test_evaluate_command_prints_tables_and_writes_outputs(trained_cnn, private_cache, tmp_path: Path, capsys) -> None:
+    run, data = trained_cnn
+    out = tmp_path / "eval"
+    assert evaluate.main(["--model", str(run / "best.pt"), "--data", str(data), "--split", "all", "--tta", "-15,0,15",
+                          "--tta-sets", "0;-15,0,15", "--out", str(out), "--device", "cpu", "--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "ROC-AUC" in printed and "FPR real" in printed and "test-time rotation sets" in printed
+    assert "unreadable: " in printed and "broken.jpg" in printed
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["angles"] == [-15.0, 0.0, 15.0] and result["split"] == "all"
+    assert set(result["tta"]["gen"]) == {"0", "-15,0,15"}
+    # the main angles equal one of the compared sets, so their numbers must agree
+    assert result["tta"]["gen"]["-15,0,15"]["accuracy"] == pytest.approx(result["datasets"]["gen"]["accuracy"])
+    assert (out / "roc.png").is_file() and (out / "confusion_gen.png").is_file()
+    wrong = result["datasets"]["gen"]["confusion"][0][1] + result["datasets"]["gen"]["confusion"][1][0]
+    assert (out / "wrong_gen.png").is_file() == (wrong > 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", baselines.BASELINES)
+def test_baseline_trains_evaluates_and_refuses_export(name: str, tmp_path: Path, private_cache) -> None:
+    data = make_dataset(tmp_path / "gen")
+    run = tmp_path / "run"
+    assert train.main(["--model", name, "--data", str(data), "--out", str(run), *TINY]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    state = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
+    assert summary["model"] == name and state["model_name"] == name and state["baseline"] is True
+    assert summary["val"]["n"] == len(Split.load(run / "split.json").datasets["gen"]["val"])
+    assert len(summary["search"]) == (6 if name == "embed_svm" else 3)
+    # dark versus bright noise is easy: a baseline that learned anything separates it
+    m = evaluate.evaluate(run / "best.pt", [data], split="all", workers=1)["gen"]
+    assert m["n"] == 32 and m["roc_auc"] > 0.9
+    with pytest.raises(baselines.BaselineNotExportable, match="cannot be exported"):
+        evaluate.load_checkpoint(run / "best.pt", torch.device("cpu"))
+    assert export.main(["--checkpoint", str(run / "best.pt"), "--name", "nope", "--out", str(tmp_path / "exports")]) == 2
+    assert not (tmp_path / "exports" / "nope.onnx").exists()
+
+
+def test_unknown_model_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    data = make_dataset(tmp_path / "gen", n_real=2, n_fake=2)
+    assert train.main(["--model", "nonet", "--data", str(data), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'nonet'" in err and "embed_svm" in err and "efficientnet_lite0" in err
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_train_and_evaluate_on_a_few_real_faces(tmp_path: Path) -> None:
+    if not (DATA / "tpdne128").is_dir():
+        pytest.skip(f"needs the shared data sets at {DATA}")
+    mini = tmp_path / "tpdne128"
+    for label in ("real", "fake"):
+        (mini / label).mkdir(parents=True)
+        for source in sorted((DATA / "tpdne128" / label).glob("*.jpg"))[:10]:
+            (mini / label / source.name).symlink_to(source)  # the images stay where they are
+    run = tmp_path / "run"
+    args = ["--model", "cnn", "--data", str(mini), "--out", str(run), "--pretrained", "none", "--epochs", "1", "--epoch-size", "16", "--batch-size", "8", "--workers", "1"]
+    assert train.main(args) == 0
+    m = evaluate.evaluate(run / "best.pt", [mini], split="all", workers=1)["tpdne128"]
+    assert m["n"] == 20 and not m["unreadable"]
+    assert m["faces_found"] >= 18  # portraits: MTCNN finds (nearly) every face
+    assert 0.0 <= m["roc_auc"] <= 1.0

@@ -1,0 +1,72 @@
+"""Binary metrics against values computed by hand."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.metrics import balanced_accuracy_threshold, binary_metrics, confusion, expected_calibration_error
+
+# 4 real, 4 fake. At threshold 0.5: reals 0.12 0.22 0.32 right, 0.62 wrong; fakes 0.82 0.92 0.72 right, 0.42 wrong.
+LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+PROBS = np.array([0.12, 0.22, 0.62, 0.32, 0.82, 0.92, 0.42, 0.72])
+
+
+def test_confusion_counts() -> None:
+    predicted = (PROBS >= 0.5).astype(int)
+    assert confusion(LABELS, predicted) == [[3, 1], [1, 3]]
+
+
+def test_binary_metrics_by_hand() -> None:
+    m = binary_metrics(LABELS, PROBS, 0.5)
+    assert m["n"] == 8
+    assert m["confusion"] == [[3, 1], [1, 3]]
+    assert m["accuracy"] == pytest.approx(6 / 8)
+    assert m["precision"] == pytest.approx(3 / 4)  # tp / (tp + fp)
+    assert m["recall"] == pytest.approx(3 / 4)  # tp / (tp + fn)
+    assert m["f1"] == pytest.approx(0.75)
+    assert m["per_class"]["real"] == pytest.approx({"precision": 0.75, "recall": 0.75, "f1": 0.75, "support": 4})
+    assert m["macro_f1"] == pytest.approx(0.75)
+    assert m["balanced_accuracy"] == pytest.approx(0.75)
+    assert m["false_positive_rate"] == pytest.approx(1 / 4)
+    # fake above real in 4 + 4 + 3 + 4 = 15 of the 16 pairs
+    assert m["roc_auc"] == pytest.approx(15 / 16)
+    assert m["ece"] == pytest.approx(0.30)
+
+
+def test_threshold_moves_the_counts() -> None:
+    m = binary_metrics(LABELS, PROBS, 0.4)  # now 0.42 is caught, 0.62 still a false alarm
+    assert m["confusion"] == [[3, 1], [0, 4]]
+    assert m["precision"] == pytest.approx(4 / 5)
+    assert m["recall"] == pytest.approx(1.0)
+    assert m["f1"] == pytest.approx(2 * 0.8 * 1.0 / 1.8)
+    assert m["per_class"]["real"]["precision"] == pytest.approx(1.0)
+    assert m["per_class"]["real"]["recall"] == pytest.approx(0.75)
+
+
+def test_ece_each_sample_alone_in_its_bin() -> None:
+    # confidences 0.88 0.78 0.62 0.68 0.82 0.92 0.58 0.72 fall in eight different 0.05-wide bins;
+    # |correct - confidence| = .12 .22 .62 .32 .18 .08 .58 .28, mean 2.40 / 8
+    assert expected_calibration_error(LABELS, PROBS) == pytest.approx(0.30)
+
+
+def test_ece_weights_a_shared_bin_by_its_accuracy() -> None:
+    # one bin [0.90, 0.95): accuracy 2/3, mean confidence (0.91 + 0.93 + 0.94) / 3
+    labels, probs = np.array([1, 1, 0]), np.array([0.91, 0.93, 0.94])
+    assert expected_calibration_error(labels, probs) == pytest.approx(0.26)  # |0.6667 - 0.9267|
+
+
+def test_real_only_folder_reports_its_false_positive_rate() -> None:
+    m = binary_metrics(np.zeros(4, int), np.array([0.1, 0.7, 0.2, 0.9]), 0.5)
+    assert m["false_positive_rate"] == pytest.approx(0.5)
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["roc_auc"] is None and m["balanced_accuracy"] is None and m["macro_f1"] is None
+    assert m["confusion"] == [[2, 2], [0, 0]]
+
+
+def test_threshold_choice_maximises_balanced_accuracy() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    probs = np.array([0.1, 0.3, 0.35, 0.6, 0.4, 0.45, 0.8, 0.9])
+    # t = 0.40: reals below 3/4, fakes at or above 4/4 -> 0.875; t = 0.8: 4/4 and 2/4 -> 0.75; t = 0.5: 3/4 and 2/4
+    assert balanced_accuracy_threshold(labels, probs) == pytest.approx(0.4)
+    m = binary_metrics(labels, probs, 0.4)
+    assert m["balanced_accuracy"] == pytest.approx(0.875)

