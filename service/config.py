@@ -25,9 +25,10 @@ class Settings(BaseSettings):
     data_root: Path = Field(REPO_ROOT / "data", description="Folder that the batch endpoint may read from.")
     output_root: Path | None = Field(None, description="Folder that sorted copies go to; default <data_root>/sorted.")
     batch_size: int = Field(64, gt=0, description="Largest adaptive batch of crops.")
-    batch_latency_ms: int = Field(50, gt=0, description="Longest wait for an adaptive batch.")
+    batch_latency_ms: int = Field(1000, gt=0, description="Adaptive batching's latency budget per call (queueing and inference); "
+                                  "BentoML sheds calls that would exceed it with 503. Keep it above one full batch's run time.")
     detect_max_side: int = Field(640, ge=64, description="Detection runs on a copy no longer than this.")
-    request_timeout_s: int = Field(60, gt=0)
+    request_timeout_s: int = Field(300, gt=0, description="Longest a request may run; a folder of 500 photos takes about 2 minutes on 2 CPU cores.")
 
     @field_validator("tta_angles", mode="before")
     @classmethod

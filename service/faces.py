@@ -29,6 +29,19 @@ class DetectorSettings:
         return f"mtcnn-{self.max_side}-{self.min_face_size}-{self.min_score:.2f}"
 
 
+def detector_device(setting: str) -> str:
+    """The torch device for MTCNN under FACECHECK_DEVICE (auto|cpu|cuda): CUDA when present, unless cpu."""
+    from service.onnx_model import cuda_present
+
+    if setting == "cpu":
+        return "cpu"
+    if cuda_present():
+        return "cuda"
+    if setting == "cuda":
+        raise RuntimeError("FACECHECK_DEVICE=cuda but torch finds no CUDA device")
+    return "cpu"
+
+
 class FaceDetector:
     """Finds every face in an RGB photo. Load once per process: building MTCNN costs time."""
 

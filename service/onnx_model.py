@@ -32,6 +32,23 @@ def cuda_present() -> bool:
     return torch.cuda.is_available()
 
 
+def read_card(path: Path | str) -> ModelCard:
+    """An export's model card, for a process that needs the card but does not run the model."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types for a bad file
+        raise ModelLoadError(f"{path} is not a loadable ONNX model: {exc}") from exc
+    return card_from_metadata(session.get_modelmeta().custom_metadata_map, path)
+
+
 class OnnxClassifier:
     """Fake probabilities for a batch of preprocessed crops (NCHW float32)."""
 

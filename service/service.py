@@ -1,0 +1,123 @@
+"""The BentoML service: `bentoml serve` from the repository root serves FaceCheck (see bentofile.yaml).
+
+Two services, as BentoML's adaptive batching wants them. FaceCheck (the API) decodes, finds faces and
+crops; Classifier runs the ONNX model in its own worker with one batchable method. FaceCheck reaches it
+through `bentoml.depends`, so each call goes over HTTP to the Classifier's batching dispatcher, which
+groups the crops of concurrent requests (a face's TTA rotations always travel together) into one ONNX
+Runtime call. The logic lives in plain modules: engine (the work), uploads (request parsing), folders,
+batch, errors and metrics.
+"""
+from __future__ import annotations
+
+import logging
+
+import anyio.to_thread
+import bentoml
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse
+from starlette.routing import Route
+
+from service.batch import batch_result
+from service.config import get_settings
+from service.engine import Engine, Source
+from service.errors import ServiceError
+from service.faces import DetectorSettings, FaceDetector, detector_device
+from service.folders import SortedCopier, list_files, resolve_folder
+from service.metrics import get_metrics
+from service.onnx_model import OnnxClassifier, read_card
+from service.pipeline import Pipeline
+from service.schemas import BatchResult, ImageResult
+from service.uploads import BatchInput, ClassifyInput, FolderInput, parse_bool, read_batch_request, read_folder_request, read_image_request
+
+log = logging.getLogger("bentoml.facecheck")
+settings = get_settings()
+
+
+# BentoML 1.4.39 renews its client session to a dependency every runner_connection.max_requests calls
+# (default 100) or max_age seconds (default 300) by closing the old session under the calls still in
+# flight on it; they fail with aiohttp's ServerDisconnectedError, a 500 for the caller. Our dependency
+# is a local socket with nothing to rebalance, so the session lives as long as the worker.
+@bentoml.service(traffic={"timeout": settings.request_timeout_s},
+                 runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9})
+class Classifier:
+    def __init__(self) -> None:
+        self.model = OnnxClassifier(settings.model, settings.device)
+        self.metrics = get_metrics()
+        log.info("classifier %s %s on %s", self.model.card.name, self.model.card.version, self.model.provider)
+
+    def __is_ready__(self) -> bool:
+        return self.model is not None
+
+    # FACECHECK_BATCH_SIZE=1 turns adaptive batching off (BentoML wants max_batch_size > 1): each call
+    # then reaches ONNX Runtime on its own.
+    @bentoml.api(batchable=settings.batch_size > 1, max_batch_size=max(2, settings.batch_size), max_latency_ms=settings.batch_latency_ms)
+    async def predict(self, crops: np.ndarray) -> np.ndarray:
+        """Fake probabilities (N,) for preprocessed crops (N, 3, H, W) float32."""
+        self.metrics.batch_size.observe(len(crops))
+        return await anyio.to_thread.run_sync(self.model.predict, crops)
+
+
+async def _docs(_: Request) -> RedirectResponse:
+    return RedirectResponse("/")  # BentoML serves Swagger UI at / and the OpenAPI document at /docs.json
+
+
+@bentoml.service(traffic={"timeout": settings.request_timeout_s})
+@bentoml.asgi_app(Starlette(routes=[Route("/docs", _docs)]))
+class FaceCheck:
+    classifier = bentoml.depends(Classifier)
+
+    def __init__(self) -> None:
+        self.metrics = get_metrics()
+        detector = FaceDetector(DetectorSettings(max_side=settings.detect_max_side), device=detector_device(settings.device))
+        self.pipeline = Pipeline(read_card(settings.model), detector, settings.tta_angles, settings.max_faces)
+        self.engine = Engine(self.pipeline, self._classify, settings.max_bytes, settings.max_pixels, self.metrics)
+        log.info("face detector on %s; model card %s %s", detector.device, self.pipeline.card.name, self.pipeline.card.version)
+
+    def __is_ready__(self) -> bool:
+        # Also /readyz asks the Classifier's own /readyz (BentoML's runner probe).
+        return self.engine is not None
+
+    async def _classify(self, crops: np.ndarray) -> np.ndarray:
+        return await self.classifier.predict(crops)
+
+    @bentoml.api(route="/classify", input_spec=ClassifyInput)
+    async def classify(self, request: Request) -> ImageResult:
+        """Classify one photo: every face found (most-fake face decides), or the whole image when none is."""
+        async def work() -> ImageResult:
+            source, fields = await read_image_request(request, settings.max_bytes)
+            reject = parse_bool(fields.get("reject_no_face"), "reject_no_face")
+            return await self.engine.classify_source(source, reject)
+        return await self._answer(work())
+
+    @bentoml.api(route="/classify_batch", input_spec=BatchInput)
+    async def classify_batch(self, request: Request) -> BatchResult:
+        """Classify many uploaded photos: one result per file, in order, errors included."""
+        async def work() -> BatchResult:
+            sources, fields = await read_batch_request(request, settings.max_bytes, settings.max_batch_files)
+            return await self._batch(sources, parse_bool(fields.get("sort"), "sort"), parse_bool(fields.get("csv"), "csv"))
+        return await self._answer(work())
+
+    @bentoml.api(route="/classify_folder", input_spec=FolderInput)
+    async def classify_folder(self, request: Request) -> BatchResult:
+        """Classify every file of a folder under the data root: one result per file, sorted by name."""
+        async def work() -> BatchResult:
+            body = await read_folder_request(request)
+            root = settings.data_root
+            folder = resolve_folder(root, body.folder)
+            files = await anyio.to_thread.run_sync(list_files, root, folder, body.recursive, settings.max_batch_files, settings.sorted_root)
+            sources = [Source(file.name, lambda file=file: file.read(settings.max_bytes)) for file in files]
+            return await self._batch(sources, body.sort, body.csv)
+        return await self._answer(work())
+
+    async def _batch(self, sources: list[Source], sort: bool, with_csv: bool) -> BatchResult:
+        copier = SortedCopier(settings.sorted_root) if sort else None
+        return batch_result(await self.engine.classify_sources(sources, copier), with_csv)
+
+    async def _answer(self, work):
+        try:
+            return await work
+        except ServiceError as exc:
+            self.metrics.errors.labels(reason=exc.reason).inc()
+            return exc.response()

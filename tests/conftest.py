@@ -1,0 +1,50 @@
+"""Shared fixtures. `server`: one real `bentoml serve` of the service for the whole test session."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from loadtests.server import running_server
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SERVER_START_S = 240
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    data_root: Path
+    sorted_root: Path
+    max_bytes: int
+    max_batch_files: int
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Server:
+    """`bentoml serve` from the repository root (bentofile.yaml) on a free loopback port.
+
+    FACECHECK_DATA_ROOT is an empty temporary folder that tests fill, the sorted copies go to its sorted/,
+    and the byte and batch limits are low so that the limit tests stay cheap. The other FACECHECK_*
+    settings are this process's (the defaults, or another model named by FACECHECK_MODEL).
+    """
+    base = tmp_path_factory.mktemp("service")
+    data_root = base / "data"
+    data_root.mkdir()
+    log = base / "serve.log"
+    env = {key: value for key, value in os.environ.items() if key not in ("FACECHECK_DATA_ROOT", "FACECHECK_OUTPUT_ROOT")}
+    env |= {
+        "FACECHECK_DATA_ROOT": str(data_root),
+        "FACECHECK_MAX_BYTES": "2000000",
+        "FACECHECK_MAX_BATCH_FILES": "6",
+        "BENTOML_HOME": str(base / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
+    try:
+        with running_server(env, timeout_s=SERVER_START_S, log_path=log) as url:
+            yield Server(url, data_root, data_root / "sorted", 2_000_000, 6, log)
+    except (RuntimeError, TimeoutError) as exc:
+        pytest.fail(f"{exc}:\n{log.read_text()[-4000:]}")

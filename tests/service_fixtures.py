@@ -1,0 +1,89 @@
+"""Images the service tests make themselves, and the shared data set when this checkout has it."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+from service.config import get_settings
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The test server runs with this process's FACECHECK_* settings (data root and limits aside), so the
+# suite can be pointed at another model or other TTA angles through the environment.
+ANGLES = tuple(get_settings().tta_angles) or (0.0,)
+ANGLE_KEYS = {f"{angle:g}" for angle in ANGLES}
+
+
+def synthetic_face(size: int = 256, seed: int = 0, skin: tuple[int, int, int] = (224, 182, 150)) -> Image.Image:
+    """A drawn face (head, hair, eyes, brows, nose, mouth) that MTCNN finds with a score above 0.99."""
+    image = Image.new("RGB", (size, size), (70, 90, 120))
+    draw = ImageDraw.Draw(image)
+    s = size / 256
+
+    def box(*xy: float) -> list[float]:
+        return [v * s for v in xy]
+
+    draw.ellipse(box(68, 40, 188, 210), fill=skin)
+    draw.ellipse(box(60, 20, 196, 90), fill=(60, 40, 30))
+    draw.ellipse(box(68, 60, 188, 130), fill=skin)
+    for x in (98, 158):
+        draw.ellipse(box(x - 16, 100, x + 16, 116), fill=(255, 255, 255))
+        draw.ellipse(box(x - 7, 101, x + 7, 115), fill=(60, 40, 20))
+        draw.rectangle(box(x - 18, 88, x + 18, 93), fill=(80, 50, 30))
+    draw.polygon([(128 * s, 112 * s), (118 * s, 150 * s), (138 * s, 150 * s)], fill=(200, 150, 120))
+    draw.ellipse(box(104, 164, 152, 182), fill=(170, 70, 70))
+    image = image.filter(ImageFilter.GaussianBlur(2 * s))
+    noise = np.random.default_rng(seed).normal(0, 4, (size, size, 3))
+    return Image.fromarray(np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+
+
+def gradient(width: int = 320, height: int = 240) -> Image.Image:
+    """A smooth colour ramp: no face anywhere."""
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None, None]
+    rgb = np.concatenate([np.broadcast_to(x, (height, width, 1)), np.broadcast_to(y, (height, width, 1)),
+                          np.full((height, width, 1), 128, np.float32)], axis=2)
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+def mosaic(images: list[Image.Image], side: int) -> Image.Image:
+    """The images resized to side x side and placed side by side, with a gap between them."""
+    gap = side // 4
+    canvas = Image.new("RGB", (len(images) * side + (len(images) - 1) * gap, side), (128, 128, 128))
+    for index, image in enumerate(images):
+        canvas.paste(image.convert("RGB").resize((side, side)), (index * (side + gap), 0))
+    return canvas
+
+
+def encode(image: Image.Image, fmt: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def png_bomb(side: int = 30000) -> bytes:
+    """A valid 1-bit PNG of side x side black pixels (900 megapixels for 30000) in about 110 kB."""
+    row = b"\x00" * (1 + (side + 7) // 8)
+    deflate = zlib.compressobj(9)
+    block = row * 1000
+    data = b"".join([deflate.compress(block) for _ in range(side // 1000)] + [deflate.compress(row * (side % 1000)), deflate.flush()])
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def shared_images(subset: str, count: int) -> list[Path]:
+    """The first `count` images of ../shared/data/<subset> (e.g. "rff/fake"), or a skip when absent."""
+    folder = SHARED_DATA / subset
+    files = sorted(folder.glob("*.jpg"))[:count] if folder.is_dir() else []
+    if len(files) < count:
+        pytest.skip(f"needs {count} images in {folder} (the shared data set is not next to this checkout)")
+    return files

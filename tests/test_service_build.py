@@ -1,0 +1,67 @@
+"""bentofile.yaml: every setting listed with its default, and `bentoml build` makes a bento with a Dockerfile."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.config import REPO_ROOT, Settings
+
+BENTOFILE = REPO_ROOT / "bentofile.yaml"
+IMAGE_SRC = Path("/home/bentoml/bento/src")  # where the repository root lies inside the image
+
+
+def bento_envs() -> dict[str, str]:
+    return {env["name"]: env["value"] for env in yaml.safe_load(BENTOFILE.read_text())["envs"]}
+
+
+def test_bentofile_lists_every_setting_with_its_default():
+    envs = bento_envs()
+    fields = Settings.model_fields
+    assert set(envs) == {f"FACECHECK_{name.upper()}" for name in fields}
+    for name, field in fields.items():
+        value = envs[f"FACECHECK_{name.upper()}"]
+        parsed = getattr(Settings(**{name: value}), name)
+        # output_root's default, None, means <data_root>/sorted
+        expected = field.default if name != "output_root" else fields["data_root"].default / "sorted"
+        if isinstance(parsed, Path):
+            assert parsed.relative_to(IMAGE_SRC) == expected.relative_to(REPO_ROOT), name
+        else:
+            assert parsed == expected, name
+
+
+def test_bentoml_build_makes_a_bento_with_a_dockerfile(tmp_path):
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "True"}
+    bentoml = Path(sys.executable).with_name("bentoml")
+    done = subprocess.run([str(bentoml), "build", "--output", "tag"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    tag = next(line.split("__tag__:", 1)[1] for line in done.stdout.splitlines() if "__tag__:" in line)
+    name, version = tag.strip().split(":")
+    bento = tmp_path / "bentos" / name / version
+    info = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert info["service"] == "service.service:FaceCheck" and info["entry_service"] == "FaceCheck"
+    assert {s["name"] for s in info["services"]} == {"FaceCheck", "Classifier"}
+    for path in ("src/service/service.py", "src/service/preprocess.py", "src/exports/default.onnx", "src/exports/default.json"):
+        assert (bento / path).is_file(), path
+    assert not list((bento / "src").glob("training/**/*.py")) and not (bento / "src" / "tests").exists()
+    assert (bento / "src/exports/default.onnx").read_bytes() == (REPO_ROOT / "exports/default.onnx").read_bytes()
+    requirements = (bento / "env/python/requirements.txt").read_text().splitlines()
+    for pin in ("onnxruntime-gpu==1.31.1", "torch==2.14.1", "torchvision==0.29.1", "facenet-pytorch==2.5.3"):
+        assert pin in requirements
+    dockerfile = (bento / "env/docker/Dockerfile").read_text()
+    assert "python:3.11" in dockerfile and "ENTRYPOINT" in dockerfile
+    for env_name, value in bento_envs().items():
+        assert f"ENV {env_name}=${env_name}" in dockerfile and f"ARG {env_name}=" in dockerfile
+    assert f"ARG FACECHECK_MODEL={IMAGE_SRC}/exports/default.onnx" in dockerfile
+
+
+@pytest.mark.parametrize("module", ["service.service"])
+def test_service_imports_without_training(module):
+    """The service never imports training code (the bento does not ship it)."""
+    code = f"import sys, {module}; bad = [m for m in sys.modules if m == 'training' or m.startswith('training.')]; sys.exit(bool(bad))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

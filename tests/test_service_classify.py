@@ -1,0 +1,125 @@
+"""POST /classify against the real server: faces, several faces, no face, tiny images."""
+from __future__ import annotations
+
+import pytest
+import requests
+from PIL import Image
+
+from service.config import get_settings
+from service.onnx_model import read_card
+from service_fixtures import ANGLE_KEYS, encode, gradient, mosaic, shared_images, synthetic_face
+
+
+def classify(server, data: bytes, filename: str = "photo.jpg", **params) -> requests.Response:
+    return requests.post(f"{server.url}/classify", files={"image": (filename, data, "image/jpeg")}, params=params, timeout=120)
+
+
+def classify_raw(server, data: bytes, content_type: str = "image/jpeg", **params) -> requests.Response:
+    return requests.post(f"{server.url}/classify", data=data, headers={"Content-Type": content_type}, params=params, timeout=120)
+
+
+def assert_consistent(result: dict) -> None:
+    """What every ImageResult promises, whatever the model says."""
+    threshold = result["model"]["threshold"]
+    assert 0.0 <= result["fake_probability"] <= 1.0
+    assert result["verdict"] == ("fake" if result["fake_probability"] >= threshold else "real")
+    assert result["face_found"] == bool(result["faces"])
+    assert set(result["timings_ms"]) >= {"decode", "detect", "crop", "classify"}
+    classified = [face for face in result["faces"] if face["classified"]]
+    if classified:
+        assert result["fake_probability"] == pytest.approx(max(face["fake_probability"] for face in classified), abs=1e-12)
+        for face in classified:
+            assert face["label"] == ("fake" if face["fake_probability"] >= threshold else "real")
+            assert set(face["tta"]) == ANGLE_KEYS
+            assert face["fake_probability"] == pytest.approx(sum(face["tta"].values()) / len(ANGLE_KEYS), abs=1e-9)
+    else:
+        assert set(result["whole_image"]) == ANGLE_KEYS
+        assert result["fake_probability"] == pytest.approx(sum(result["whole_image"].values()) / len(ANGLE_KEYS), abs=1e-9)
+
+
+def test_synthetic_face_multipart_and_raw_body_agree(server):
+    data = encode(synthetic_face())
+    multipart = classify(server, data, "drawn.jpg")
+    raw = classify_raw(server, data)
+    assert multipart.status_code == 200, multipart.text
+    assert raw.status_code == 200, raw.text
+    result = multipart.json()
+    assert result["file"] == "drawn.jpg"
+    assert_consistent(result)
+    assert len(result["faces"]) == 1
+    x1, y1, x2, y2 = result["faces"][0]["box"]
+    assert 40 < x1 < x2 < 216 and 20 < y1 < y2 < 240  # the drawn head spans x 68-188, y 20-210
+    assert raw.json()["faces"] == result["faces"]
+    assert raw.json()["fake_probability"] == result["fake_probability"]
+
+
+def test_real_face(server):
+    (path,) = shared_images("rff/fake", 1)
+    response = classify(server, path.read_bytes(), path.name)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert_consistent(result)
+    assert result["file"] == path.name
+    assert len(result["faces"]) == 1 and result["faces"][0]["detection_score"] > 0.9
+    card = read_card(get_settings().model)
+    assert result["model"] == {"name": card.name, "version": card.version, "architecture": card.architecture, "threshold": card.threshold}
+
+
+@pytest.mark.parametrize("source", ["synthetic", "shared"])
+def test_several_faces_verdict_follows_the_most_fake_face(server, source):
+    if source == "shared":
+        faces = [Image.open(path) for path in shared_images("tpdne128/real", 2) + shared_images("tpdne128/fake", 1)]
+    else:
+        faces = [synthetic_face(seed=seed, skin=skin) for seed, skin in ((1, (224, 182, 150)), (2, (190, 140, 110)), (3, (240, 200, 170)))]
+    response = classify(server, encode(mosaic(faces, 200)), "group.jpg")
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert_consistent(result)
+    assert len(result["faces"]) == 3
+    lefts = sorted(face["box"][0] for face in result["faces"])
+    assert lefts[1] - lefts[0] > 150 and lefts[2] - lefts[1] > 150  # one face per tile, not three on one
+    most_fake = max(result["faces"], key=lambda face: face["fake_probability"])
+    assert result["verdict"] == most_fake["label"]
+
+
+def test_no_face_is_said_and_still_classified(server):
+    response = classify(server, encode(gradient(), "PNG"), "ramp.png")
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert_consistent(result)
+    assert result["faces"] == [] and result["face_found"] is False
+
+
+@pytest.mark.parametrize("how", ["query", "form"])
+def test_no_face_rejected_on_request(server, how):
+    data = encode(gradient(), "PNG")
+    if how == "query":
+        response = classify(server, data, "ramp.png", reject_no_face="true")
+    else:
+        response = requests.post(f"{server.url}/classify", files={"image": ("ramp.png", data, "image/png")},
+                                 data={"reject_no_face": "true"}, timeout=120)
+    assert response.status_code == 422
+    assert response.json() == {"error": response.json()["error"], "status": 422, "reason": "no_face"}
+
+
+def test_reject_no_face_keeps_faces(server):
+    response = classify(server, encode(synthetic_face()), reject_no_face="1")
+    assert response.status_code == 200, response.text
+    assert response.json()["face_found"] is True
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 5), (3, 200)])
+def test_tiny_images_get_a_result(server, size):
+    image = Image.new("RGB", size, (200, 120, 90))
+    response = classify_raw(server, encode(image, "PNG"), "image/png")
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert_consistent(result)
+    assert result["faces"] == []
+
+
+def test_octet_stream_body_and_other_modes(server):
+    for image in (synthetic_face().convert("L"), synthetic_face().convert("RGBA"), synthetic_face().convert("P")):
+        response = classify_raw(server, encode(image, "PNG"), "application/octet-stream")
+        assert response.status_code == 200, response.text
+        assert_consistent(response.json())

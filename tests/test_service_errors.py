@@ -1,0 +1,103 @@
+"""Bad input of every kind gets a JSON client error with the right status, never a 500."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import requests
+
+from service_fixtures import encode, png_bomb, synthetic_face
+
+JPEG = encode(synthetic_face())
+PNG = encode(synthetic_face(), "PNG")
+
+
+def post_raw(server, data: bytes, content_type: str = "image/jpeg", path: str = "/classify", **params) -> requests.Response:
+    return requests.post(f"{server.url}{path}", data=data, headers={"Content-Type": content_type}, params=params, timeout=120)
+
+
+def post_file(server, data: bytes, filename: str, content_type: str = "image/jpeg", **fields) -> requests.Response:
+    return requests.post(f"{server.url}/classify", files={"image": (filename, data, content_type)}, data=fields, timeout=120)
+
+
+def assert_error(response: requests.Response, status: int, reason: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error", "status", "reason"}
+    assert body["status"] == status and body["reason"] == reason
+    assert isinstance(body["error"], str) and body["error"]
+
+
+@pytest.mark.parametrize(("name", "data", "reason"), [
+    ("empty body", b"", "empty"),
+    ("random bytes", os.urandom(4096), "not_an_image"),
+    ("text", b"this is a text file, not a photo\n" * 20, "not_an_image"),
+    ("truncated JPEG", JPEG[: len(JPEG) // 2], "corrupt"),
+    ("truncated PNG", PNG[: len(PNG) // 2], "corrupt"),
+    ("JPEG cut inside its header", JPEG[:200], "not_an_image"),
+])
+def test_bad_bytes_are_400(server, name, data, reason):
+    assert_error(post_raw(server, data), 400, reason)
+    assert_error(post_file(server, data, "photo.jpg"), 400, reason)
+
+
+def test_png_decompression_bomb_is_413_before_decoding(server):
+    bomb = png_bomb(30000)
+    assert len(bomb) < 200_000  # 900 megapixels in a small file
+    assert_error(post_raw(server, bomb, "image/png"), 413, "too_many_pixels")
+
+
+@pytest.mark.parametrize("how", ["raw", "multipart"])
+def test_too_many_bytes_is_413(server, how):
+    data = JPEG + b"\0" * (server.max_bytes + 10 - len(JPEG))
+    response = post_raw(server, data) if how == "raw" else post_file(server, data, "big.jpg")
+    assert_error(response, 413, "too_many_bytes")
+
+
+def test_bytes_over_the_limit_without_content_length_are_413(server):
+    chunk = b"\0" * 65536
+
+    def stream():
+        for _ in range(server.max_bytes // len(chunk) + 2):
+            yield chunk
+
+    # A generator body goes out with chunked transfer encoding: no Content-Length to refuse on.
+    assert_error(requests.post(f"{server.url}/classify", data=stream(), headers={"Content-Type": "image/jpeg"}, timeout=120),
+                 413, "too_many_bytes")
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "yes please"])
+def test_bad_boolean_field_is_422(server, value):
+    assert_error(post_raw(server, JPEG, reject_no_face=value), 422, "bad_field")
+    assert_error(post_file(server, JPEG, "a.jpg", reject_no_face=value), 422, "bad_field")
+
+
+def test_multipart_without_an_image_field_is_422(server):
+    response = requests.post(f"{server.url}/classify", files={"photo": ("a.jpg", JPEG, "image/jpeg")}, timeout=60)
+    assert_error(response, 422, "bad_field")
+    response = requests.post(f"{server.url}/classify", files={"image": (None, "not a file")}, timeout=60)
+    assert_error(response, 422, "bad_field")
+
+
+def test_two_images_to_classify_is_422(server):
+    files = [("image", ("a.jpg", JPEG, "image/jpeg")), ("image", ("b.jpg", JPEG, "image/jpeg"))]
+    assert_error(requests.post(f"{server.url}/classify", files=files, timeout=60), 422, "bad_field")
+
+
+def test_malformed_multipart_is_400(server):
+    body = b"--xyz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\n" + JPEG[:100]
+    response = post_raw(server, body, "multipart/form-data")  # no boundary parameter
+    assert_error(response, 400, "bad_multipart")
+
+
+def test_text_named_jpg_in_a_multipart_upload(server):
+    assert_error(post_file(server, b"hello, I am text\n", "holiday.jpg", "image/jpeg"), 400, "not_an_image")
+
+
+def test_errors_are_counted_by_reason(server):
+    post_raw(server, b"")
+    metrics = requests.get(f"{server.url}/metrics", timeout=30).text
+    counts = {line.split("}")[0] + "}": float(line.split()[-1]) for line in metrics.splitlines()
+              if line.startswith("facecheck_errors_total{")}
+    assert counts.get('facecheck_errors_total{reason="empty"}', 0) >= 1

@@ -1,0 +1,132 @@
+"""Health, docs, metrics, adaptive batching, and one image giving one answer on every path."""
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import shutil
+import uuid
+
+import pytest
+import requests
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from service_fixtures import ANGLES, encode, shared_images, synthetic_face
+
+
+def samples(server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = requests.get(f"{server.url}/metrics", timeout=30).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(metrics: dict, name: str, **labels: str) -> float:
+    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_livez_and_readyz(server):
+    assert requests.get(f"{server.url}/livez", timeout=10).status_code == 200
+    assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 200
+
+
+def test_openapi_document_and_docs_page(server):
+    docs = requests.get(f"{server.url}/docs", timeout=10)
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    spec = requests.get(f"{server.url}/docs.json", timeout=10).json()
+    classify = spec["paths"]["/classify"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert classify["properties"]["image"]["format"] == "binary" and "reject_no_face" in classify["properties"]
+    batch = spec["paths"]["/classify_batch"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert batch["properties"]["images"]["type"] == "array"
+    folder = spec["paths"]["/classify_folder"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(folder["properties"]) == {"folder", "recursive", "sort", "csv"}
+
+
+def test_custom_metrics_count_a_request(server):
+    before = samples(server)
+    response = requests.post(f"{server.url}/classify", data=encode(synthetic_face(seed=11)), headers={"Content-Type": "image/jpeg"}, timeout=120)
+    assert response.status_code == 200, response.text
+    after = samples(server)
+    for stage in ("decode", "detect", "crop", "classify"):
+        assert value(after, "facecheck_stage_seconds_count", stage=stage) == value(before, "facecheck_stage_seconds_count", stage=stage) + 1
+    assert value(after, "facecheck_faces_per_image_sum") == value(before, "facecheck_faces_per_image_sum") + 1
+    label = response.json()["verdict"]
+    assert value(after, "facecheck_predictions_total", label=label) == value(before, "facecheck_predictions_total", label=label) + 1
+    assert value(after, "facecheck_classifier_batch_size_sum") >= value(before, "facecheck_classifier_batch_size_sum") + len(ANGLES)
+    requests.post(f"{server.url}/classify", data=b"junk", headers={"Content-Type": "image/jpeg"}, timeout=60)
+    errors = samples(server)
+    assert value(errors, "facecheck_errors_total", reason="not_an_image") == value(after, "facecheck_errors_total", reason="not_an_image") + 1
+
+
+def test_concurrent_requests_share_classifier_batches(server):
+    """Adaptive batching: crops of concurrent requests reach ONNX Runtime in fewer, larger calls.
+
+    Also more than 100 calls to the Classifier under concurrency: BentoML's default client-session
+    renewal after 100 calls broke the calls in flight (500s); service.py turns it off.
+    """
+    requests_sent = 120
+    tiny = encode(Image.new("RGB", (8, 8), (90, 60, 40)), "PNG")  # no detection work: requests reach the classifier together
+    before = samples(server)
+
+    def send(_: int) -> tuple[int, str]:
+        response = requests.post(f"{server.url}/classify", data=tiny, headers={"Content-Type": "image/png"}, timeout=120)
+        return response.status_code, "" if response.ok else response.text
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(send, range(requests_sent)))
+    assert [answer for answer in answers if answer[0] != 200] == []
+    after = samples(server)
+    crops = value(after, "facecheck_classifier_batch_size_sum") - value(before, "facecheck_classifier_batch_size_sum")
+    calls = value(after, "facecheck_classifier_batch_size_count") - value(before, "facecheck_classifier_batch_size_count")
+    assert crops == len(ANGLES) * requests_sent  # every request's TTA crops, each exactly once
+    assert calls < requests_sent, f"{requests_sent} requests took {calls:g} ONNX Runtime calls: nothing was batched"
+
+
+@pytest.fixture(scope="module")
+def onnx_predict(tmp_path_factory):
+    """training.evaluate.predict_onnx with its face cache in a temporary folder."""
+    from service.config import get_settings
+    from training import evaluate
+    from training.cache import CachingDetector
+    from training.data import Sample
+
+    cache = tmp_path_factory.mktemp("face-cache")
+    settings = get_settings()
+
+    def predict(path):
+        original = evaluate.CachingDetector
+        evaluate.CachingDetector = functools.partial(CachingDetector, cache)
+        try:
+            result = evaluate.predict_onnx(settings.model, [Sample(path, 1, "parity")], settings.tta_angles, device="cpu")
+        finally:
+            evaluate.CachingDetector = original
+        assert not result.unreadable
+        return float(result.probs[0]), bool(result.face_found[0])
+
+    return predict
+
+
+@pytest.mark.parametrize("source", ["synthetic", "shared"])
+def test_one_image_one_answer_on_every_path(server, onnx_predict, tmp_path, source):
+    if source == "shared":
+        (path,) = shared_images("rff/real", 1)
+        data = path.read_bytes()
+    else:
+        data = encode(synthetic_face(seed=5))
+    name = f"parity-{uuid.uuid4().hex[:8]}"
+    (server.data_root / name).mkdir()
+    (server.data_root / name / "photo.jpg").write_bytes(data)
+    local = tmp_path / "photo.jpg"
+    local.write_bytes(data)
+
+    single = requests.post(f"{server.url}/classify", files={"image": ("photo.jpg", data, "image/jpeg")}, timeout=120).json()
+    batch = requests.post(f"{server.url}/classify_batch", files=[("images", ("photo.jpg", data, "image/jpeg"))] * 2, timeout=120).json()
+    folder = requests.post(f"{server.url}/classify_folder", json={"folder": name}, timeout=120).json()
+    offline, face_found = onnx_predict(local)
+    shutil.rmtree(server.data_root / name)
+
+    answers = [single, *(item["result"] for item in batch["results"]), folder["results"][0]["result"]]
+    assert face_found and all(answer["face_found"] for answer in answers)
+    for answer in answers:
+        assert answer["faces"][0]["box"] == single["faces"][0]["box"]
+        assert answer["fake_probability"] == pytest.approx(offline, abs=1e-5)
+        assert answer["verdict"] == single["verdict"]

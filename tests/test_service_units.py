@@ -1,0 +1,169 @@
+"""The service's plain modules, without a server: folders, sorted copies, batch summaries, parsing, errors."""
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import os
+
+import numpy as np
+import pytest
+
+from service.batch import batch_result
+from service.config import get_settings
+from service.engine import Engine, Source
+from service.errors import ServiceError
+from service.folders import SortedCopier, list_files, resolve_folder, safe_name
+from service.metrics import get_metrics
+from service.onnx_model import read_card
+from service.pipeline import Pipeline
+from service.schemas import BatchItem, FileError, ImageResult, ModelInfo
+from service.uploads import parse_bool
+from service_fixtures import encode, gradient
+
+
+@pytest.fixture()
+def root(tmp_path):
+    data = tmp_path / "data"
+    (data / "in" / "deep").mkdir(parents=True)
+    (data / "in" / "b.jpg").write_bytes(b"b")
+    (data / "in" / "a.jpg").write_bytes(b"a")
+    (data / "in" / "deep" / "c.jpg").write_bytes(b"c")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.jpg").write_bytes(b"s")
+    return data
+
+
+@pytest.mark.parametrize("folder", ["..", "in/../..", "/etc", "\\etc", "C:/Windows", "in/../../outside"])
+def test_resolve_folder_refuses_escapes(root, folder):
+    with pytest.raises(ServiceError) as caught:
+        resolve_folder(root, folder)
+    assert caught.value.status == 403
+
+
+def test_resolve_folder(root, tmp_path):
+    assert resolve_folder(root, "in") == (root / "in").resolve()
+    assert resolve_folder(root, "") == root.resolve()
+    (root / "link-out").symlink_to(tmp_path / "outside")
+    (root / "link-in").symlink_to(root / "in")
+    assert resolve_folder(root, "link-in") == (root / "in").resolve()
+    for folder, status in (("link-out", 403), ("missing", 404), ("in/a.jpg", 404), ("bad\x00name", 422)):
+        with pytest.raises(ServiceError) as caught:
+            resolve_folder(root, folder)
+        assert caught.value.status == status, folder
+
+
+def test_list_files_order_recursion_exclusion_and_errors(root, tmp_path):
+    (root / "in" / "leak.jpg").symlink_to(tmp_path / "outside" / "secret.jpg")
+    (root / "in" / "loop").symlink_to(root / "in")
+    os.mkfifo(root / "in" / "pipe.jpg")
+    (root / "in" / "sorted").mkdir()
+    (root / "in" / "sorted" / "copy.jpg").write_bytes(b"x")
+    folder = resolve_folder(root, "in")
+    flat = list_files(root, folder, recursive=False, limit=10)
+    assert [f.name for f in flat] == ["in/a.jpg", "in/b.jpg", "in/leak.jpg", "in/pipe.jpg"]
+    assert [f.error.status if f.error else None for f in flat] == [None, None, 403, 403]
+    assert flat[0].read(10) == b"a"
+    with pytest.raises(ServiceError):
+        flat[3].read(10)  # the FIFO: refused, not opened for reading
+    deep = list_files(root, folder, recursive=True, limit=10, exclude=root / "in" / "sorted")
+    assert [f.name for f in deep] == ["in/a.jpg", "in/b.jpg", "in/deep/c.jpg", "in/leak.jpg", "in/pipe.jpg"]
+    with pytest.raises(ServiceError) as caught:
+        list_files(root, folder, recursive=True, limit=3)
+    assert caught.value.status == 413
+
+
+def test_sorted_copies_never_overwrite(tmp_path):
+    copier = SortedCopier(tmp_path / "sorted")
+    assert copier.copy(b"1", "face.jpg", "fake") == "fake/face.jpg"
+    assert copier.copy(b"2", "dir/face.jpg", "fake") == "fake/face-1.jpg"
+    assert copier.copy(b"3", "face.jpg", "real") == "real/face.jpg"
+    assert [(tmp_path / "sorted" / name).read_bytes() for name in ("fake/face.jpg", "fake/face-1.jpg", "real/face.jpg")] == [b"1", b"2", b"3"]
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "sorted2").mkdir()
+    (tmp_path / "sorted2" / "real").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ServiceError):
+        SortedCopier(tmp_path / "sorted2").copy(b"x", "a.jpg", "real")
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
+@pytest.mark.parametrize(("given", "expected"), [("../../etc/passwd", "passwd"), ("..", "upload"), ("a b?.jpg", "a_b_.jpg"),
+                                                 ("C:\\x\\y.png", "y.png"), (".hidden", "hidden"), ("", "upload")])
+def test_safe_name(given, expected):
+    assert safe_name(given) == expected
+
+
+def test_parse_bool():
+    assert [parse_bool(v, "x") for v in ("true", "1", "Yes", "on", None, "", "false", "0", "off")] == [True] * 4 + [False] * 5
+    with pytest.raises(ServiceError) as caught:
+        parse_bool("perhaps", "x")
+    assert caught.value.status == 422 and caught.value.reason == "bad_field"
+
+
+def _result(file: str, verdict: str, faces: bool) -> ImageResult:
+    model = ModelInfo(name="m", version="1", architecture="a", threshold=0.5)
+    return ImageResult(file=file, verdict=verdict, fake_probability=0.9 if verdict == "fake" else 0.1, face_found=faces,
+                       faces=[], whole_image=None, model=model, timings_ms={})
+
+
+def test_batch_summary_and_csv():
+    items = [BatchItem(file="a", ok=True, result=_result("a", "fake", True), sorted_to="fake/a"),
+             BatchItem(file="b", ok=True, result=_result("b", "real", False)),
+             BatchItem(file="c", ok=False, error=FileError(file="c", status=400, error="bad", reason="corrupt"))]
+    answer = batch_result(items, with_csv=True)
+    assert answer.summary.model_dump() == {"files": 3, "real": 1, "fake": 1, "no_face": 1, "errors": 1}
+    rows = list(csv.DictReader(io.StringIO(answer.csv)))
+    assert [(r["file"], r["ok"], r["verdict"], r["sorted_to"], r["reason"]) for r in rows] == [
+        ("a", "True", "fake", "fake/a", ""), ("b", "True", "real", "", ""), ("c", "False", "", "", "corrupt")]
+    assert batch_result(items).csv is None
+
+
+class _NoFaces:
+    def detect(self, image):
+        return []
+
+
+def _engine(classify) -> Engine:
+    settings = get_settings()
+    pipeline = Pipeline(read_card(settings.model), _NoFaces(), (-15.0, 0.0, 15.0))
+    return Engine(pipeline, classify, settings.max_bytes, settings.max_pixels, get_metrics())
+
+
+def test_engine_maps_classifier_overload_to_503():
+    from bentoml.exceptions import ServiceUnavailable
+
+    async def overloaded(crops: np.ndarray) -> np.ndarray:
+        raise ServiceUnavailable("process is overloaded")
+
+    with pytest.raises(ServiceError) as caught:
+        asyncio.run(_engine(overloaded).classify_bytes(encode(gradient(), "PNG"), "ramp.png"))
+    assert caught.value.status == 503 and caught.value.reason == "overloaded"
+
+
+def test_engine_batch_keeps_order_and_per_file_errors():
+    seen = []
+
+    async def fixed(crops: np.ndarray) -> np.ndarray:
+        seen.append(len(crops))
+        return np.full(len(crops), 0.75, dtype=np.float32)
+
+    def unreadable() -> bytes:
+        raise ServiceError("gone", 403, "file_unreadable")
+
+    sources = [Source("a.png", lambda: encode(gradient(), "PNG")), Source("b", unreadable), Source("c", lambda: b"junk")]
+    items = asyncio.run(_engine(fixed).classify_sources(sources))
+    assert [(i.file, i.ok) for i in items] == [("a.png", True), ("b", False), ("c", False)]
+    assert items[0].result.fake_probability == pytest.approx(0.75) and items[0].result.verdict == "fake"
+    assert [i.error.status for i in items[1:]] == [403, 400]
+    assert seen == [3]  # one image, three TTA crops, in one call
+
+
+def test_detector_device_follows_the_device_setting():
+    from service.faces import detector_device
+    from service.onnx_model import cuda_present
+
+    assert detector_device("cpu") == "cpu"
+    assert detector_device("auto") == ("cuda" if cuda_present() else "cpu")
+    if not cuda_present():
+        with pytest.raises(RuntimeError):
+            detector_device("cuda")
