@@ -1,0 +1,48 @@
+"""Locust scenarios against a running facecheck service.
+
+    .venv/bin/locust -f loadtests/locustfile.py --host http://127.0.0.1:3000
+or headless, with a server it starts and stops itself:  .venv/bin/python -m loadtests.run
+"""
+from __future__ import annotations
+
+import random
+
+from locust import HttpUser, between, task
+
+from loadtests.images import bad_payloads, mixed_payloads
+
+MIXED = mixed_payloads()
+BAD = bad_payloads()
+
+
+class Moderator(HttpUser):
+    """Checks single photos, now and then a handful at once, and sometimes sends junk."""
+
+    wait_time = between(0.05, 0.3)
+
+    @task(20)
+    def classify_one(self) -> None:
+        payload = random.choice(MIXED)
+        files = {"image": (payload.name, payload.data, payload.content_type)}
+        with self.client.post("/classify", files=files, name="/classify", catch_response=True) as response:
+            if response.status_code != 200 or "verdict" not in response.json():
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+
+    @task(2)
+    def classify_batch(self) -> None:
+        chosen = random.sample(MIXED, 4)
+        files = [("images", (p.name, p.data, p.content_type)) for p in chosen]
+        with self.client.post("/classify_batch", files=files, name="/classify_batch", catch_response=True) as response:
+            body = response.json() if response.status_code == 200 else {}
+            if len(body.get("results", [])) != len(chosen):
+                response.failure(f"{response.status_code}: expected {len(chosen)} results")
+
+    @task(1)
+    def junk(self) -> None:
+        payload = random.choice(BAD)
+        files = {"image": (payload.name, payload.data, payload.content_type)}
+        with self.client.post("/classify", files=files, name="/classify [bad input]", catch_response=True) as response:
+            if response.status_code in (400, 413, 422):
+                response.success()
+            else:
+                response.failure(f"bad input answered {response.status_code}")
