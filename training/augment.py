@@ -49,6 +49,11 @@ def _down_up(image: Image.Image, scale: float, rng: random.Random) -> Image.Imag
     return image.resize(small, rng.choice(filters)).resize(size, rng.choice(filters))
 
 
+def reencode(image: Image.Image, size: int, quality: int) -> Image.Image:
+    """One common size and JPEG quality for every image: what is left to tell real from fake is the face."""
+    return _jpeg(image.convert("RGB").resize((size, size), RESAMPLE["bicubic"]), quality)
+
+
 def _jpeg(image: Image.Image, quality: int) -> Image.Image:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)

@@ -35,6 +35,7 @@ from service.onnx_model import OnnxClassifier
 from service.pipeline import Pipeline
 from service.preprocess import PreprocessSpec
 from training import baselines, plots
+from training.augment import reencode
 from training.cache import CachingDetector, CropCache
 from training.data import SPLITS, DatasetError, Sample, Split, scan_dataset
 from training.metrics import binary_metrics
@@ -43,6 +44,7 @@ from training.predict import device_for, predict_probs
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 AngleSet = tuple[float, ...]
+Reencode = tuple[int, int]  # side in pixels, JPEG quality
 Scorer = Callable[[np.ndarray, float], np.ndarray]  # uint8 NHWC crops, one angle -> fake probabilities
 
 
@@ -75,15 +77,18 @@ def angle_label(angles: Sequence[float]) -> str:
 # --- predictions --------------------------------------------------------------------------------------
 
 
-def predict_onnx(model_path: Path, samples: Sequence[Sample], angles: Sequence[float], device: str = "auto", desc: str = "evaluate") -> Predictions:
+def predict_onnx(model_path: Path, samples: Sequence[Sample], angles: Sequence[float], device: str = "auto", desc: str = "evaluate",
+                 reencoded: Reencode | None = None) -> Predictions:
     key = angle_key(angles)
-    return predict_onnx_sets(model_path, samples, [key], device, desc)[key]
+    return predict_onnx_sets(model_path, samples, [key], device, desc, reencoded)[key]
 
 
 def predict_onnx_sets(model_path: Path, samples: Sequence[Sample], angle_sets: Sequence[Sequence[float]], device: str = "auto",
-                      desc: str = "evaluate") -> dict[AngleSet, Predictions]:
+                      desc: str = "evaluate", reencoded: Reencode | None = None) -> dict[AngleSet, Predictions]:
     """The service pipeline once with every angle of every set; each set's score is recombined from the
-    per-face, per-angle probabilities exactly as the pipeline would: mean over angles, most-fake face."""
+    per-face, per-angle probabilities exactly as the pipeline would: mean over angles, most-fake face.
+
+    `reencoded=(size, quality)` first turns every image into a size x size JPEG of that quality."""
     sets = list(dict.fromkeys(angle_key(a) for a in angle_sets))
     union = tuple(sorted({a for s in sets for a in s}))
     classifier = OnnxClassifier(model_path, device)
@@ -97,6 +102,8 @@ def predict_onnx_sets(model_path: Path, samples: Sequence[Sample], angle_sets: S
         except ImageError as exc:
             unreadable.append((sample, str(exc)))
             continue
+        if reencoded:
+            image = reencode(image, *reencoded)
         result = pipeline.run(image, classifier.predict, file=str(sample.path))
         units = [face.tta for face in result.faces if face.classified] or [result.whole_image or {}]
         for angle_set in sets:
@@ -171,10 +178,12 @@ def predict(model_path: Path, samples: Sequence[Sample], angles: Sequence[float]
 
 
 def predict_sets(model_path: Path, samples: Sequence[Sample], angle_sets: Sequence[Sequence[float]], device: str = "auto",
-                 desc: str = "evaluate", workers: int = 2) -> dict[AngleSet, Predictions]:
+                 desc: str = "evaluate", workers: int = 2, reencoded: Reencode | None = None) -> dict[AngleSet, Predictions]:
     """Predictions for each set of angles, every distinct angle computed once."""
     if Path(model_path).suffix == ".onnx":
-        return predict_onnx_sets(Path(model_path), samples, angle_sets, device, desc)
+        return predict_onnx_sets(Path(model_path), samples, angle_sets, device, desc, reencoded)
+    if reencoded:
+        raise EvaluationError("--reencode works on exported .onnx models, which see whole photos; a checkpoint sees cached crops")
     return predict_checkpoint_sets(Path(model_path), samples, angle_sets, device, desc, workers)
 
 
@@ -254,6 +263,7 @@ class Report:
     tta_sets: list[AngleSet]  # the sets compared with --tta-sets; empty when not asked
     datasets: dict[str, DatasetResult]
     notes: list[str]
+    reencoded: Reencode | None = None
 
     @property
     def metrics(self) -> dict[str, dict]:
@@ -265,6 +275,7 @@ class Report:
             "threshold": self.threshold, "threshold_source": self.threshold_source,
             "split": self.split, "split_file": str(self.split_file) if self.split_file else None,
             "angles": list(self.angles), "preprocess": self.model.preprocess.model_dump(),
+            "reencoded": {"size": self.reencoded[0], "jpeg_quality": self.reencoded[1]} if self.reencoded else None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "datasets": self.metrics,
             "tta": {name: result.tta for name, result in self.datasets.items()} if self.tta_sets else {},
@@ -321,8 +332,8 @@ def choose_samples(datasets: dict[str, tuple[Path, list[Sample]]], split: str, s
 
 
 def run_evaluation(model_path: Path, folders: Sequence[Path], split: str = "test", split_file: Path | None = None,
-                   angles: Sequence[float] = (0.0,), threshold: float | None = None, device: str = "auto",
-                   tta_sets: Sequence[Sequence[float]] = (), workers: int = 2) -> Report:
+                   angles: Sequence[float] | None = None, threshold: float | None = None, device: str = "auto",
+                   tta_sets: Sequence[Sequence[float]] = (), workers: int = 2, reencoded: Reencode | None = None) -> Report:
     model_path = Path(model_path)
     if not folders:
         raise EvaluationError("no dataset folder given (--data FOLDER)")
@@ -334,10 +345,10 @@ def run_evaluation(model_path: Path, folders: Sequence[Path], split: str = "test
     notes: list[str] = []
     datasets = scan_folders(folders)
     chosen, used_split_file = choose_samples(datasets, split, split_file, model_path, notes)
-    main_key = angle_key(angles)
+    main_key = angle_key(get_settings().tta_angles if angles is None else angles)
     compared = list(dict.fromkeys(angle_key(s) for s in tta_sets))
     everything = [s for samples, _ in chosen.values() for s in samples]
-    by_set = predict_sets(model_path, everything, [main_key, *compared], device, workers=workers)
+    by_set = predict_sets(model_path, everything, [main_key, *compared], device, workers=workers, reencoded=reencoded)
     cutoff = info.threshold if threshold is None else float(threshold)
     results = {}
     for name, (_, selection) in chosen.items():
@@ -356,13 +367,14 @@ def run_evaluation(model_path: Path, folders: Sequence[Path], split: str = "test
     if info.threshold_rule.startswith("none recorded") and threshold is None:
         notes.append(f"{model_path.name} records no threshold: 0.5 is used")
     source = f"the model's ({info.threshold_rule})" if threshold is None else "--threshold"
-    return Report(info, cutoff, source, split, used_split_file, main_key, compared, results, notes)
+    return Report(info, cutoff, source, split, used_split_file, main_key, compared, results, notes, reencoded)
 
 
 def evaluate(model_path: Path, folders: Sequence[Path], split: str = "test", split_file: Path | None = None,
-             angles: Sequence[float] = (0.0,), threshold: float | None = None, device: str = "auto", workers: int = 2) -> dict:
+             angles: Sequence[float] | None = None, threshold: float | None = None, device: str = "auto", workers: int = 2,
+             reencoded: Reencode | None = None) -> dict:
     """{dataset name: metrics} for a model on folder datasets (see the module docstring)."""
-    return run_evaluation(model_path, folders, split, split_file, angles, threshold, device, workers=workers).metrics
+    return run_evaluation(model_path, folders, split, split_file, angles, threshold, device, workers=workers, reencoded=reencoded).metrics
 
 
 def _only(predictions: Predictions, dataset: str) -> Predictions:
@@ -459,7 +471,8 @@ def _wrong_faces(result: DatasetResult, spec: PreprocessSpec, threshold: float, 
 def print_report(report: Report) -> None:
     model = report.model
     print(f"\nmodel {model.path} ({model.name}), threshold {report.threshold:.3f}, split: {report.split}"
-          + (f" (from {report.split_file})" if report.split_file else "") + f", angles {angle_label(report.angles)}")
+          + (f" (from {report.split_file})" if report.split_file else "") + f", angles {angle_label(report.angles)}"
+          + (f", images re-encoded as {report.reencoded[0]}px JPEG q{report.reencoded[1]}" if report.reencoded else ""))
     print(metrics_table(report))
     for name, r in report.datasets.items():
         m = r.metrics
@@ -486,6 +499,16 @@ def parse_angles(text: str) -> AngleSet:
         return angle_key([float(part) for part in text.replace(" ", "").split(",") if part])
     except ValueError:
         raise argparse.ArgumentTypeError(f"angles must be comma-separated degrees such as -15,0,15, got {text!r}") from None
+
+
+def parse_reencode(text: str) -> Reencode:
+    try:
+        size, quality = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--reencode takes SIZE,QUALITY such as 256,85, got {text!r}") from None
+    if not (16 <= size <= 4096 and 1 <= quality <= 100):
+        raise argparse.ArgumentTypeError(f"--reencode: size 16-4096 and quality 1-100, got {text!r}")
+    return size, quality
 
 
 def parse_angle_sets(text: str) -> list[AngleSet]:
@@ -519,8 +542,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split-file", type=Path, metavar="FILE",
                    help="the split to use (default: split.json beside a checkpoint, <name>.split.json beside an export); "
                         "datasets it does not list are evaluated in full")
-    p.add_argument("--tta", type=parse_angles, default=(0.0,), metavar="ANGLES",
-                   help="test-time rotations in degrees, averaged per face, e.g. -15,0,15 (default: 0, no rotation)")
+    p.add_argument("--tta", type=parse_angles, default=None, metavar="ANGLES",
+                   help="test-time rotations in degrees, averaged per face, e.g. -15,0,15 or 0 for none "
+                        "(default: the service's FACECHECK_TTA_ANGLES, -15,0,15, as in the model card)")
+    p.add_argument("--reencode", type=parse_reencode, metavar="SIZE,QUALITY",
+                   help="(.onnx only) first resize every image to SIZE x SIZE and re-encode it as JPEG at QUALITY, e.g. 256,85: "
+                        "if the scores hold, the model judges faces, not a dataset's resolution or compression")
     p.add_argument("--tta-sets", type=parse_angle_sets, default=[], metavar="SETS",
                    help="also compare several rotation sets, separated by ';', e.g. \"0;-15,0,15;-30,-15,0,15,30\": "
                         "prints a table of ROC-AUC / accuracy per dataset and set")
@@ -537,7 +564,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        report = run_evaluation(args.model, args.data, args.split, args.split_file, args.tta, args.threshold, args.device, args.tta_sets, args.workers)
+        report = run_evaluation(args.model, args.data, args.split, args.split_file, args.tta, args.threshold, args.device, args.tta_sets,
+                                args.workers, args.reencode)
     except (EvaluationError, DatasetError, ModelLoadError, UnknownModel, baselines.BaselineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
