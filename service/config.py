@@ -33,13 +33,18 @@ class Settings(BaseSettings):
     @field_validator("tta_angles", mode="before")
     @classmethod
     def _parse_angles(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(float(part) for part in value.replace(" ", "").split(",") if part)
-        return value
+        return parse_angles(value) if isinstance(value, str) else value
 
     @property
     def sorted_root(self) -> Path:
         return self.output_root or self.data_root / "sorted"
+
+
+def parse_angles(text: str) -> tuple[float, ...]:
+    """Comma-separated degrees, as FACECHECK_TTA_ANGLES and the CLI's --tta take them: "-15,0,15"; "" is none.
+
+    Raises ValueError for anything else."""
+    return tuple(float(part) for part in text.replace(" ", "").split(",") if part)
 
 
 @lru_cache(maxsize=1)

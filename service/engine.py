@@ -2,8 +2,9 @@
 
 An image is decoded, its faces found and cropped (in a worker thread: that is CPU or GPU work), then its
 crops are awaited from `classify`: in the service, the Classifier dependency, whose adaptive batching
-groups the crops of concurrent images into one ONNX Runtime call. Client errors come out as
-ServiceError; per-file errors of a batch become items of the answer.
+groups the crops of concurrent images into one ONNX Runtime call; in the CLI (service.cli), ONNX Runtime
+in this process. Client errors come out as ServiceError; per-file errors of a batch become items of the
+answer.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from typing import Awaitable, Callable, Sequence
 
 import anyio.to_thread
 import numpy as np
+from PIL import Image
 
+from service.annotate import AnnotationWriter, annotated_png
 from service.errors import ServiceError, from_classifier_error, from_image_error
 from service.folders import SortedCopier
 from service.imaging import ImageError, decode_image
@@ -24,6 +27,7 @@ from service.pipeline import Pipeline, Prepared
 from service.schemas import BatchItem, ImageResult
 
 Classify = Callable[[np.ndarray], Awaitable[np.ndarray]]
+OnItem = Callable[[BatchItem], None]
 # Images decoded and searched for faces at once in one worker: bounds memory (a decoded image can
 # reach FACECHECK_MAX_PIXELS * 3 bytes) and keeps MTCNN from oversubscribing the CPU.
 PREPARE_CONCURRENCY = min(4, os.cpu_count() or 1)
@@ -57,7 +61,54 @@ class Engine:
         return await self.classify_bytes(data, source.name, reject_no_face)
 
     async def classify_bytes(self, data: bytes, file: str, reject_no_face: bool = False) -> ImageResult:
-        prepared = await self._prepare(data, file)
+        _, result = await self._classify(data, file, reject_no_face, keep_image=False)
+        return result
+
+    async def annotate_source(self, source: Source, reject_no_face: bool = False) -> tuple[bytes, ImageResult]:
+        """The photo as a PNG with its result drawn on it (service.annotate), and the result."""
+        data = await anyio.to_thread.run_sync(source.read)
+        image, result = await self._classify(data, source.name, reject_no_face, keep_image=True)
+        return await anyio.to_thread.run_sync(annotated_png, image, result), result
+
+    async def classify_sources(self, sources: Sequence[Source], copier: SortedCopier | None = None,
+                               annotator: AnnotationWriter | None = None, on_item: OnItem | None = None) -> list[BatchItem]:
+        """One item per source, in order; a file's error is its item's, never the whole answer's.
+
+        `copier` copies each classified file into real/ or fake/, `annotator` writes its annotated
+        picture; `on_item` hears of each item as it is done (a progress bar).
+        """
+        slots = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+        async def one(source: Source) -> BatchItem:
+            async with slots:
+                item = await self._batch_item(source, copier, annotator)
+            if on_item is not None:
+                on_item(item)
+            return item
+
+        return list(await asyncio.gather(*(one(source) for source in sources)))
+
+    async def _batch_item(self, source: Source, copier: SortedCopier | None, annotator: AnnotationWriter | None) -> BatchItem:
+        try:
+            data = await anyio.to_thread.run_sync(source.read)
+            image, result = await self._classify(data, source.name, keep_image=annotator is not None)
+        except ServiceError as exc:
+            self.metrics.errors.labels(reason=exc.reason).inc()
+            return BatchItem(file=source.name, ok=False, error=exc.file_error(source.name))
+        item = BatchItem(file=source.name, ok=True, result=result)
+        try:
+            if annotator is not None:
+                await _write(annotator.write, "annotated picture", "annotate_failed", image, source.name, result)
+            if copier is not None:
+                item.sorted_to = await _write(copier.copy, "sorted copy", "copy_failed", data, source.name, result.verdict)
+        except ServiceError as error:
+            self.metrics.errors.labels(reason=error.reason).inc()
+            item.ok, item.error = False, error.file_error(source.name)
+        return item
+
+    async def _classify(self, data: bytes, file: str, reject_no_face: bool = False, keep_image: bool = False) -> tuple[Image.Image | None, ImageResult]:
+        """The decoded image (when `keep_image`, else None: it need not wait in memory for the classifier) and the result."""
+        image, prepared = await self._prepare(data, file, keep_image)
         if reject_no_face and not prepared.faces:
             raise ServiceError("no face found in the image (reject_no_face is set)", 422, "no_face")
         started = time.perf_counter()
@@ -75,46 +126,30 @@ class Engine:
         result = self.pipeline.assemble(prepared, probs, classify_ms)
         self.metrics.stage_seconds.labels(stage="classify").observe(classify_ms / 1000.0)
         self.metrics.predictions.labels(label=result.verdict).inc()
-        return result
+        return image, result
 
-    async def classify_sources(self, sources: Sequence[Source], copier: SortedCopier | None = None) -> list[BatchItem]:
-        """One item per source, in order; a file's error is its item's, never the whole answer's."""
-        slots = asyncio.Semaphore(BATCH_CONCURRENCY)
-
-        async def one(source: Source) -> BatchItem:
-            async with slots:
-                try:
-                    data = await anyio.to_thread.run_sync(source.read)
-                    result = await self.classify_bytes(data, source.name)
-                except ServiceError as exc:
-                    self.metrics.errors.labels(reason=exc.reason).inc()
-                    return BatchItem(file=source.name, ok=False, error=exc.file_error(source.name))
-                if copier is None:
-                    return BatchItem(file=source.name, ok=True, result=result)
-                try:
-                    sorted_to = await anyio.to_thread.run_sync(copier.copy, data, source.name, result.verdict)
-                except (OSError, ServiceError) as exc:
-                    error = exc if isinstance(exc, ServiceError) else ServiceError(f"sorted copy failed: {exc}", 500, "copy_failed")
-                    self.metrics.errors.labels(reason=error.reason).inc()
-                    return BatchItem(file=source.name, ok=False, result=result, error=error.file_error(source.name))
-                return BatchItem(file=source.name, ok=True, result=result, sorted_to=sorted_to)
-
-        return list(await asyncio.gather(*(one(source) for source in sources)))
-
-    async def _prepare(self, data: bytes, file: str) -> Prepared:
+    async def _prepare(self, data: bytes, file: str, keep_image: bool) -> tuple[Image.Image | None, Prepared]:
         if self._prepare_slots is None:
             self._prepare_slots = asyncio.Semaphore(PREPARE_CONCURRENCY)
         async with self._prepare_slots:
-            prepared = await anyio.to_thread.run_sync(self._prepare_now, data, file)
+            image, prepared = await anyio.to_thread.run_sync(self._prepare_now, data, file)
         self.metrics.observe_timings(prepared.timings_ms)
         self.metrics.faces_per_image.observe(len(prepared.faces))
-        return prepared
+        return (image if keep_image else None), prepared
 
-    def _prepare_now(self, data: bytes, file: str) -> Prepared:
+    def _prepare_now(self, data: bytes, file: str) -> tuple[Image.Image, Prepared]:
         started = time.perf_counter()
         try:
             image = decode_image(data, self.max_bytes, self.max_pixels)
         except ImageError as exc:
             raise from_image_error(exc) from exc
         decode_ms = round((time.perf_counter() - started) * 1000.0, 3)
-        return self.pipeline.prepare(image, file, {"decode": decode_ms})
+        return image, self.pipeline.prepare(image, file, {"decode": decode_ms})
+
+
+async def _write(write: Callable[..., object], what: str, reason: str, *args: object) -> object:
+    """One output of a batch item (an annotated picture, a sorted copy), in a worker thread; OSError is a 500."""
+    try:
+        return await anyio.to_thread.run_sync(write, *args)
+    except OSError as exc:
+        raise ServiceError(f"{what} failed: {exc}", 500, reason) from exc

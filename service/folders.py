@@ -12,6 +12,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Iterable
 
 from service.errors import ServiceError, bad_field
 
@@ -58,15 +59,16 @@ def resolve_folder(root: Path, folder: str) -> Path:
     return target
 
 
-def list_files(root: Path, folder: Path, recursive: bool, limit: int, exclude: Path | None = None) -> list[FolderFile]:
+def list_files(root: Path, folder: Path, recursive: bool, limit: int, exclude: Path | Iterable[Path] | None = None) -> list[FolderFile]:
     """Every file in `folder` (a resolved folder under `root`), sorted by name; subfolders when `recursive`.
 
     Entries that must not be read (symlinks out of the root, FIFOs, devices, sockets) are listed with an
-    error rather than dropped. Symlinked folders are not descended into; `exclude` (the sorted output)
-    is skipped. More than `limit` files is a 413.
+    error rather than dropped. Symlinked folders are not descended into; `exclude` (an output folder, or
+    several) is skipped. More than `limit` files is a 413.
     """
     real_root = root.resolve()
-    skip = exclude.resolve() if exclude is not None else None
+    excluded = [exclude] if isinstance(exclude, Path) else list(exclude or ())
+    skip = {path.resolve() for path in excluded}
     found: list[FolderFile] = []
     pending = [folder]
     while pending:
@@ -79,7 +81,7 @@ def list_files(root: Path, folder: Path, recursive: bool, limit: int, exclude: P
         for entry in entries:
             path = Path(entry.path)
             if entry.is_dir(follow_symlinks=False):
-                if recursive and path != skip:
+                if recursive and path not in skip:
                     subfolders.append(path)
                 continue
             item = _file_entry(real_root, path)

@@ -5,18 +5,22 @@ crops; Classifier runs the ONNX model in its own worker with one batchable metho
 through `bentoml.depends`, so each call goes over HTTP to the Classifier's batching dispatcher, which
 groups the crops of concurrent requests (a face's TTA rotations always travel together) into one ONNX
 Runtime call. The logic lives in plain modules: engine (the work), uploads (request parsing), folders,
-batch, errors and metrics.
+batch, annotate (the drawn picture), errors and metrics. For people rather than programs, GET /ui serves
+one static page (service/static/index.html) that uploads photos to /classify and draws the answer.
 """
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Annotated
 
 import anyio.to_thread
 import bentoml
 import numpy as np
+from bentoml.validators import ContentType
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import RedirectResponse
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from service.batch import batch_result
@@ -33,6 +37,7 @@ from service.uploads import BatchInput, ClassifyInput, FolderInput, parse_bool, 
 
 log = logging.getLogger("bentoml.facecheck")
 settings = get_settings()
+PAGE = (Path(__file__).parent / "static" / "index.html").read_text(encoding="utf-8")
 
 
 # BentoML 1.4.39 renews its client session to a dependency every runner_connection.max_requests calls
@@ -63,8 +68,12 @@ async def _docs(_: Request) -> RedirectResponse:
     return RedirectResponse("/")  # BentoML serves Swagger UI at / and the OpenAPI document at /docs.json
 
 
+async def _page(_: Request) -> HTMLResponse:
+    return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
+
+
 @bentoml.service(traffic={"timeout": settings.request_timeout_s})
-@bentoml.asgi_app(Starlette(routes=[Route("/docs", _docs)]))
+@bentoml.asgi_app(Starlette(routes=[Route("/docs", _docs), Route("/ui", _page)]))
 class FaceCheck:
     classifier = bentoml.depends(Classifier)
 
@@ -89,6 +98,20 @@ class FaceCheck:
             source, fields = await read_image_request(request, settings.max_bytes)
             reject = parse_bool(fields.get("reject_no_face"), "reject_no_face")
             return await self.engine.classify_source(source, reject)
+        return await self._answer(work())
+
+    @bentoml.api(route="/annotate", input_spec=ClassifyInput)
+    async def annotate(self, request: Request) -> Annotated[Path, ContentType("image/png")]:
+        """The photo as a PNG of its own size: each face boxed (red fake, green real) with its fake probability,
+        and a banner with the image's verdict, saying so when no face was found. Same input as /classify;
+        the verdict also comes in the X-Facecheck-Verdict and X-Facecheck-Fake-Probability headers."""
+        async def work() -> Response:
+            source, fields = await read_image_request(request, settings.max_bytes)
+            reject = parse_bool(fields.get("reject_no_face"), "reject_no_face")
+            png, result = await self.engine.annotate_source(source, reject)
+            return Response(png, media_type="image/png", headers={
+                "X-Facecheck-Verdict": result.verdict, "X-Facecheck-Fake-Probability": repr(result.fake_probability),
+                "X-Facecheck-Faces": str(len(result.faces))})
         return await self._answer(work())
 
     @bentoml.api(route="/classify_batch", input_spec=BatchInput)

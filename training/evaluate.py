@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from service.argv import join_option_values
 from service.config import REPO_ROOT, get_settings
+from service.config import parse_angles as parse_comma_angles
 from service.contract import ModelLoadError
 from service.imaging import ImageError, read_image_file
 from service.onnx_model import OnnxClassifier
@@ -496,7 +498,7 @@ def print_report(report: Report) -> None:
 
 def parse_angles(text: str) -> AngleSet:
     try:
-        return angle_key([float(part) for part in text.replace(" ", "").split(",") if part])
+        return angle_key(parse_comma_angles(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"angles must be comma-separated degrees such as -15,0,15, got {text!r}") from None
 
@@ -516,19 +518,6 @@ def parse_angle_sets(text: str) -> list[AngleSet]:
     if not sets:
         raise argparse.ArgumentTypeError(f"no angle set in {text!r}; write sets like \"0;-15,0,15\"")
     return sets
-
-
-def _join_negative_values(argv: list[str]) -> list[str]:
-    """`--tta -15,0,15` would read as an option to argparse; join it into `--tta=-15,0,15`."""
-    joined, i = [], 0
-    while i < len(argv):
-        if argv[i] in ("--tta", "--tta-sets") and i + 1 < len(argv):
-            joined.append(f"{argv[i]}={argv[i + 1]}")
-            i += 2
-        else:
-            joined.append(argv[i])
-            i += 1
-    return joined
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -558,7 +547,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, metavar="N",
                    help="processes for face detection and cropping where the crop cache is cold (default: 2; 1 = in this process)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs (default: auto, CUDA when present)")
-    return p.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    return p.parse_args(join_option_values(sys.argv[1:] if argv is None else argv, ("--tta", "--tta-sets")))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,186 @@
+"""Classify the photos of a folder on this machine, without a server.
+
+    python -m service.cli classify PATH [--recursive] [--csv out.csv] [--json out.json]
+                                        [--sort OUTDIR] [--annotate OUTDIR] [--model M] [--tta -15,0,15] [--device auto|cpu|cuda]
+
+(`facecheck classify PATH` once the package is installed.) It runs the service's own code in this
+process: the same folder listing (service.folders), face detector, Pipeline and ONNX model, through the
+same Engine that the batch endpoints use, so a folder gets the answers /classify_folder would give.
+The JSON file is the batch endpoints' BatchResult and the CSV has the columns of their `csv` option.
+Files that cannot be read or decoded are reported one by one; they never stop the run.
+
+Settings not given as options (byte and pixel limits, faces per image, detection size) are the
+service's FACECHECK_* environment variables. Exit status: 0 when every file was classified, 1 when some
+could not be (see the errors listed), 2 when the command itself cannot run (bad PATH, options, model).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import anyio.to_thread
+import numpy as np
+
+from service.annotate import AnnotationWriter
+from service.argv import join_option_values
+from service.batch import batch_result, to_csv
+from service.config import get_settings, parse_angles
+from service.contract import ModelLoadError
+from service.engine import Engine, Source
+from service.errors import ServiceError
+from service.folders import FolderFile, SortedCopier, list_files, resolve_folder
+from service.metrics import get_metrics
+from service.schemas import BatchItem, BatchResult
+
+PROG = "facecheck"
+
+
+class CommandError(Exception):
+    """The command cannot run at all (exit status 2)."""
+
+
+def angles(text: str) -> tuple[float, ...]:
+    try:
+        return parse_angles(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"angles must be comma-separated degrees such as -15,0,15 (or \"\" for none), got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog=PROG, description="Tells whether the faces in photos are real or fake, on this machine.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = commands.add_parser("classify", help="classify every photo under a folder (or one photo)",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("path", type=Path, metavar="PATH", help="a folder of photos, or one photo")
+    p.add_argument("-r", "--recursive", action="store_true", help="include subfolders (the --sort and --annotate folders are skipped)")
+    p.add_argument("--csv", type=Path, metavar="FILE", help="write one row per file as CSV (the batch endpoints' csv columns)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON (the batch endpoints' BatchResult)")
+    p.add_argument("--sort", type=Path, metavar="OUTDIR", help="copy each classified photo into OUTDIR/real/ or OUTDIR/fake/ (never overwriting)")
+    p.add_argument("--annotate", type=Path, metavar="OUTDIR",
+                   help="write each photo with its faces boxed and labelled to OUTDIR/<its name>.png, e.g. sub/a.jpg -> OUTDIR/sub/a.jpg.png")
+    p.add_argument("--model", type=Path, default=settings.model, metavar="M", help=f"exported .onnx model (default: FACECHECK_MODEL, {settings.model})")
+    p.add_argument("--tta", type=angles, default=settings.tta_angles, metavar="ANGLES",
+                   help="test-time rotations in degrees, e.g. -15,0,15; \"\" for none (default: FACECHECK_TTA_ANGLES, "
+                        f"{','.join(f'{a:g}' for a in settings.tta_angles)})")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=settings.device, help=f"where ONNX Runtime and MTCNN run (default: FACECHECK_DEVICE, {settings.device})")
+    p.add_argument("-q", "--quiet", action="store_true", help="print the summary only, not a line per file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(join_option_values(sys.argv[1:] if argv is None else argv, ("--tta",)))
+    try:
+        return classify_command(args)
+    except CommandError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def classify_command(args: argparse.Namespace) -> int:
+    files = find_files(args.path, args.recursive, exclude=[p for p in (args.sort, args.annotate) if p is not None])
+    engine = load_engine(args.model, args.tta, args.device)
+    copier = SortedCopier(args.sort) if args.sort else None
+    annotator = AnnotationWriter(args.annotate) if args.annotate else None
+    items = run(engine, files, copier, annotator)
+    answer = batch_result(items)
+    if args.json:
+        write_text(args.json, answer.model_dump_json(indent=2) + "\n")
+    if args.csv:
+        write_text(args.csv, to_csv(items))
+    report(answer, args, sys.stdout)
+    return 1 if answer.summary.errors else 0
+
+
+def find_files(path: Path, recursive: bool, exclude: Sequence[Path] = ()) -> list[FolderFile]:
+    """The photos to classify: every file of a folder (named relative to it, sorted), or the one file."""
+    if not path.exists():
+        raise CommandError(f"no such file or folder: {path}")
+    if path.is_file():
+        return [FolderFile(path.name, path.resolve())]
+    try:
+        folder = resolve_folder(path, "")
+        return list_files(path, folder, recursive, limit=sys.maxsize, exclude=exclude)
+    except ServiceError as exc:
+        raise CommandError(f"{path}: {exc.message}") from None
+
+
+def load_engine(model: Path, tta: Sequence[float], device: str) -> Engine:
+    """The service's Engine with the face detector and the ONNX model loaded in this process."""
+    from service.faces import DetectorSettings, FaceDetector, detector_device
+    from service.onnx_model import OnnxClassifier
+    from service.pipeline import Pipeline
+
+    settings = get_settings()
+    try:
+        classifier = OnnxClassifier(model, device)
+        detector = FaceDetector(DetectorSettings(max_side=settings.detect_max_side), device=detector_device(device))
+    except (ModelLoadError, RuntimeError) as exc:
+        raise CommandError(str(exc)) from None
+    pipeline = Pipeline(classifier.card, detector, tta, settings.max_faces)
+
+    async def classify(crops: np.ndarray) -> np.ndarray:
+        return await anyio.to_thread.run_sync(classifier.predict, crops)
+
+    return Engine(pipeline, classify, settings.max_bytes, settings.max_pixels, get_metrics())
+
+
+def run(engine: Engine, files: Sequence[FolderFile], copier: SortedCopier | None, annotator: AnnotationWriter | None) -> list[BatchItem]:
+    from tqdm import tqdm
+
+    max_bytes = engine.max_bytes
+    sources = [Source(file.name, partial(file.read, max_bytes)) for file in files]
+    with tqdm(total=len(sources), unit="photo", desc="classifying", file=sys.stderr, dynamic_ncols=True) as bar:
+        counts = {"real": 0, "fake": 0, "errors": 0}
+
+        def done(item: BatchItem) -> None:
+            counts["errors" if not item.ok else item.result.verdict] += 1
+            bar.set_postfix(counts, refresh=False)
+            bar.update(1)
+
+        return asyncio.run(engine.classify_sources(sources, copier, annotator, on_item=done))
+
+
+def write_text(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def report(answer: BatchResult, args: argparse.Namespace, out) -> None:
+    if not args.quiet:
+        for item in answer.results:
+            if item.ok and item.result is not None:
+                result = item.result
+                faces = f"{len(result.faces)} face{'s' if len(result.faces) != 1 else ''}" if result.face_found else "no face: whole image"
+                print(f"{result.verdict:<5} {result.fake_probability:.3f}  {faces:<21} {item.file}", file=out)
+            elif item.result is not None:  # classified, but its sorted copy or annotated picture failed
+                print(f"{item.result.verdict:<5} {item.result.fake_probability:.3f}  {'(output failed)':<21} {item.file}", file=out)
+            else:
+                print(f"error {item.error.status:<5}  {item.error.reason:<21} {item.file}", file=out)
+    s = answer.summary
+    no_face = f" ({s.no_face} with no face found: the whole image was classified)" if s.no_face else ""
+    print(f"{s.files} file{'s' if s.files != 1 else ''}: {s.real} real, {s.fake} fake{no_face}, {s.errors} error{'s' if s.errors != 1 else ''}", file=out)
+    for item in answer.results:
+        if item.error is not None:
+            print(f"  error: {item.file}: {item.error.error} ({item.error.status} {item.error.reason})", file=out)
+    written = [f"{label} {path}" for label, path in (("CSV", args.csv), ("JSON", args.json)) if path]
+    if args.sort:
+        written.append(f"sorted copies under {args.sort}/real and {args.sort}/fake")
+    if args.annotate:
+        written.append(f"annotated pictures under {args.annotate}")
+    if written:
+        print("wrote " + "; ".join(written), file=out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

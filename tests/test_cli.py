@@ -1,0 +1,164 @@
+"""`python -m service.cli classify`: the service's answers for a folder, without a server."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from service.argv import join_option_values
+from service.batch import CSV_COLUMNS
+from service.cli import build_parser, main
+from service.config import REPO_ROOT, get_settings
+from service.schemas import BatchResult
+from service_fixtures import SHARED_DATA, encode, gradient, synthetic_face
+
+TTA = ",".join(f"{angle:g}" for angle in get_settings().tta_angles)  # the server's angles, e.g. -15,0,15
+
+
+def run_cli(*args: str | Path, max_bytes: int | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if max_bytes is not None:
+        env["FACECHECK_MAX_BYTES"] = str(max_bytes)
+    return subprocess.run([sys.executable, "-m", "service.cli", "classify", *map(str, args)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def a_real_photo() -> bytes:
+    files = sorted((SHARED_DATA / "utk-real" / "real").glob("*.jpg"))[:1]
+    return files[0].read_bytes() if files else encode(synthetic_face(seed=8))
+
+
+def test_cli_answers_as_the_folder_endpoint_does(server, tmp_path):
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    folder = server.data_root / name
+    (folder / "sub").mkdir(parents=True)
+    face, photo = encode(synthetic_face(seed=7)), a_real_photo()
+    (folder / "a-face.jpg").write_bytes(face)
+    (folder / "b-ramp.png").write_bytes(encode(gradient(), "PNG"))
+    (folder / "c-notes.txt").write_text("notes, not a photo")
+    os.mkfifo(folder / "d-pipe.jpg")
+    (folder / "sub" / "e-photo.jpg").write_bytes(photo)
+    (folder / "sub" / "f-huge.jpg").write_bytes(b"\xff\xd8" + b"\x00" * server.max_bytes)  # over the byte limit
+    out = tmp_path / "out"
+
+    served = requests.post(f"{server.url}/classify_folder", json={"folder": name, "recursive": True, "csv": True}, timeout=300)
+    assert served.status_code == 200, served.text
+    done = run_cli(folder, "--recursive", "--tta", TTA, "--csv", out / "r.csv", "--json", out / "r.json",
+                   "--sort", out / "sorted", "--annotate", out / "annotated", max_bytes=server.max_bytes)
+    assert done.returncode == 1, done.stderr  # 1: some files could not be classified
+    served, local = served.json(), BatchResult.model_validate_json((out / "r.json").read_text()).model_dump(mode="json")
+
+    assert [f"{name}/{item['file']}" for item in local["results"]] == [item["file"] for item in served["results"]]
+    assert local["summary"] == served["summary"] == {"files": 6, "real": local["summary"]["real"], "fake": local["summary"]["fake"],
+                                                     "no_face": 1, "errors": 3}
+    for mine, theirs in zip(local["results"], served["results"]):
+        assert mine["ok"] == theirs["ok"], mine["file"]
+        if not mine["ok"]:
+            assert (mine["error"]["status"], mine["error"]["reason"]) == (theirs["error"]["status"], theirs["error"]["reason"])
+            assert mine["result"] is None and mine["sorted_to"] is None
+            continue
+        a, b = mine["result"], theirs["result"]
+        assert (a["verdict"], a["face_found"], len(a["faces"]), a["model"]) == (b["verdict"], b["face_found"], len(b["faces"]), b["model"])
+        assert a["fake_probability"] == pytest.approx(b["fake_probability"], abs=1e-5)
+        for fa, fb in zip(a["faces"], b["faces"]):
+            assert fa["box"] == pytest.approx(fb["box"], abs=1e-3) and fa["label"] == fb["label"]
+            assert fa["tta"].keys() == fb["tta"].keys() and list(fa["tta"].values()) == pytest.approx(list(fb["tta"].values()), abs=1e-5)
+        if not a["face_found"]:
+            assert list(a["whole_image"].values()) == pytest.approx(list(b["whole_image"].values()), abs=1e-5)
+        # --sort: a copy in real/ or fake/; --annotate: the picture, as big as the photo
+        assert mine["sorted_to"] == f"{a['verdict']}/{Path(mine['file']).name}"
+        assert (out / "sorted" / mine["sorted_to"]).read_bytes() == (folder / mine["file"]).read_bytes()
+        with Image.open(out / "annotated" / f"{mine['file']}.png") as drawn, Image.open(folder / mine["file"]) as photo_image:
+            assert drawn.format == "PNG" and drawn.size == photo_image.size
+    assert sorted(p.relative_to(out / "annotated").as_posix() for p in (out / "annotated").rglob("*.png")) == [
+        "a-face.jpg.png", "b-ramp.png.png", "sub/e-photo.jpg.png"]
+    by_reason = {item["file"]: item["error"]["reason"] for item in local["results"] if item["error"]}
+    assert by_reason == {"c-notes.txt": "not_an_image", "d-pipe.jpg": "special_file", "sub/f-huge.jpg": "too_many_bytes"}
+
+    mine_csv = list(csv.DictReader(io.StringIO((out / "r.csv").read_text())))
+    theirs_csv = list(csv.DictReader(io.StringIO(served["csv"])))
+    assert list(mine_csv[0]) == list(CSV_COLUMNS) == list(theirs_csv[0])
+    for a, b in zip(mine_csv, theirs_csv):
+        assert f"{name}/{a['file']}" == b["file"]
+        assert float(a["fake_probability"] or "nan") == pytest.approx(float(b["fake_probability"] or "nan"), abs=1e-5, nan_ok=True)
+        assert {k: v for k, v in a.items() if k not in ("file", "fake_probability", "sorted_to")} == \
+               {k: v for k, v in b.items() if k not in ("file", "fake_probability", "sorted_to")}
+
+    summary = done.stdout.splitlines()
+    assert f"6 files: {local['summary']['real']} real, {local['summary']['fake']} fake (1 with no face found: the whole image was classified), 3 errors" in summary
+    for file in by_reason:
+        assert any(line.startswith(f"  error: {file}: ") for line in summary), file
+    assert "classifying" in done.stderr  # the progress bar
+
+
+def test_cli_one_photo_sorts_without_overwriting(tmp_path):
+    photo = tmp_path / "in" / "face.jpg"
+    photo.parent.mkdir()
+    photo.write_bytes(encode(synthetic_face(seed=3)))
+    for run in range(2):
+        done = run_cli(photo, "--sort", tmp_path / "sorted", "--json", tmp_path / f"r{run}.json", "--tta", "0", "--device", "cpu", "-q")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("1 file: ")
+    first, second = (json.loads((tmp_path / f"r{run}.json").read_text())["results"][0] for run in range(2))
+    assert first["file"] == second["file"] == "face.jpg" and list(first["result"]["faces"][0]["tta"]) == ["0"]
+    assert first["sorted_to"] != second["sorted_to"]
+    assert all((tmp_path / "sorted" / item["sorted_to"]).read_bytes() == photo.read_bytes() for item in (first, second))
+
+
+def test_cli_refuses_what_it_cannot_run(tmp_path, capsys):
+    assert main(["classify", str(tmp_path / "missing")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["classify", str(tmp_path), "--tta", "-15,left"])
+    assert stopped.value.code == 2
+    assert "comma-separated degrees" in capsys.readouterr().err
+
+
+def test_negative_angles_are_values_not_options():
+    args = build_parser().parse_args(join_option_values(["classify", "x", "--tta", "-15,0,15", "-r"], ("--tta",)))
+    assert args.tta == (-15.0, 0.0, 15.0) and args.recursive
+    assert build_parser().parse_args(["classify", "x", "--tta="]).tta == ()
+    assert join_option_values(["--tta", "-5", "--tta-sets", "0;-5,5", "--x"], ("--tta", "--tta-sets")) == ["--tta=-5", "--tta-sets=0;-5,5", "--x"]
+
+
+def test_a_failing_output_is_that_files_error_not_a_crash(tmp_path):
+    """What the CLI's --annotate and --sort do per file, through the service's Engine: OSError -> a 500 item."""
+    import asyncio
+
+    import numpy as np
+
+    from service.annotate import AnnotationWriter
+    from service.engine import Engine, Source
+    from service.folders import SortedCopier
+    from service.metrics import get_metrics
+    from service.onnx_model import read_card
+    from service.pipeline import Pipeline
+
+    class NoFaces:
+        def detect(self, image):
+            return []
+
+    async def fixed(crops: np.ndarray) -> np.ndarray:
+        return np.full(len(crops), 0.2, dtype=np.float32)
+
+    settings = get_settings()
+    engine = Engine(Pipeline(read_card(settings.model), NoFaces(), (0.0,)), fixed, settings.max_bytes, settings.max_pixels, get_metrics())
+    (tmp_path / "blocked").write_text("a file where the output folder should be")
+    ramp = encode(gradient(), "PNG")
+    items = asyncio.run(engine.classify_sources([Source("a.png", lambda: ramp)], SortedCopier(tmp_path / "sorted"),
+                                                AnnotationWriter(tmp_path / "blocked")))
+    (item,) = items
+    assert not item.ok and item.result is not None and item.result.verdict == "real"
+    assert (item.error.status, item.error.reason) == (500, "annotate_failed")
+    items = asyncio.run(engine.classify_sources([Source("a.png", lambda: ramp)], SortedCopier(tmp_path / "blocked"),
+                                                AnnotationWriter(tmp_path / "annotated")))
+    assert (items[0].error.status, items[0].error.reason) == (500, "copy_failed") and (tmp_path / "annotated" / "a.png.png").is_file()
