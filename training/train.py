@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resize-filter", default="bicubic", choices=["nearest", "box", "bilinear", "bicubic", "lanczos"])
     p.add_argument("--rotation", type=float, default=15.0, help="rotation augmentation range in degrees (+-)")
     p.add_argument("--no-augment", action="store_true", help="train on the crops as they are")
+    p.add_argument("--blur", type=float, default=AugmentSpec().blur, help="probability of a Gaussian blur")
+    p.add_argument("--resize", type=float, default=AugmentSpec().resize, help="probability of a down-and-up resize")
+    p.add_argument("--jpeg", type=float, default=AugmentSpec().jpeg, help="probability of JPEG re-encoding at a random quality")
     p.add_argument("--workers", type=int, default=2, help="processes for face detection when the crop cache is cold")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
@@ -96,7 +99,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil((args.epoch_size or len(train.samples)) / args.batch_size)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=args.lr, total_steps=args.epochs * self.steps_per_epoch, pct_start=0.15)
         self.scaler = torch.amp.GradScaler(enabled=self.device.type == "cuda")
-        self.augment = None if args.no_augment else AugmentSpec(rotation=args.rotation)
+        self.augment = None if args.no_augment else AugmentSpec(rotation=args.rotation, blur=args.blur, resize=args.resize, jpeg=args.jpeg)
         self.history: list[dict] = []
         self.best_auc, self.epoch = -1.0, 0
 
