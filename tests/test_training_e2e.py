@@ -170,3 +170,20 @@ def test_train_and_evaluate_on_a_few_real_faces(tmp_path: Path) -> None:
     assert m["n"] == 20 and not m["unreadable"]
     assert m["faces_found"] >= 18  # portraits: MTCNN finds (nearly) every face
     assert 0.0 <= m["roc_auc"] <= 1.0
+
+
+@pytest.mark.slow
+def test_export_with_data_records_threshold_and_metrics_that_evaluate_reproduces(trained_cnn, tmp_path: Path, monkeypatch) -> None:
+    run, data = trained_cnn
+    monkeypatch.setattr(export, "CropCache", partial(CropCache, tmp_path / "cache"))
+    out = tmp_path / "exports"
+    assert export.main(["--checkpoint", str(run / "best.pt"), "--name", "tiny", "--out", str(out), "--data", str(data), "--tta", "0"]) == 0
+    card = json.loads((out / "tiny.json").read_text())
+    assert card["threshold_rule"].startswith("maximises balanced accuracy on the validation split")
+    assert (out / "tiny.split.json").read_text() == (run / "split.json").read_text()
+    recorded = card["metrics"]["test"][data.name]
+    assert card["metrics"]["test_reencoded"]["datasets"][data.name]["n"] == recorded["n"] > 0
+    measured = evaluate.evaluate(out / "tiny.onnx", [data], angles=(0.0,))[data.name]
+    assert measured["n"] == recorded["n"]
+    for key in ("accuracy", "roc_auc", "f1", "false_positive_rate"):
+        assert measured[key] == pytest.approx(recorded[key], abs=1e-9), key

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import json
 import logging
 import shlex
 import sys
@@ -38,6 +37,7 @@ from training.models import MODELS
 log = logging.getLogger("training.export")
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 3, 16)
+SHORTCUT_CHECK = (256, 85)  # every test image re-encoded to this side and JPEG quality
 
 
 class ExportError(RuntimeError):
@@ -122,17 +122,22 @@ def write_card_json(onnx_path: Path, card: ModelCard) -> None:
 
 
 def evaluate_through_service(onnx_path: Path, split: Split, folders: Sequence[Path], angles: Sequence[float]) -> tuple[float, dict[str, Any]]:
-    """Choose the threshold on validation, then measure each dataset's test split, as the service would."""
+    """Choose the threshold on validation, then measure each dataset's test split as the service would, and
+    again with every test image re-encoded to one size and JPEG quality (a model that learned a dataset's
+    resolution or compression instead of faces falls apart there)."""
     from training.evaluate import predict_onnx
 
     samples = [s for folder in folders for s in scan_dataset(folder)]
     val = predict_onnx(onnx_path, split.select(samples, "val"), angles, device="cpu", desc="validation")
     threshold = balanced_accuracy_threshold(val.labels, val.probs)
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = {"test": {}, "test_reencoded": {"size": SHORTCUT_CHECK[0], "jpeg_quality": SHORTCUT_CHECK[1], "datasets": {}}}
     for folder in folders:
         name = Path(folder).name
-        test = predict_onnx(onnx_path, split.select([s for s in samples if s.dataset == name], "test"), angles, device="cpu", desc=f"test {name}")
-        metrics[name] = binary_metrics(test.labels, test.probs, threshold) | {"faces_found": int(test.face_found.sum())}
+        test = split.select([s for s in samples if s.dataset == name], "test")
+        for key, reencoded in (("test", None), ("test_reencoded", SHORTCUT_CHECK)):
+            found = predict_onnx(onnx_path, test, angles, device="cpu", desc=f"{key} {name}", reencoded=reencoded)
+            result = binary_metrics(found.labels, found.probs, threshold) | {"faces_found": int(found.face_found.sum())}
+            (metrics[key] if key == "test" else metrics[key]["datasets"])[name] = result
     return threshold, metrics
 
 
@@ -210,12 +215,14 @@ def _training_info(state: dict, checkpoint: Path) -> dict[str, Any]:
 
 def _print_metrics(card: ModelCard) -> None:
     print(f"threshold {card.threshold:.4f} ({card.threshold_rule})")
-    print(f"{'dataset':<12} {'n':>5} {'acc':>6} {'auc':>6} {'f1':>6} {'fpr':>6}")
-    for name, m in card.metrics.items():
+    print(f"{'test split':<28} {'n':>5} {'acc':>6} {'auc':>6} {'f1':>6} {'fpr':>6}")
+    reencoded = card.metrics["test_reencoded"]
+    rows = [(name, m) for name, m in card.metrics["test"].items()]
+    rows += [(f"{name} re-encoded {reencoded['size']}px q{reencoded['jpeg_quality']}", m) for name, m in reencoded["datasets"].items()]
+    for name, m in rows:
         auc = "-" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
         fpr = "-" if m["false_positive_rate"] is None else f"{m['false_positive_rate']:.4f}"
-        print(f"{name:<12} {m['n']:>5} {m['accuracy']:>6.4f} {auc:>6} {m['f1']:>6.4f} {fpr:>6}")
-    print(json.dumps({"threshold": card.threshold}))
+        print(f"{name:<28} {m['n']:>5} {m['accuracy']:>6.4f} {auc:>6} {m['f1']:>6.4f} {fpr:>6}")
 
 
 if __name__ == "__main__":
