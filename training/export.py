@@ -154,7 +154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("onnxscript").setLevel(logging.WARNING)
+    for noisy in ("onnxscript", "onnx_ir"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     args.command = "python -m training.export " + shlex.join(argv)
