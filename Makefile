@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 CHROMEDRIVER ?= /usr/bin/chromedriver
 
-.PHONY: setup serve test clean browser
+.PHONY: setup serve test fuzz clean browser
 
 setup: $(STAMP)
 
@@ -24,6 +24,13 @@ serve: setup
 
 test: setup browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Fuzzing, long and with fresh randomness: the decoder and request parsers in-process (hypothesis), and a
+# server it starts against its own OpenAPI document (schemathesis). `make test` runs the same tests with
+# a few dozen examples each. FUZZ_EXAMPLES is per property; each API operation gets a quarter of it.
+FUZZ_EXAMPLES ?= 2000
+fuzz: setup
+	FACECHECK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/test_fuzz.py $(PYTEST_ARGS)
 
 # The page's end-to-end test drives Debian's headless Chromium. Where it is missing, try to install it
 # (as root, with apt-get: CI); this never fails the build: without a browser that one test skips.

@@ -56,3 +56,14 @@ def wait_ready(url: str, process: subprocess.Popen, timeout_s: float) -> None:
                 return
         time.sleep(0.5)
     raise TimeoutError(f"the server at {url} was not ready within {timeout_s} s")
+
+
+def serve_process(url: str) -> "psutil.Process":
+    """The `bentoml serve` process (a child of this one) listening at `url`."""
+    import psutil
+
+    port = url.rsplit(":", 1)[1]
+    for child in psutil.Process().children():
+        if "serve" in child.cmdline() and port in child.cmdline():
+            return child
+    raise LookupError(f"no bentoml serve child of this process serves {url}")

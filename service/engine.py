@@ -9,6 +9,7 @@ answer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -19,13 +20,14 @@ import numpy as np
 from PIL import Image
 
 from service.annotate import AnnotationWriter, annotated_png
-from service.errors import ServiceError, from_classifier_error, from_image_error
+from service.errors import ServiceError, classifier_disconnected, from_classifier_error, from_image_error
 from service.folders import SortedCopier
 from service.imaging import ImageError, decode_image
 from service.metrics import Metrics
 from service.pipeline import Pipeline, Prepared
 from service.schemas import BatchItem, ImageResult
 
+log = logging.getLogger("bentoml.facecheck")
 Classify = Callable[[np.ndarray], Awaitable[np.ndarray]]
 OnItem = Callable[[BatchItem], None]
 # Images decoded and searched for faces at once in one worker: bounds memory (a decoded image can
@@ -33,6 +35,9 @@ OnItem = Callable[[BatchItem], None]
 PREPARE_CONCURRENCY = min(4, os.cpu_count() or 1)
 # Files of one batch request in flight at once: enough to keep the classifier's batches full.
 BATCH_CONCURRENCY = 8
+# Tries of one classifier call whose connection breaks (its worker died): a call in flight on the dead
+# worker fails, and may meet one more of its stale pooled connections, before it reaches the new worker.
+CLASSIFY_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -112,13 +117,7 @@ class Engine:
         if reject_no_face and not prepared.faces:
             raise ServiceError("no face found in the image (reject_no_face is set)", 422, "no_face")
         started = time.perf_counter()
-        try:
-            probs = await self.classify(prepared.inputs)
-        except Exception as exc:
-            mapped = from_classifier_error(exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
+        probs = await self._predict(prepared.inputs)
         classify_ms = round((time.perf_counter() - started) * 1000.0, 3)
         probs = np.asarray(probs, dtype=np.float32).reshape(-1)
         if len(probs) != len(prepared.inputs):
@@ -127,6 +126,23 @@ class Engine:
         self.metrics.stage_seconds.labels(stage="classify").observe(classify_ms / 1000.0)
         self.metrics.predictions.labels(label=result.verdict).inc()
         return image, result
+
+    async def _predict(self, inputs: np.ndarray) -> np.ndarray:
+        """The classifier's answer; refusals come out as ServiceError. A call cut off because the classifier's
+        worker died is sent again: the supervisor starts a new worker, and the call waits for it."""
+        for attempt in range(1, CLASSIFY_ATTEMPTS + 1):
+            try:
+                return await self.classify(inputs)
+            except Exception as exc:
+                if classifier_disconnected(exc) and attempt < CLASSIFY_ATTEMPTS:
+                    log.warning("classifier call %d of %d failed (%r); sending it again", attempt, CLASSIFY_ATTEMPTS, exc)
+                    await asyncio.sleep(0.1)  # lets the event loop drop the dead worker's other pooled connections
+                    continue
+                mapped = from_classifier_error(exc)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+        raise AssertionError("unreachable")
 
     async def _prepare(self, data: bytes, file: str, keep_image: bool) -> tuple[Image.Image | None, Prepared]:
         if self._prepare_slots is None:

@@ -1,6 +1,8 @@
 """Turn untrusted bytes into an RGB image, or a clear client error.
 
 Every limit is checked before the pixels are decoded, so a decompression bomb costs a header read.
+Only the formats photos come in are opened: Pillow's other plugins (PostScript through Ghostscript,
+PSD, FITS, ...) are code that untrusted bytes need not reach.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Our own pixel limit is checked explicitly; Pillow's global one would raise on its own terms.
 Image.MAX_IMAGE_PIXELS = None
+# JPEG includes MPO (a JPEG with more pictures, as phones write them): Pillow's JPEG opener returns those.
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 
 
 class ImageError(ValueError):
@@ -31,9 +35,9 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
     if len(data) > max_bytes:
         raise ImageError(f"upload is {len(data)} bytes; the limit is {max_bytes}", 413, "too_many_bytes")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageError(f"not a recognised image format ({exc.__class__.__name__})") from exc
+        raise ImageError(f"not an image in a supported format: JPEG, PNG, GIF, WebP, BMP or TIFF ({exc.__class__.__name__})") from exc
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}", 413, "too_many_pixels")

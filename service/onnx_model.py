@@ -33,7 +33,10 @@ def cuda_present() -> bool:
 
 
 def read_card(path: Path | str) -> ModelCard:
-    """An export's model card, for a process that needs the card but does not run the model."""
+    """An export's model card, for a process that needs the card but does not run the model.
+
+    Raises ModelLoadError for a missing or corrupt file, one without a card, or one whose input does not
+    match its card, as OnnxClassifier would."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -46,7 +49,19 @@ def read_card(path: Path | str) -> ModelCard:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types for a bad file
         raise ModelLoadError(f"{path} is not a loadable ONNX model: {exc}") from exc
-    return card_from_metadata(session.get_modelmeta().custom_metadata_map, path)
+    card = card_from_metadata(session.get_modelmeta().custom_metadata_map, path)
+    input_name(session, card, path)
+    return card
+
+
+def input_name(session, card: ModelCard, path: Path) -> str:
+    """The model's one input, checked against the card's 3 x size x size."""
+    (model_input,) = session.get_inputs()
+    size = card.preprocess.input_size
+    shape = model_input.shape
+    if len(shape) != 4 or shape[1] != 3 or shape[2:] != [size, size]:
+        raise ModelLoadError(f"{path}: input shape {shape} does not match the card's 3x{size}x{size}")
+    return model_input.name
 
 
 class OnnxClassifier:
@@ -67,19 +82,11 @@ class OnnxClassifier:
         if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             raise ModelLoadError("FACECHECK_DEVICE=cuda but ONNX Runtime could not start its CUDA provider (no GPU or CUDA libraries)")
         self.card: ModelCard = card_from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
-        self.input_name = self._check_input()
+        self.input_name = input_name(self.session, self.card, self.path)
 
     @property
     def provider(self) -> str:
         return self.session.get_providers()[0]
-
-    def _check_input(self) -> str:
-        (model_input,) = self.session.get_inputs()
-        size = self.card.preprocess.input_size
-        shape = model_input.shape
-        if len(shape) != 4 or shape[1] != 3 or shape[2:] != [size, size]:
-            raise ModelLoadError(f"{self.path}: input shape {shape} does not match the card's 3x{size}x{size}")
-        return model_input.name
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) == 0:

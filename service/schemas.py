@@ -6,13 +6,16 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 Label = Literal["real", "fake"]
+# OpenAPI 3.0 marks a field that may be null with `nullable`; BentoML's document keeps only the first
+# branch of pydantic's anyOf [type, null], so optional fields say so here.
+NULLABLE = {"nullable": True}
 
 
 class FaceResult(BaseModel):
     box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in the image's pixels (EXIF orientation applied)")
     detection_score: float
-    fake_probability: float | None = Field(description="mean over the test-time rotations; null when not classified")
-    label: Label | None
+    fake_probability: float | None = Field(description="mean over the test-time rotations; null when not classified", json_schema_extra=NULLABLE)
+    label: Label | None = Field(json_schema_extra=NULLABLE)
     tta: dict[str, float] = Field(default_factory=dict, description="fake probability per rotation angle (degrees)")
     classified: bool = True
 
@@ -31,7 +34,8 @@ class ImageResult(BaseModel):
     face_found: bool
     faces: list[FaceResult] = Field(description="every detected face, most confident detection first; [] when none was found")
     faces_unclassified: int = Field(0, description="faces beyond FACECHECK_MAX_FACES, listed but not classified")
-    whole_image: dict[str, float] | None = Field(None, description="when no face was found: the whole image's TTA probabilities")
+    whole_image: dict[str, float] | None = Field(None, description="when no face was found: the whole image's TTA probabilities",
+                                                 json_schema_extra=NULLABLE)
     model: ModelInfo
     timings_ms: dict[str, float]
 
@@ -46,9 +50,9 @@ class FileError(BaseModel):
 class BatchItem(BaseModel):
     file: str
     ok: bool
-    result: ImageResult | None = None
-    error: FileError | None = None
-    sorted_to: str | None = None
+    result: ImageResult | None = Field(None, json_schema_extra=NULLABLE)
+    error: FileError | None = Field(None, json_schema_extra=NULLABLE)
+    sorted_to: str | None = Field(None, json_schema_extra=NULLABLE)
 
 
 class BatchSummary(BaseModel):
@@ -62,7 +66,7 @@ class BatchSummary(BaseModel):
 class BatchResult(BaseModel):
     summary: BatchSummary
     results: list[BatchItem]
-    csv: str | None = None
+    csv: str | None = Field(None, json_schema_extra=NULLABLE)
 
 
 class ErrorBody(BaseModel):

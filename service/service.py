@@ -26,7 +26,7 @@ from starlette.routing import Route
 from service.batch import batch_result
 from service.config import get_settings
 from service.engine import Engine, Source
-from service.errors import ServiceError
+from service.errors import ServiceError, document_errors
 from service.faces import DetectorSettings, FaceDetector, detector_device
 from service.folders import SortedCopier, list_files, resolve_folder
 from service.metrics import get_metrics
@@ -37,6 +37,10 @@ from service.uploads import BatchInput, ClassifyInput, FolderInput, parse_bool, 
 
 log = logging.getLogger("bentoml.facecheck")
 settings = get_settings()
+# Read at import, which `bentoml serve` does in its own process before it starts any worker: a missing
+# or corrupt model stops the server with that message, rather than sending the workers into a restart loop.
+CARD = read_card(settings.model)
+document_errors()
 PAGE = (Path(__file__).parent / "static" / "index.html").read_text(encoding="utf-8")
 
 
@@ -80,7 +84,7 @@ class FaceCheck:
     def __init__(self) -> None:
         self.metrics = get_metrics()
         detector = FaceDetector(DetectorSettings(max_side=settings.detect_max_side), device=detector_device(settings.device))
-        self.pipeline = Pipeline(read_card(settings.model), detector, settings.tta_angles, settings.max_faces)
+        self.pipeline = Pipeline(CARD, detector, settings.tta_angles, settings.max_faces)
         self.engine = Engine(self.pipeline, self._classify, settings.max_bytes, settings.max_pixels, self.metrics)
         log.info("face detector on %s; model card %s %s", detector.device, self.pipeline.card.name, self.pipeline.card.version)
 

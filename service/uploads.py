@@ -39,7 +39,7 @@ class BatchForm(BaseModel):
     """Many images in one multipart request, one `images` part per file. `sort` and `csv` are also
     accepted as query parameters."""
 
-    images: list[ImageFile] = Field(description="the photos, in the order the results should come back")
+    images: list[ImageFile] = Field(min_length=1, description="the photos, in the order the results should come back")
     sort: bool = Field(False, description="copy each classified file into <output root>/real/ or /fake/")
     csv: bool = Field(False, description="also return the results as CSV text")
 

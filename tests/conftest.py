@@ -20,6 +20,7 @@ class Server:
     sorted_root: Path
     max_bytes: int
     max_batch_files: int
+    max_faces: int
     log: Path
 
 
@@ -28,7 +29,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Server:
     """`bentoml serve` from the repository root (bentofile.yaml) on a free loopback port.
 
     FACECHECK_DATA_ROOT is an empty temporary folder that tests fill, the sorted copies go to its sorted/,
-    and the byte and batch limits are low so that the limit tests stay cheap. The other FACECHECK_*
+    and the byte, batch and faces limits are low so that the limit tests stay cheap. The other FACECHECK_*
     settings are this process's (the defaults, or another model named by FACECHECK_MODEL).
     """
     base = tmp_path_factory.mktemp("service")
@@ -40,11 +41,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Server:
         "FACECHECK_DATA_ROOT": str(data_root),
         "FACECHECK_MAX_BYTES": "2000000",
         "FACECHECK_MAX_BATCH_FILES": "6",
+        "FACECHECK_MAX_FACES": "8",
         "BENTOML_HOME": str(base / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "True",
     }
     try:
         with running_server(env, timeout_s=SERVER_START_S, log_path=log) as url:
-            yield Server(url, data_root, data_root / "sorted", 2_000_000, 6, log)
+            yield Server(url, data_root, data_root / "sorted", 2_000_000, 6, 8, log)
     except (RuntimeError, TimeoutError) as exc:
         pytest.fail(f"{exc}:\n{log.read_text()[-4000:]}")

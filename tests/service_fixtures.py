@@ -1,4 +1,5 @@
-"""Images the service tests make themselves, and the shared data set when this checkout has it."""
+"""Images the service tests make themselves, the shared data set when this checkout has it, and what
+every answer of the service promises (assert_consistent, assert_error, assert_summary_adds_up)."""
 from __future__ import annotations
 
 import io
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image, ImageDraw, ImageFilter
 
 from service.config import get_settings
@@ -87,3 +89,43 @@ def shared_images(subset: str, count: int) -> list[Path]:
     if len(files) < count:
         pytest.skip(f"needs {count} images in {folder} (the shared data set is not next to this checkout)")
     return files
+
+
+def assert_consistent(result: dict) -> None:
+    """What every ImageResult promises, whatever the model says."""
+    threshold = result["model"]["threshold"]
+    assert 0.0 <= result["fake_probability"] <= 1.0
+    assert result["verdict"] == ("fake" if result["fake_probability"] >= threshold else "real")
+    assert result["face_found"] == bool(result["faces"])
+    assert set(result["timings_ms"]) >= {"decode", "detect", "crop", "classify"}
+    classified = [face for face in result["faces"] if face["classified"]]
+    if classified:
+        assert result["fake_probability"] == pytest.approx(max(face["fake_probability"] for face in classified), abs=1e-12)
+        for face in classified:
+            assert face["label"] == ("fake" if face["fake_probability"] >= threshold else "real")
+            assert set(face["tta"]) == ANGLE_KEYS
+            assert face["fake_probability"] == pytest.approx(sum(face["tta"].values()) / len(ANGLE_KEYS), abs=1e-9)
+    else:
+        assert set(result["whole_image"]) == ANGLE_KEYS
+        assert result["fake_probability"] == pytest.approx(sum(result["whole_image"].values()) / len(ANGLE_KEYS), abs=1e-9)
+
+
+def assert_error(response: requests.Response, status: int, reason: str | None = None) -> None:
+    """A refusal in the service's JSON error shape; `reason` None accepts any."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error", "status", "reason"}
+    assert body["status"] == status and (reason is None or body["reason"] == reason)
+    assert isinstance(body["error"], str) and body["error"]
+
+
+def assert_summary_adds_up(body: dict) -> None:
+    summary, results = body["summary"], body["results"]
+    assert summary["files"] == len(results) == summary["real"] + summary["fake"] + summary["errors"]
+    assert summary["errors"] == sum(not item["ok"] for item in results)
+    assert summary["fake"] == sum(item["ok"] and item["result"]["verdict"] == "fake" for item in results)
+    assert summary["no_face"] == sum(item["ok"] and not item["result"]["face_found"] for item in results)
+    for item in results:
+        assert (item["result"] is not None) == item["ok"]
+        assert (item["error"] is not None) != item["ok"]

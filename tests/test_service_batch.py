@@ -9,21 +9,10 @@ import uuid
 import pytest
 import requests
 
-from service_fixtures import encode, gradient, synthetic_face
+from service_fixtures import assert_summary_adds_up, encode, gradient, synthetic_face
 
 FACE = encode(synthetic_face(seed=7))
 RAMP = encode(gradient(), "PNG")
-
-
-def assert_summary_adds_up(body: dict) -> None:
-    summary, results = body["summary"], body["results"]
-    assert summary["files"] == len(results) == summary["real"] + summary["fake"] + summary["errors"]
-    assert summary["errors"] == sum(not item["ok"] for item in results)
-    assert summary["fake"] == sum(item["ok"] and item["result"]["verdict"] == "fake" for item in results)
-    assert summary["no_face"] == sum(item["ok"] and not item["result"]["face_found"] for item in results)
-    for item in results:
-        assert (item["result"] is not None) == item["ok"]
-        assert (item["error"] is not None) != item["ok"]
 
 
 def folder_request(server, folder, **options) -> requests.Response:

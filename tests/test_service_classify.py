@@ -7,7 +7,7 @@ from PIL import Image
 
 from service.config import get_settings
 from service.onnx_model import read_card
-from service_fixtures import ANGLE_KEYS, encode, gradient, mosaic, shared_images, synthetic_face
+from service_fixtures import assert_consistent, encode, gradient, mosaic, shared_images, synthetic_face
 
 
 def classify(server, data: bytes, filename: str = "photo.jpg", **params) -> requests.Response:
@@ -16,25 +16,6 @@ def classify(server, data: bytes, filename: str = "photo.jpg", **params) -> requ
 
 def classify_raw(server, data: bytes, content_type: str = "image/jpeg", **params) -> requests.Response:
     return requests.post(f"{server.url}/classify", data=data, headers={"Content-Type": content_type}, params=params, timeout=120)
-
-
-def assert_consistent(result: dict) -> None:
-    """What every ImageResult promises, whatever the model says."""
-    threshold = result["model"]["threshold"]
-    assert 0.0 <= result["fake_probability"] <= 1.0
-    assert result["verdict"] == ("fake" if result["fake_probability"] >= threshold else "real")
-    assert result["face_found"] == bool(result["faces"])
-    assert set(result["timings_ms"]) >= {"decode", "detect", "crop", "classify"}
-    classified = [face for face in result["faces"] if face["classified"]]
-    if classified:
-        assert result["fake_probability"] == pytest.approx(max(face["fake_probability"] for face in classified), abs=1e-12)
-        for face in classified:
-            assert face["label"] == ("fake" if face["fake_probability"] >= threshold else "real")
-            assert set(face["tta"]) == ANGLE_KEYS
-            assert face["fake_probability"] == pytest.approx(sum(face["tta"].values()) / len(ANGLE_KEYS), abs=1e-9)
-    else:
-        assert set(result["whole_image"]) == ANGLE_KEYS
-        assert result["fake_probability"] == pytest.approx(sum(result["whole_image"].values()) / len(ANGLE_KEYS), abs=1e-9)
 
 
 def test_synthetic_face_multipart_and_raw_body_agree(server):

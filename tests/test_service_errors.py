@@ -6,7 +6,7 @@ import os
 import pytest
 import requests
 
-from service_fixtures import encode, png_bomb, synthetic_face
+from service_fixtures import assert_error, encode, png_bomb, synthetic_face
 
 JPEG = encode(synthetic_face())
 PNG = encode(synthetic_face(), "PNG")
@@ -18,15 +18,6 @@ def post_raw(server, data: bytes, content_type: str = "image/jpeg", path: str = 
 
 def post_file(server, data: bytes, filename: str, content_type: str = "image/jpeg", **fields) -> requests.Response:
     return requests.post(f"{server.url}/classify", files={"image": (filename, data, content_type)}, data=fields, timeout=120)
-
-
-def assert_error(response: requests.Response, status: int, reason: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error", "status", "reason"}
-    assert body["status"] == status and body["reason"] == reason
-    assert isinstance(body["error"], str) and body["error"]
 
 
 @pytest.mark.parametrize(("name", "data", "reason"), [

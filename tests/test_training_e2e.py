@@ -90,7 +90,7 @@ def test_evaluate_all_reports_unreadable_files_and_obeys_threshold(trained_cnn, 
     m = evaluate.evaluate(run / "best.pt", [data], split="all", threshold=0.0, workers=1)["gen"]
     assert m["n"] == 32
     assert [Path(u["file"]).name for u in m["unreadable"]] == ["broken.jpg"]
-    assert "not a recognised image" in m["unreadable"][0]["error"]
+    assert "not an image in a supported format" in m["unreadable"][0]["error"]
     # at threshold 0 everything is called fake
     assert m["confusion"] == [[0, 16], [0, 16]] and m["recall"] == 1.0 and m["false_positive_rate"] == 1.0
 

@@ -1,0 +1,209 @@
+"""Overload and faults, against servers these tests start on loopback: bounded in requests and in time.
+
+- a burst beyond capacity gets 200 or a JSON 503 for every request, and the server stays up;
+- a request that runs past FACECHECK_REQUEST_TIMEOUT_S (here: an upload that stalls) gets 504;
+- a missing, corrupt or wrong model stops `bentoml serve` at once, its log naming the problem;
+- a worker killed with SIGKILL is replaced by BentoML's supervisor; calls in flight on a killed
+  classifier are sent again, and later requests succeed.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import http.client
+import signal
+import time
+from pathlib import Path
+
+import onnx
+import psutil
+import pytest
+import requests
+from PIL import Image
+
+from loadtests.server import running_server, serve_process
+from service.config import get_settings
+from service_fixtures import assert_error, assert_summary_adds_up, encode, synthetic_face
+
+pytestmark = pytest.mark.slow
+TINY = encode(Image.new("RGB", (8, 8), (90, 60, 40)), "PNG")  # no detection work: the classifier is the bottleneck
+FACE = encode(synthetic_face(seed=9))
+RECOVERY_S = 180
+
+
+def server_env(base: Path, **settings: str) -> dict[str, str]:
+    data = base / "data"
+    data.mkdir(exist_ok=True)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FACECHECK_") or key in ("FACECHECK_MODEL", "FACECHECK_TTA_ANGLES")}
+    return env | {"FACECHECK_DATA_ROOT": str(data), "BENTOML_HOME": str(base / "bentoml"), "BENTOML_DO_NOT_TRACK": "True", **settings}
+
+
+def worker(url: str, service: str) -> psutil.Process:
+    """The server's worker process for `service` (FaceCheck or Classifier)."""
+    (found,) = [child for child in serve_process(url).children() if f"--service-name {service}" in " ".join(child.cmdline())]
+    return found
+
+
+@pytest.fixture(scope="module")
+def busy_server(tmp_path_factory):
+    """Adaptive batching at 4 crops and 100 ms: a few concurrent requests are more than it takes."""
+    base = tmp_path_factory.mktemp("busy")
+    log = base / "serve.log"
+    env = server_env(base, FACECHECK_BATCH_SIZE="4", FACECHECK_BATCH_LATENCY_MS="100", FACECHECK_MAX_BATCH_FILES="6")
+    try:
+        with running_server(env, timeout_s=240, log_path=log) as url:
+            yield url, log
+    except (RuntimeError, TimeoutError) as exc:
+        pytest.fail(f"{exc}:\n{log.read_text()[-4000:]}")
+
+
+def post(url: str, data: bytes = TINY, content_type: str = "image/png") -> requests.Response:
+    return requests.post(f"{url}/classify", data=data, headers={"Content-Type": content_type}, timeout=120)
+
+
+def test_burst_beyond_capacity_is_200_or_503(busy_server):
+    url, log = busy_server
+    batch_files = [("images", (f"{index}.png", TINY, "image/png")) for index in range(6)]
+
+    def send(index: int) -> requests.Response:
+        if index % 6 == 5:
+            return requests.post(f"{url}/classify_batch", files=batch_files, timeout=120)
+        return post(url)
+
+    with concurrent.futures.ThreadPoolExecutor(60) as pool:
+        answers = list(pool.map(send, range(60)))
+    statuses = [response.status_code for response in answers]
+    assert set(statuses) <= {200, 503}, statuses
+    shed = 0
+    for response in answers:
+        if response.status_code == 503:
+            assert_error(response, 503, "overloaded")
+            shed += 1
+        elif "summary" in response.json():  # a batch: each file answered, some perhaps with 503
+            body = response.json()
+            assert_summary_adds_up(body)
+            assert len(body["results"]) == 6
+            shed += sum(not item["ok"] for item in body["results"])
+            assert {item["error"]["status"] for item in body["results"] if not item["ok"]} <= {503}
+    assert shed > 0, "nothing was shed: the burst did not overload the server"
+    assert requests.get(f"{url}/readyz", timeout=10).status_code == 200
+    assert_recovers(url)
+    assert "status=500" not in log.read_text()  # the access log of both workers
+
+
+def assert_recovers(url: str, allowed: frozenset = frozenset({200, 503, 504})) -> requests.Response:
+    """Polls with a face photo until one is classified; every answer meanwhile must be an expected one."""
+    deadline = time.monotonic() + RECOVERY_S
+    while time.monotonic() < deadline:
+        try:
+            response = post(url, FACE, "image/jpeg")
+        except requests.ConnectionError:
+            time.sleep(0.5)
+            continue
+        assert response.status_code in allowed, response.text
+        if response.status_code == 200:
+            assert response.json()["face_found"]
+            return response
+        time.sleep(0.5)
+    pytest.fail(f"no request succeeded within {RECOVERY_S} s")
+
+
+def test_classifier_killed_mid_run(busy_server):
+    """SIGKILL the Classifier worker while requests are in flight: no 500, a new worker, and success after.
+
+    The calls the dead worker had taken are sent again and wait for its replacement, so none is answered
+    "classifier_unavailable"; a 503 here is only adaptive batching shedding load."""
+    url, log = busy_server
+    victim = worker(url, "Classifier")
+
+    def send(index: int) -> tuple[int, str]:
+        time.sleep(index * 0.02)
+        response = post(url)
+        return response.status_code, response.json().get("reason", "") if response.status_code != 200 else ""
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(send, index) for index in range(48)]
+        time.sleep(0.4)
+        victim.send_signal(signal.SIGKILL)
+        answers = [future.result() for future in futures]
+    assert set(answers) <= {(200, ""), (503, "overloaded")}, answers
+    assert_recovers(url)
+    assert worker(url, "Classifier").pid != victim.pid
+    assert "status=500" not in log.read_text()
+
+
+def test_api_worker_killed(busy_server):
+    """SIGKILL the FaceCheck (API) worker: the supervisor starts another on the same socket."""
+    url, _ = busy_server
+    victim = worker(url, "FaceCheck")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(30)
+    assert_recovers(url, frozenset({200}))
+    assert worker(url, "FaceCheck").pid != victim.pid
+    assert requests.get(f"{url}/readyz", timeout=10).status_code == 200
+
+
+def test_request_timeout_is_504(tmp_path):
+    """An upload that stalls is cut off after FACECHECK_REQUEST_TIMEOUT_S rather than holding a worker."""
+    log = tmp_path / "serve.log"
+    with running_server(server_env(tmp_path, FACECHECK_REQUEST_TIMEOUT_S="2"), timeout_s=240, log_path=log) as url:
+        host, port = url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.putrequest("POST", "/classify")
+        connection.putheader("Content-Type", "image/jpeg")
+        connection.putheader("Content-Length", "100000")
+        connection.endheaders(FACE[:100])  # and the other 99 900 bytes never come
+        started = time.monotonic()
+        answer = connection.getresponse()
+        waited = time.monotonic() - started
+        assert answer.status == 504
+        assert "2 seconds" in json.loads(answer.read())["error"]
+        assert waited < 30
+        connection.close()
+        assert post(url).status_code == 200  # and the server still answers
+
+
+def default_model() -> onnx.ModelProto:
+    return onnx.load(str(get_settings().model))
+
+
+def bare_model(path: Path) -> None:
+    proto = default_model()
+    del proto.metadata_props[:]
+    onnx.save(proto, str(path))
+
+
+def lying_model(path: Path) -> None:
+    proto = default_model()
+    for prop in proto.metadata_props:
+        if prop.key == "facecheck.card":
+            card = json.loads(prop.value)
+            card["preprocess"]["input_size"] += 32
+            prop.value = json.dumps(card)
+    onnx.save(proto, str(path))
+
+
+MODEL_FAULTS = {
+    "missing": (lambda path: None, "model file not found"),
+    "corrupt": (lambda path: path.write_bytes(get_settings().model.read_bytes()[:4096]), "is not a loadable ONNX model"),
+    "no card": (bare_model, "carries no 'facecheck.card' metadata"),
+    "lying card": (lying_model, "does not match the card's"),
+}
+
+
+@pytest.mark.parametrize("fault", list(MODEL_FAULTS))
+def test_bad_model_stops_the_server_with_a_clear_message(tmp_path, fault):
+    make, message = MODEL_FAULTS[fault]
+    model = tmp_path / "model.onnx"
+    make(model)
+    log = tmp_path / "serve.log"
+    env = server_env(tmp_path, FACECHECK_MODEL=str(model))
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="exited with code 1 before it was ready"):
+        with running_server(env, timeout_s=120, log_path=log):
+            pass  # /readyz answered 200: the server came up on a bad model
+    assert time.monotonic() - started < 120
+    text = log.read_text()
+    assert "ModelLoadError" in text and message in text, text[-3000:]
+    assert str(model) in text
