@@ -24,7 +24,7 @@ from service.errors import ServiceError, classifier_disconnected, from_classifie
 from service.folders import SortedCopier
 from service.imaging import ImageError, decode_image
 from service.metrics import Metrics
-from service.pipeline import Pipeline, Prepared
+from service.pipeline import Pipeline, Prepared, ms_since
 from service.schemas import BatchItem, ImageResult
 
 log = logging.getLogger("bentoml.facecheck")
@@ -118,7 +118,7 @@ class Engine:
             raise ServiceError("no face found in the image (reject_no_face is set)", 422, "no_face")
         started = time.perf_counter()
         probs = await self._predict(prepared.inputs)
-        classify_ms = round((time.perf_counter() - started) * 1000.0, 3)
+        classify_ms = ms_since(started)
         probs = np.asarray(probs, dtype=np.float32).reshape(-1)
         if len(probs) != len(prepared.inputs):
             raise RuntimeError(f"the classifier answered {len(probs)} probabilities for {len(prepared.inputs)} crops")
@@ -159,7 +159,7 @@ class Engine:
             image = decode_image(data, self.max_bytes, self.max_pixels)
         except ImageError as exc:
             raise from_image_error(exc) from exc
-        decode_ms = round((time.perf_counter() - started) * 1000.0, 3)
+        decode_ms = ms_since(started)
         return image, self.pipeline.prepare(image, file, {"decode": decode_ms})
 
 

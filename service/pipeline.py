@@ -41,11 +41,11 @@ class Pipeline:
         timings = dict(timings_ms or {})
         started = time.perf_counter()
         faces = self.detector.detect(image) if self.card.preprocess.crop_mode == "face" else []
-        timings["detect"] = _ms_since(started)
+        timings["detect"] = ms_since(started)
         started = time.perf_counter()
         boxes = [face.box for face in faces[: self.max_faces]] or [None]
         crops = [rotate(crop_face(image, box, self.card.preprocess), angle) for box in boxes for angle in self.angles]
-        timings["crop"] = _ms_since(started)
+        timings["crop"] = ms_since(started)
         return Prepared(file, faces, len(boxes) if faces else 0, to_input(crops, self.card.preprocess), timings)
 
     def assemble(self, prepared: Prepared, probs: np.ndarray, classify_ms: float = 0.0) -> ImageResult:
@@ -70,7 +70,7 @@ class Pipeline:
         prepared = self.prepare(image, file, timings_ms)
         started = time.perf_counter()
         probs = classify(prepared.inputs)
-        return self.assemble(prepared, probs, _ms_since(started))
+        return self.assemble(prepared, probs, ms_since(started))
 
     def _face(self, face: Face, index: int, means: np.ndarray, tta: list[dict[str, float]]) -> FaceResult:
         if index >= self.max_faces:
@@ -82,5 +82,5 @@ class Pipeline:
         return "fake" if probability >= self.card.threshold else "real"
 
 
-def _ms_since(started: float) -> float:
+def ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000.0, 3)

@@ -139,14 +139,6 @@ def features(net: nn.Module, crops: np.ndarray, spec: PreprocessSpec, device: to
     return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
 
-def group_weights(crops: CropSet) -> np.ndarray:
-    """Sample weights that give every (dataset, label) group the same total, with mean 1."""
-    groups = [(s.dataset, s.label) for s in crops.samples]
-    counts = {g: groups.count(g) for g in set(groups)}
-    weights = np.array([1.0 / counts[g] for g in groups])
-    return weights * len(weights) / weights.sum()
-
-
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else None
 
@@ -194,7 +186,7 @@ def _fit_embed_svm(args: argparse.Namespace, train: CropSet, val: CropSet, spec:
     backbone.to(device)
     x_train = features(backbone, train.crops, spec, device, desc="embeddings (train)")
     x_val = features(backbone, val.crops, spec, device, desc="embeddings (val)")
-    weights = group_weights(train)
+    weights = train.group_weights()
     search = []
     for kernel, c in SVM_GRID:
         fitted = make_pipeline(StandardScaler(), SVC(kernel=kernel, C=c, gamma="scale"))
@@ -219,7 +211,7 @@ def _fit_ae_lr(args: argparse.Namespace, train: CropSet, val: CropSet, spec: Pre
     net = _Features(autoencoder)
     x_train = features(net, train.crops, spec, device, desc="encoder features (train)")
     x_val = features(net, val.crops, spec, device, desc="encoder features (val)")
-    weights = group_weights(train)
+    weights = train.group_weights()
     search, fitted = [], {}
     for c in LR_GRID:
         fitted[c] = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000))

@@ -63,6 +63,13 @@ class CropSet:
     def labels(self) -> np.ndarray:
         return np.array([s.label for s in self.samples], dtype=np.int64)
 
+    def group_weights(self) -> np.ndarray:
+        """Sample weights that give every (dataset, label) group the same total, with mean 1."""
+        groups = [(s.dataset, s.label) for s in self.samples]
+        counts = {g: groups.count(g) for g in set(groups)}
+        weights = np.array([1.0 / counts[g] for g in groups])
+        return weights * len(weights) / weights.sum()
+
 
 class CropCache:
     def __init__(self, root: Path = DEFAULT_CACHE, detector: DetectorSettings | None = None) -> None:

@@ -80,13 +80,6 @@ def load_split(args: argparse.Namespace, samples: list) -> Split:
     return split
 
 
-def group_weights(crops: CropSet) -> torch.Tensor:
-    """Sampling weights that give every (dataset, label) group the same share of an epoch."""
-    groups = [(s.dataset, s.label) for s in crops.samples]
-    counts = {g: groups.count(g) for g in set(groups)}
-    return torch.tensor([1.0 / counts[g] for g in groups], dtype=torch.double)
-
-
 class Trainer:
     def __init__(self, args: argparse.Namespace, train: CropSet, val: CropSet, spec: PreprocessSpec) -> None:
         self.args, self.train_set, self.val_set, self.spec = args, train, val, spec
@@ -132,7 +125,7 @@ class Trainer:
     def _train_epoch(self) -> tuple[float, float]:
         self.model.train()
         generator = torch.Generator().manual_seed(self.args.seed * 1000 + self.epoch)
-        order = torch.multinomial(group_weights(self.train_set), self.steps_per_epoch * self.args.batch_size, replacement=True, generator=generator)
+        order = torch.multinomial(torch.from_numpy(self.train_set.group_weights()), self.steps_per_epoch * self.args.batch_size, replacement=True, generator=generator)
         rng = random.Random(f"{self.args.seed}-{self.epoch}")
         loss_fn = nn.BCEWithLogitsLoss()
         total_loss, correct, seen = 0.0, 0, 0
