@@ -114,14 +114,14 @@ def find_files(path: Path, recursive: bool, exclude: Sequence[Path] = ()) -> lis
 
 def load_engine(model: Path, tta: Sequence[float], device: str) -> Engine:
     """The service's Engine with the face detector and the ONNX model loaded in this process."""
-    from service.faces import DetectorSettings, FaceDetector, detector_device
+    from service.faces import FaceDetector, configured_detector, detector_device
     from service.onnx_model import OnnxClassifier
     from service.pipeline import Pipeline
 
     settings = get_settings()
     try:
         classifier = OnnxClassifier(model, device)
-        detector = FaceDetector(DetectorSettings(max_side=settings.detect_max_side), device=detector_device(device))
+        detector = FaceDetector(configured_detector(), device=detector_device(device))
     except (ModelLoadError, RuntimeError) as exc:
         raise CommandError(str(exc)) from None
     pipeline = Pipeline(classifier.card, detector, tta, settings.max_faces)

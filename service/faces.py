@@ -1,7 +1,13 @@
-"""Face detection with facenet-pytorch's MTCNN (its shipped weights), on a bounded-size copy."""
+"""Face detection: MTCNN with facenet-pytorch's weights, on a bounded-size copy of the photo.
+
+Two backends give the same boxes (loadtests.detection_agreement measures it): "onnx", service.mtcnn's
+NumPy + ONNX Runtime version, the default; and "facenet", facenet-pytorch's own MTCNN under torch, kept
+as the reference that the benchmark and the agreement check compare against.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Literal
 
 import numpy as np
 from PIL import Image
@@ -23,10 +29,27 @@ class Face:
 class DetectorSettings:
     max_side: int = 640
     min_face_size: int = 20
+    # Smallest face searched for, as a fraction of the (bounded) image's shorter side, when that is more
+    # than min_face_size pixels: skips the finest pyramid levels, where most of P-Net's time goes.
+    min_face_fraction: float = 0.0
     min_score: float = 0.9
+    backend: Literal["onnx", "facenet"] = "onnx"
 
     def cache_key(self) -> str:
-        return f"mtcnn-{self.max_side}-{self.min_face_size}-{self.min_score:.2f}"
+        """Names the boxes these settings find; the backends find the same ones."""
+        fraction = f"-f{self.min_face_fraction:g}" if self.min_face_fraction else ""
+        return f"mtcnn-{self.max_side}-{self.min_face_size}-{self.min_score:.2f}{fraction}"
+
+    def min_face_pixels(self, width: int, height: int) -> float:
+        return max(float(self.min_face_size), self.min_face_fraction * min(width, height))
+
+
+def configured_detector() -> DetectorSettings:
+    """The detector settings of FACECHECK_DETECT_MAX_SIDE and FACECHECK_MIN_FACE_FRACTION."""
+    from service.config import get_settings
+
+    settings = get_settings()
+    return DetectorSettings(max_side=settings.detect_max_side, min_face_fraction=settings.min_face_fraction)
 
 
 def detector_device(setting: str) -> str:
@@ -46,18 +69,16 @@ class FaceDetector:
     """Finds every face in an RGB photo. Load once per process: building MTCNN costs time."""
 
     def __init__(self, settings: DetectorSettings = DetectorSettings(), device: str = "cpu") -> None:
-        from facenet_pytorch import MTCNN
-
         self.settings = settings
         self.device = device
-        self._mtcnn = MTCNN(keep_all=True, min_face_size=settings.min_face_size, device=device)
+        self._detect = _onnx_backend(device) if settings.backend == "onnx" else _facenet_backend(device)
 
     def detect(self, image: Image.Image) -> list[Face]:
         """Faces sorted by detection score, best first, with boxes in the photo's own pixels."""
         small, scale = self._bounded(image)
         if min(small.size) < MTCNN_SMALLEST_INPUT:
             return []
-        boxes, scores = self._mtcnn.detect(small)
+        boxes, scores = self._detect(small, self.settings.min_face_pixels(*small.size))
         if boxes is None:
             return []
         faces = [
@@ -74,3 +95,30 @@ class FaceDetector:
         scale = self.settings.max_side / longest
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         return image.resize(size, RESAMPLE["bilinear"]), scale
+
+
+Backend = Callable[[Image.Image, float], tuple[np.ndarray | None, np.ndarray | None]]
+
+
+def _onnx_backend(device: str) -> Backend:
+    from service.mtcnn import OnnxMTCNN
+    from service.onnx_model import providers_for
+
+    return OnnxMTCNN(providers_for(device)).detect
+
+
+def _facenet_backend(device: str) -> Backend:
+    import torch
+    from facenet_pytorch import MTCNN
+    from facenet_pytorch.models.utils.detect_face import detect_face
+
+    mtcnn = MTCNN(keep_all=True, device=device)
+
+    def detect(image: Image.Image, min_face_size: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+        # MTCNN.detect with the minimum face size as an argument rather than an attribute.
+        with torch.no_grad():
+            (found,), _ = detect_face(image, min_face_size, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, mtcnn.thresholds, mtcnn.factor, device)
+        found = np.asarray(found, dtype=np.float32).reshape(-1, 5)
+        return found[:, :4], found[:, 4]
+
+    return detect

@@ -27,7 +27,7 @@ from service.batch import batch_result
 from service.config import get_settings
 from service.engine import Engine, Source
 from service.errors import ServiceError, document_errors
-from service.faces import DetectorSettings, FaceDetector, detector_device
+from service.faces import FaceDetector, configured_detector, detector_device
 from service.folders import SortedCopier, list_files, resolve_folder
 from service.metrics import get_metrics
 from service.onnx_model import OnnxClassifier, read_card
@@ -83,7 +83,7 @@ class FaceCheck:
 
     def __init__(self) -> None:
         self.metrics = get_metrics()
-        detector = FaceDetector(DetectorSettings(max_side=settings.detect_max_side), device=detector_device(settings.device))
+        detector = FaceDetector(configured_detector(), device=detector_device(settings.device))
         self.pipeline = Pipeline(CARD, detector, settings.tta_angles, settings.max_faces)
         self.engine = Engine(self.pipeline, self._classify, settings.max_bytes, settings.max_pixels, self.metrics)
         log.info("face detector on %s; model card %s %s", detector.device, self.pipeline.card.name, self.pipeline.card.version)

@@ -18,7 +18,7 @@ from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
 from service.config import get_settings
-from service.faces import DetectorSettings, Face, FaceDetector
+from service.faces import DetectorSettings, Face, FaceDetector, configured_detector
 from service.imaging import ImageError, decode_image
 from service.preprocess import PreprocessSpec, crop_face
 from training.data import Sample
@@ -26,15 +26,13 @@ from training.data import Sample
 DEFAULT_CACHE = Path(os.environ.get("FACECHECK_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
 
 
-def default_detector_settings() -> DetectorSettings:
-    return DetectorSettings(max_side=get_settings().detect_max_side)
 
 
 class CachingDetector:
     """A FaceDetector that remembers its answers on disk. MTCNN itself is loaded only on a miss."""
 
     def __init__(self, root: Path = DEFAULT_CACHE, settings: DetectorSettings | None = None) -> None:
-        self.settings = settings or default_detector_settings()
+        self.settings = settings or configured_detector()
         self.folder = Path(root) / "faces" / self.settings.cache_key()
         self._detector: FaceDetector | None = None
 
@@ -74,7 +72,7 @@ class CropSet:
 class CropCache:
     def __init__(self, root: Path = DEFAULT_CACHE, detector: DetectorSettings | None = None) -> None:
         self.root = Path(root)
-        self.detector = detector or default_detector_settings()
+        self.detector = detector or configured_detector()
 
     def crop_set(self, samples: list[Sample], spec: PreprocessSpec, workers: int = 2, desc: str = "crops") -> CropSet:
         """Crops for `samples`, detecting and cropping only what the cache lacks."""
