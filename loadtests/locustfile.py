@@ -1,18 +1,22 @@
 """Locust scenarios against a running facecheck service.
 
-    .venv/bin/locust -f loadtests/locustfile.py --host http://127.0.0.1:3000
-or headless, with a server it starts and stops itself:  .venv/bin/python -m loadtests.run
+    .venv/bin/locust -f loadtests/locustfile.py --host http://127.0.0.1:3000 Moderator
+or headless, with a server it starts and stops itself:  .venv/bin/python -m loadtests.run [--scenario photo400]
+
+Moderator: realistic traffic (sizes 128-1024 px, some group photos, batches, junk).
+Photo400: 400x400 one-face photos back to back, no pause.
 """
 from __future__ import annotations
 
 import random
 
-from locust import HttpUser, between, task
+from locust import HttpUser, between, constant, task
 
-from loadtests.images import bad_payloads, mixed_payloads
+from loadtests.images import bad_payloads, mixed_payloads, single_face_payloads
 
 MIXED = mixed_payloads()
 BAD = bad_payloads()
+SINGLE_400 = single_face_payloads(400)
 
 
 class Moderator(HttpUser):
@@ -46,3 +50,17 @@ class Moderator(HttpUser):
                 response.success()
             else:
                 response.failure(f"bad input answered {response.status_code}")
+
+
+class Photo400(HttpUser):
+    """Sends 400x400 one-face photos to /classify back to back: the throughput scenario of docs/benchmarks.md."""
+
+    wait_time = constant(0)
+
+    @task
+    def classify_one(self) -> None:
+        payload = random.choice(SINGLE_400)
+        files = {"image": (payload.name, payload.data, payload.content_type)}
+        with self.client.post("/classify", files=files, name="/classify 400px", catch_response=True) as response:
+            if response.status_code != 200 or "verdict" not in response.json():
+                response.failure(f"{response.status_code}: {response.text[:200]}")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from loadtests.server import REPO, running_server
 
+SCENARIOS = {"moderator": "Moderator", "photo400": "Photo400"}  # locust user classes of loadtests/locustfile.py
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtests.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -25,13 +27,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", default="2m", help="run time, e.g. 90s, 2m, 10m")
     p.add_argument("--out", type=Path, help="report folder (default loadtests/reports/<timestamp>)")
     p.add_argument("--host", help="test this running server instead of starting one")
+    p.add_argument("--scenario", choices=sorted(SCENARIOS), default="moderator", help="moderator: realistic mixed traffic; "
+                   "photo400: 400x400 one-face photos back to back (docs/benchmarks.md)")
     return p.parse_args(argv)
 
 
 def run_locust(host: str, args: argparse.Namespace, out: Path) -> None:
     command = [str(Path(sys.executable).parent / "locust"), "-f", str(REPO / "loadtests" / "locustfile.py"), "--headless",
                "--host", host, "--users", str(args.users), "--spawn-rate", str(args.spawn_rate), "--run-time", args.duration,
-               "--stop-timeout", "30", "--csv", str(out / "locust"), "--html", str(out / "locust.html"), "--only-summary"]
+               "--stop-timeout", "30", "--csv", str(out / "locust"), "--html", str(out / "locust.html"), "--only-summary",
+               SCENARIOS[getattr(args, "scenario", "moderator")]]
     subprocess.run(command, cwd=REPO, check=False)
 
 

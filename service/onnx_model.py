@@ -75,6 +75,8 @@ class OnnxClassifier:
             raise ModelLoadError(f"model file not found: {self.path}")
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # Idle intra-op threads sleep instead of spinning: face detection needs the same cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers_for(device))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types for a bad file

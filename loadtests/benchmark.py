@@ -1,0 +1,328 @@
+"""Side-by-side performance of facecheck, in one run on the same images: a table of ratios.
+
+    .venv/bin/python -m loadtests.benchmark                      # about 6 minutes on 2 CPU cores
+    .venv/bin/python -m loadtests.benchmark --device cuda        # the same on a CUDA machine
+
+Workload: 400x400 single-face JPEGs made from ../shared/data (loadtests.images), TTA -15,0,15 unless
+a row says otherwise. Each throughput row runs its clients for --seconds after a warm-up; concurrent
+clients each send one image at a time, back to back. Rows:
+- naive: one image at a time, facenet-pytorch MTCNN with defaults, PyTorch eager classifier;
+- in-process: the service's own Engine (decode, detection, crops, ONNX Runtime) without HTTP;
+- service: a real `bentoml serve` on loopback, POST /classify, adaptive batching on (the default) and
+  off (FACECHECK_BATCH_SIZE=1);
+- TTA: the in-process pipeline with no, 3 and 5 rotations;
+- classifier: ONNX Runtime vs PyTorch eager, crops per second at batch 3 (one face's TTA) and 48;
+- detection: the service's detector vs facenet-pytorch's MTCNN with defaults, one image at a time.
+Writes benchmark.json and benchmark.md (the tables) into loadtests/reports/benchmark-<timestamp>/.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import requests
+
+from loadtests.images import Payload, single_face_payloads
+from loadtests.server import REPO, running_server
+
+TTA3 = (-15.0, 0.0, 15.0)
+TTA5 = (-30.0, -15.0, 0.0, 15.0, 30.0)
+
+
+@dataclass
+class Run:
+    name: str
+    clients: int
+    images: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    def summary(self) -> dict:
+        return {"name": self.name, "clients": self.clients, "images": self.images, "failures": self.failures,
+                "images_per_s": round(self.per_s, 2), "p50_ms": round(self.percentile(50), 1), "p99_ms": round(self.percentile(99), 1)}
+
+
+def timed_loop(run: Run, seconds: float, one: Callable[[int], bool]) -> None:
+    """Calls one(i) back to back for `seconds`, recording latency and failures into `run`."""
+    deadline = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        ok = one(i)
+        run.latencies_ms.append((time.perf_counter() - started) * 1000.0)
+        run.images += 1
+        run.failures += 0 if ok else 1
+        i += 1
+
+
+def threaded(name: str, clients: int, seconds: float, warmup: int, one: Callable[[int, int], bool]) -> Run:
+    """`clients` threads, each calling one(client, i); the first `warmup` calls per client are not counted."""
+    run = Run(name, clients)
+    barrier = threading.Barrier(clients + 1)
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        for i in range(warmup):
+            one(c, i)
+        barrier.wait()
+        own = Run(name, 1)
+        timed_loop(own, seconds, lambda i: one(c, i + warmup))
+        with lock:
+            run.images += own.images
+            run.failures += own.failures
+            run.latencies_ms += own.latencies_ms
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def http_run(url: str, payloads: Sequence[Payload], clients: int, seconds: float, name: str) -> Run:
+    sessions = [requests.Session() for _ in range(clients)]
+
+    def one(c: int, i: int) -> bool:
+        payload = payloads[(c * 7 + i) % len(payloads)]
+        response = sessions[c].post(f"{url}/classify", files={"image": (payload.name, payload.data, payload.content_type)}, timeout=60)
+        return response.status_code == 200
+
+    return threaded(name, clients, seconds, warmup=2, one=one)
+
+
+def engine_run(tta: Sequence[float], device: str, payloads: Sequence[Payload], clients: int, seconds: float, name: str) -> Run:
+    """The service's Engine in this process: `clients` asyncio tasks, one image at a time each."""
+    from service.cli import load_engine
+    from service.config import get_settings
+
+    engine = load_engine(get_settings().model, tta, device)
+
+    async def drive() -> Run:
+        run = Run(name, clients)
+
+        async def client(c: int, deadline: float | None, count: int | None) -> None:
+            i = 0
+            while (deadline is None or time.perf_counter() < deadline) and (count is None or i < count):
+                payload = payloads[(c * 7 + i) % len(payloads)]
+                started = time.perf_counter()
+                try:
+                    await engine.classify_bytes(payload.data, payload.name)
+                    ok = True
+                except Exception:  # noqa: BLE001 - a failure is counted, not raised
+                    ok = False
+                if deadline is not None:
+                    run.latencies_ms.append((time.perf_counter() - started) * 1000.0)
+                    run.images += 1
+                    run.failures += 0 if ok else 1
+                i += 1
+
+        await asyncio.gather(*(client(c, None, 2) for c in range(clients)))
+        started = time.perf_counter()
+        await asyncio.gather(*(client(c, started + seconds, None) for c in range(clients)))
+        run.seconds = time.perf_counter() - started
+        return run
+
+    return asyncio.run(drive())
+
+
+def eager_classifier():
+    """The default model's architecture in PyTorch eager mode: runs/default's weights where present
+    (the default model's own), else ImageNet-initialised; the same computation either way."""
+    import torch
+
+    from training.models import create_model
+
+    checkpoint = REPO / "runs" / "default" / "best.pt"
+    model, _ = create_model("efficientnet_lite0", str(checkpoint) if checkpoint.is_file() else "auto")
+    model.eval()
+
+    def classify(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.sigmoid(model(torch.from_numpy(batch))).reshape(-1).numpy()
+
+    return classify
+
+
+def naive_run(payloads: Sequence[Payload], seconds: float) -> Run:
+    """One image at a time: decode, facenet-pytorch MTCNN with defaults, crops, PyTorch eager."""
+    from service.config import get_settings
+    from service.faces import DetectorSettings, FaceDetector
+    from service.imaging import decode_image
+    from service.onnx_model import read_card
+    from service.pipeline import Pipeline
+
+    settings = get_settings()
+    pipeline = Pipeline(read_card(settings.model), FaceDetector(DetectorSettings(backend="facenet")), TTA3)
+    classify = eager_classifier()
+
+    def one(i: int) -> bool:
+        payload = payloads[i % len(payloads)]
+        image = decode_image(payload.data, settings.max_bytes, settings.max_pixels)
+        pipeline.run(image, classify, payload.name)
+        return True
+
+    run = Run("naive: facenet MTCNN + PyTorch eager, sequential", 1)
+    for i in range(2):
+        one(i)
+    started = time.perf_counter()
+    timed_loop(run, seconds, one)
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def classifier_rates(device: str, seconds: float) -> dict[str, float]:
+    """Crops per second, ONNX Runtime vs PyTorch eager, at batch 3 and 48."""
+    from service.config import get_settings
+    from service.onnx_model import OnnxClassifier
+
+    ort_model = OnnxClassifier(get_settings().model, device)
+    eager = eager_classifier()
+    rates = {}
+    for batch in (3, 48):
+        crops = np.random.default_rng(0).standard_normal((batch, 3, 128, 128)).astype(np.float32)
+        for name, classify in (("onnxruntime", ort_model.predict), ("pytorch_eager", eager)):
+            classify(crops)
+            run = Run(name, 1)
+            started = time.perf_counter()
+            timed_loop(run, seconds / 4, lambda i: classify(crops) is not None)
+            rates[f"{name}_batch{batch}"] = run.images * batch / (time.perf_counter() - started)
+    return rates
+
+
+def detection_rates(payloads: Sequence[Payload], seconds: float) -> dict[str, float]:
+    """Milliseconds per image, one image at a time, of each detector on the decoded workload."""
+    import dataclasses
+
+    from service.faces import DetectorSettings, FaceDetector, configured_detector
+    from service.imaging import decode_image
+
+    images = [decode_image(p.data, 10**8, 10**8) for p in payloads]
+    configured = configured_detector()
+    detectors = {
+        "facenet_defaults": FaceDetector(DetectorSettings(backend="facenet")),
+        "service_min_face_20px": FaceDetector(dataclasses.replace(configured, min_face_fraction=0.0)),
+    }
+    if configured.min_face_fraction:
+        detectors[f"service_min_face_fraction_{configured.min_face_fraction:g}"] = FaceDetector(configured)
+    rates = {}
+    for name, detector in detectors.items():
+        detector.detect(images[0])
+        run = Run(name, 1)
+        started = time.perf_counter()
+        timed_loop(run, seconds / len(detectors), lambda i: detector.detect(images[i % len(images)]) is not None)
+        rates[f"{name}_ms"] = (time.perf_counter() - started) / run.images * 1000.0
+    return rates
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({k: v for k, v in extra.items()})
+    return env
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m loadtests.benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=15.0, help="measured time per throughput row")
+    p.add_argument("--images", type=int, default=40, help="distinct photos in the workload")
+    p.add_argument("--size", type=int, default=400, help="side of the workload's photos in pixels")
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients of the headline rows")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="FACECHECK_DEVICE for the service and the in-process rows")
+    p.add_argument("--out", type=Path, help="report folder (default loadtests/reports/benchmark-<timestamp>)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ["FACECHECK_DEVICE"] = args.device
+    out = args.out or REPO / "loadtests" / "reports" / time.strftime("benchmark-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    payloads = single_face_payloads(args.size, args.images)
+    s, n = args.seconds, args.clients
+    runs: dict[str, Run] = {}
+
+    def note(key: str, run: Run) -> None:
+        runs[key] = run
+        print(f"  {key:28} {run.per_s:7.2f} img/s  p50 {run.percentile(50):7.1f} ms  p99 {run.percentile(99):7.1f} ms  failures {run.failures}", flush=True)
+
+    print("classifier and detection ...", flush=True)
+    classifier = classifier_rates(args.device, s)
+    detection = detection_rates(payloads, s)
+    print(json.dumps({**classifier, **detection}, indent=1), flush=True)
+    print("pipelines ...", flush=True)
+    note("naive", naive_run(payloads, s))
+    note(f"inprocess_{n}", engine_run(TTA3, args.device, payloads, n, s, f"in-process, {n} clients"))
+    note("inprocess_tta0", engine_run((), args.device, payloads, n, s, "in-process, no TTA"))
+    note("inprocess_tta5", engine_run(TTA5, args.device, payloads, n, s, "in-process, TTA 5"))
+    for batching, env in (("on", {}), ("off", {"FACECHECK_BATCH_SIZE": "1"})):
+        with running_server(server_env(**env), log_path=out / f"server-batching-{batching}.log") as url:
+            for clients in sorted({1, 4, 16, n} if batching == "on" else {1, 4, 16}):
+                note(f"service_batching_{batching}_{clients}", http_run(url, payloads, clients, s, f"service, batching {batching}, {clients} clients"))
+
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "command": "python -m loadtests.benchmark " + " ".join(argv or sys.argv[1:]),
+              "workload": f"{args.images} single-face JPEGs, {args.size}x{args.size}, TTA -15,0,15", "classifier_crops_per_s": classifier,
+              "detection_ms_per_image": detection, "runs": {k: r.summary() for k, r in runs.items()}}
+    report["ratios"] = ratios(runs, classifier, detection, n)
+    (out / "benchmark.json").write_text(json.dumps(report, indent=1))
+    (out / "benchmark.md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"reports in {out}")
+    return 0
+
+
+def ratios(runs: dict[str, Run], classifier: dict[str, float], detection: dict[str, float], n: int) -> list[tuple[str, float]]:
+    rate = {k: r.per_s for k, r in runs.items()}
+    rows = [
+        (f"service ({n} clients) / in-process pipeline ({n} clients)", rate[f"service_batching_on_{n}"] / rate[f"inprocess_{n}"]),
+        (f"service ({n} clients) / naive pipeline", rate[f"service_batching_on_{n}"] / rate["naive"]),
+        (f"in-process pipeline ({n} clients) / naive pipeline", rate[f"inprocess_{n}"] / rate["naive"]),
+    ]
+    rows += [(f"service: batching on / off, {c} client{'s' if c > 1 else ''}", rate[f"service_batching_on_{c}"] / rate[f"service_batching_off_{c}"]) for c in (1, 4, 16)]
+    rows += [(f"classifier: ONNX Runtime / PyTorch eager, batch {b}", classifier[f"onnxruntime_batch{b}"] / classifier[f"pytorch_eager_batch{b}"]) for b in (3, 48)]
+    rows += [("TTA: no rotation / 3 rotations (in-process)", rate["inprocess_tta0"] / rate[f"inprocess_{n}"]),
+             ("TTA: 5 rotations / 3 rotations (in-process)", rate["inprocess_tta5"] / rate[f"inprocess_{n}"])]
+    rows += [(f"detection: facenet-pytorch defaults / service detector{name[7:-3].replace('_', ' ')}", detection["facenet_defaults_ms"] / ms)
+             for name, ms in detection.items() if name.startswith("service")]
+    return [(label, round(value, 2)) for label, value in rows]
+
+
+def machine() -> str:
+    import onnxruntime
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}"
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Run {report['date']} on {report['machine']}: `{report['command'].strip()}`", f"Workload: {report['workload']}.", "",
+             "| comparison | ratio |", "|---|---:|"]
+    lines += [f"| {label} | {value:.2f}x |" for label, value in report["ratios"]]
+    lines += ["", "| row | clients | images/s | p50 ms | p99 ms | failures |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['name']} | {r['clients']} | {r['images_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['failures']} |" for r in report["runs"].values()]
+    lines += ["", "| classifier | crops/s |", "|---|---:|"] + [f"| {k} | {v:.0f} |" for k, v in report["classifier_crops_per_s"].items()]
+    lines += ["", "| detector | ms/image |", "|---|---:|"] + [f"| {k[:-3]} | {v:.1f} |" for k, v in report["detection_ms_per_image"].items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
