@@ -8,7 +8,7 @@
     .venv/bin/python -m loadtests.soak --duration 10m --users 8
 
 Writes memory.json (per process: RSS at the start, after warm-up, peak and end, the growth and its slope
-per minute, and every sample; the answers by status) and, for a soak, locust's reports into loadtests/reports/<timestamp>/,
+per minute, the least-squares slope and the peak over the run's second half, and every sample; the answers by status) and, for a soak, locust's reports into loadtests/reports/<timestamp>/,
 and prints the summary. Exits 1 when any answer was a 5xx.
 """
 from __future__ import annotations
@@ -72,10 +72,24 @@ class Sampler(threading.Thread):
             warm = next(((t, mb) for t, mb in series if t >= warm_s), series[0])
             end_t, end_mb = series[-1]
             minutes = max((end_t - warm[0]) / 60.0, 1e-9)
+            late = [(t, mb) for t, mb in series if t >= end_t / 2]
             out[role] = {"start_mb": round(series[0][1], 1), "warm_mb": round(warm[1], 1), "peak_mb": round(max(mb for _, mb in series), 1),
                          "end_mb": round(end_mb, 1), "growth_after_warm_mb": round(end_mb - warm[1], 1),
-                         "growth_mb_per_min": round((end_mb - warm[1]) / minutes, 2), "samples": len(series)}
+                         "growth_mb_per_min": round((end_mb - warm[1]) / minutes, 2),
+                         "second_half_slope_mb_per_min": round(_slope(late) * 60.0, 2), "second_half_peak_mb": round(max(mb for _, mb in late), 1),
+                         "samples": len(series)}
         return out
+
+
+def _slope(series: list[tuple[float, float]]) -> float:
+    """Least-squares MB per second: a plateau that saw-tooths (the allocator trimming) reads near 0, where end minus
+    start would read whichever tooth the run happened to end on."""
+    if len(series) < 2:
+        return 0.0
+    mean_t = sum(t for t, _ in series) / len(series)
+    mean_mb = sum(mb for _, mb in series) / len(series)
+    spread = sum((t - mean_t) ** 2 for t, _ in series)
+    return sum((t - mean_t) * (mb - mean_mb) for t, mb in series) / spread if spread else 0.0
 
 
 def _role(process: psutil.Process) -> str:

@@ -56,6 +56,8 @@ class OnnxMTCNN:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # No ONNX Runtime memory arena: it keeps the high-water mark of every pyramid size it has seen.
+        options.enable_cpu_mem_arena = False
         self.pnet, self.rnet, self.onet = (
             ort.InferenceSession(str(NETS_DIR / f"{name}.onnx"), options, providers=list(providers)) for name in ("pnet", "rnet", "onet"))
 

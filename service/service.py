@@ -29,6 +29,7 @@ from service.engine import Engine, Source
 from service.errors import ServiceError, document_errors
 from service.faces import FaceDetector, configured_detector, detector_device
 from service.folders import SortedCopier, list_files, resolve_folder
+from service.memory import start_trimming
 from service.metrics import get_metrics
 from service.onnx_model import OnnxClassifier, read_card
 from service.pipeline import Pipeline
@@ -44,11 +45,18 @@ document_errors()
 PAGE = (Path(__file__).parent / "static" / "index.html").read_text(encoding="utf-8")
 
 
+# glibc keeps freed memory in per-thread arenas (8 per core) and, as its mmap threshold raises itself,
+# puts image-sized buffers there too, where freed holes cannot go back: the API worker grew ~30 MB/min
+# with a flat live heap. Two arenas, buffers of 1 MiB and more mmapped, and service.memory's trimming
+# hold it flat (docs/reliability.md); a lower threshold costs more throughput. The environment wins.
+MALLOC_ENVS = [{"name": "MALLOC_ARENA_MAX", "value": "2"}, {"name": "MALLOC_MMAP_THRESHOLD_", "value": "1048576"}]
+
+
 # BentoML 1.4.39 renews its client session to a dependency every runner_connection.max_requests calls
 # (default 100) or max_age seconds (default 300) by closing the old session under the calls still in
 # flight on it; they fail with aiohttp's ServerDisconnectedError, a 500 for the caller. Our dependency
 # is a local socket with nothing to rebalance, so the session lives as long as the worker.
-@bentoml.service(traffic={"timeout": settings.request_timeout_s},
+@bentoml.service(traffic={"timeout": settings.request_timeout_s}, envs=MALLOC_ENVS,
                  runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9})
 class Classifier:
     def __init__(self) -> None:
@@ -76,13 +84,14 @@ async def _page(_: Request) -> HTMLResponse:
     return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
 
 
-@bentoml.service(traffic={"timeout": settings.request_timeout_s})
+@bentoml.service(traffic={"timeout": settings.request_timeout_s}, envs=MALLOC_ENVS)
 @bentoml.asgi_app(Starlette(routes=[Route("/docs", _docs), Route("/ui", _page)]))
 class FaceCheck:
     classifier = bentoml.depends(Classifier)
 
     def __init__(self) -> None:
         self.metrics = get_metrics()
+        start_trimming()
         detector = FaceDetector(configured_detector(), device=detector_device(settings.device))
         self.pipeline = Pipeline(CARD, detector, settings.tta_angles, settings.max_faces)
         self.engine = Engine(self.pipeline, self._classify, settings.max_bytes, settings.max_pixels, self.metrics)
