@@ -12,7 +12,7 @@ clients each send one image at a time, back to back. Rows:
   off (FACECHECK_BATCH_SIZE=1);
 - TTA: the in-process pipeline with no, 3 and 5 rotations;
 - classifier: ONNX Runtime vs PyTorch eager, crops per second at batch 3 (one face's TTA) and 48;
-- detection: the service's detector vs facenet-pytorch's MTCNN with defaults, one image at a time.
+- detection: the service's detector vs facenet-pytorch's MTCNN with defaults, one image at a time and two at once.
 Writes benchmark.json and benchmark.md (the tables) into loadtests/reports/benchmark-<timestamp>/.
 """
 from __future__ import annotations
@@ -211,8 +211,9 @@ def classifier_rates(device: str, seconds: float) -> dict[str, float]:
     return rates
 
 
-def detection_rates(payloads: Sequence[Payload], seconds: float) -> dict[str, float]:
-    """Milliseconds per image, one image at a time, of each detector on the decoded workload."""
+def detection_rates(payloads: Sequence[Payload], seconds: float) -> dict[str, dict[str, float]]:
+    """Milliseconds per image of each detector on the decoded workload: one image at a time, and two at
+    once (two threads, as the service's API worker runs them), where the wall time is shared by both."""
     import dataclasses
 
     from service.faces import DetectorSettings, FaceDetector, configured_detector
@@ -222,17 +223,19 @@ def detection_rates(payloads: Sequence[Payload], seconds: float) -> dict[str, fl
     configured = configured_detector()
     detectors = {
         "facenet_defaults": FaceDetector(DetectorSettings(backend="facenet")),
-        "service_min_face_20px": FaceDetector(dataclasses.replace(configured, min_face_fraction=0.0)),
+        "service_detector": FaceDetector(dataclasses.replace(configured, min_face_fraction=0.0)),
     }
     if configured.min_face_fraction:
-        detectors[f"service_min_face_fraction_{configured.min_face_fraction:g}"] = FaceDetector(configured)
-    rates = {}
+        detectors[f"service_detector_min_face_fraction_{configured.min_face_fraction:g}"] = FaceDetector(configured)
+    rates: dict[str, dict[str, float]] = {}
+    share = seconds / len(detectors) / 2
     for name, detector in detectors.items():
-        detector.detect(images[0])
-        run = Run(name, 1)
-        started = time.perf_counter()
-        timed_loop(run, seconds / len(detectors), lambda i: detector.detect(images[i % len(images)]) is not None)
-        rates[f"{name}_ms"] = (time.perf_counter() - started) / run.images * 1000.0
+        for image in images:
+            detector.detect(image)  # warm-up: every pyramid size and candidate count
+        rates[name] = {}
+        for threads in (1, 2):
+            run = threaded(name, threads, share, warmup=1, one=lambda c, i: detector.detect(images[(c * 7 + i) % len(images)]) is not None)
+            rates[name][str(threads)] = run.seconds / run.images * 1000.0
     return rates
 
 
@@ -291,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def ratios(runs: dict[str, Run], classifier: dict[str, float], detection: dict[str, float], n: int) -> list[tuple[str, float]]:
+def ratios(runs: dict[str, Run], classifier: dict[str, float], detection: dict[str, dict[str, float]], n: int) -> list[tuple[str, float]]:
     rate = {k: r.per_s for k, r in runs.items()}
     rows = [
         (f"service ({n} clients) / in-process pipeline ({n} clients)", rate[f"service_batching_on_{n}"] / rate[f"inprocess_{n}"]),
@@ -302,8 +305,9 @@ def ratios(runs: dict[str, Run], classifier: dict[str, float], detection: dict[s
     rows += [(f"classifier: ONNX Runtime / PyTorch eager, batch {b}", classifier[f"onnxruntime_batch{b}"] / classifier[f"pytorch_eager_batch{b}"]) for b in (3, 48)]
     rows += [("TTA: no rotation / 3 rotations (in-process)", rate["inprocess_tta0"] / rate[f"inprocess_{n}"]),
              ("TTA: 5 rotations / 3 rotations (in-process)", rate["inprocess_tta5"] / rate[f"inprocess_{n}"])]
-    rows += [(f"detection: facenet-pytorch defaults / service detector{name[7:-3].replace('_', ' ')}", detection["facenet_defaults_ms"] / ms)
-             for name, ms in detection.items() if name.startswith("service")]
+    reference = detection["facenet_defaults"]
+    rows += [(f"detection: facenet-pytorch defaults / {name.replace('_', ' ')}, {at_once} image{'s' if at_once != '1' else ''} at once",
+              reference[at_once] / ms) for name, timings in detection.items() if name != "facenet_defaults" for at_once, ms in timings.items()]
     return [(label, round(value, 2)) for label, value in rows]
 
 
@@ -320,7 +324,8 @@ def markdown(report: dict) -> str:
     lines += ["", "| row | clients | images/s | p50 ms | p99 ms | failures |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['name']} | {r['clients']} | {r['images_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['failures']} |" for r in report["runs"].values()]
     lines += ["", "| classifier | crops/s |", "|---|---:|"] + [f"| {k} | {v:.0f} |" for k, v in report["classifier_crops_per_s"].items()]
-    lines += ["", "| detector | ms/image |", "|---|---:|"] + [f"| {k[:-3]} | {v:.1f} |" for k, v in report["detection_ms_per_image"].items()]
+    lines += ["", "| detector | ms/image, 1 at once | ms/image, 2 at once |", "|---|---:|---:|"]
+    lines += [f"| {name} | {t['1']:.1f} | {t['2']:.1f} |" for name, t in report["detection_ms_per_image"].items()]
     return "\n".join(lines) + "\n"
 
 
