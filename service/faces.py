@@ -53,7 +53,7 @@ def configured_detector() -> DetectorSettings:
 
 
 def detector_device(setting: str) -> str:
-    """The torch device for MTCNN under FACECHECK_DEVICE (auto|cpu|cuda): CUDA when present, unless cpu."""
+    """Where MTCNN runs under FACECHECK_DEVICE (auto|cpu|cuda): CUDA when present, unless cpu."""
     from service.onnx_model import cuda_present
 
     if setting == "cpu":
@@ -79,8 +79,6 @@ class FaceDetector:
         if min(small.size) < MTCNN_SMALLEST_INPUT:
             return []
         boxes, scores = self._detect(small, self.settings.min_face_pixels(*small.size))
-        if boxes is None:
-            return []
         faces = [
             Face(tuple(float(v) / scale for v in box), float(score))
             for box, score in zip(np.asarray(boxes), np.asarray(scores))
@@ -97,7 +95,7 @@ class FaceDetector:
         return image.resize(size, RESAMPLE["bilinear"]), scale
 
 
-Backend = Callable[[Image.Image, float], tuple[np.ndarray | None, np.ndarray | None]]
+Backend = Callable[[Image.Image, float], tuple[np.ndarray, np.ndarray]]  # (image, min face px) -> boxes (n, 4), scores (n,)
 
 
 def _onnx_backend(device: str) -> Backend:
@@ -114,7 +112,7 @@ def _facenet_backend(device: str) -> Backend:
 
     mtcnn = MTCNN(keep_all=True, device=device)
 
-    def detect(image: Image.Image, min_face_size: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def detect(image: Image.Image, min_face_size: float) -> tuple[np.ndarray, np.ndarray]:
         # MTCNN.detect with the minimum face size as an argument rather than an attribute.
         with torch.no_grad():
             (found,), _ = detect_face(image, min_face_size, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, mtcnn.thresholds, mtcnn.factor, device)
