@@ -12,11 +12,20 @@ import random
 
 from locust import HttpUser, between, constant, task
 
-from loadtests.images import bad_payloads, mixed_payloads, single_face_payloads
+from loadtests.images import Payload, bad_payloads, mixed_payloads, single_face_payloads
 
 MIXED = mixed_payloads()
 BAD = bad_payloads()
 SINGLE_400 = single_face_payloads(400)
+
+
+def classify_photo(user: HttpUser, payloads: list[Payload], name: str) -> None:
+    """POST one of the payloads to /classify; anything but a 200 with a verdict is a failure."""
+    payload = random.choice(payloads)
+    files = {"image": (payload.name, payload.data, payload.content_type)}
+    with user.client.post("/classify", files=files, name=name, catch_response=True) as response:
+        if response.status_code != 200 or "verdict" not in response.json():
+            response.failure(f"{response.status_code}: {response.text[:200]}")
 
 
 class Moderator(HttpUser):
@@ -26,11 +35,7 @@ class Moderator(HttpUser):
 
     @task(20)
     def classify_one(self) -> None:
-        payload = random.choice(MIXED)
-        files = {"image": (payload.name, payload.data, payload.content_type)}
-        with self.client.post("/classify", files=files, name="/classify", catch_response=True) as response:
-            if response.status_code != 200 or "verdict" not in response.json():
-                response.failure(f"{response.status_code}: {response.text[:200]}")
+        classify_photo(self, MIXED, "/classify")
 
     @task(2)
     def classify_batch(self) -> None:
@@ -59,8 +64,4 @@ class Photo400(HttpUser):
 
     @task
     def classify_one(self) -> None:
-        payload = random.choice(SINGLE_400)
-        files = {"image": (payload.name, payload.data, payload.content_type)}
-        with self.client.post("/classify", files=files, name="/classify 400px", catch_response=True) as response:
-            if response.status_code != 200 or "verdict" not in response.json():
-                response.failure(f"{response.status_code}: {response.text[:200]}")
+        classify_photo(self, SINGLE_400, "/classify 400px")
