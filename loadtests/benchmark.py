@@ -240,9 +240,7 @@ def detection_rates(payloads: Sequence[Payload], seconds: float) -> dict[str, di
 
 
 def server_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({k: v for k, v in extra.items()})
-    return env
+    return {**os.environ, **extra}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -41,6 +41,9 @@ class Candidates:
     def take(self, index: np.ndarray) -> "Candidates":
         return Candidates(self.boxes[index], self.scores[index], self.offsets[index])
 
+    def suppress(self, threshold: float, by_smaller: bool = False) -> "Candidates":
+        return self.take(nms(self.boxes, self.scores, threshold, by_smaller))
+
     @staticmethod
     def concat(parts: Sequence["Candidates"]) -> "Candidates":
         if not parts:
@@ -49,11 +52,11 @@ class Candidates:
 
 
 class OnnxMTCNN:
-    def __init__(self, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 1) -> None:
+    def __init__(self, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = 1  # one per call: concurrent images share the cores
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         # No ONNX Runtime memory arena: it keeps the high-water mark of every pyramid size it has seen.
@@ -63,7 +66,7 @@ class OnnxMTCNN:
 
     def detect(self, image: Image.Image, min_face_size: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
         """Boxes (n, 4) and scores (n,) of the faces in an RGB image, in its pixels."""
-        table = summed_area_table(np.asarray(image.convert("RGB")))
+        table = summed_area_table(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
         found = self._propose(table, min_face_size)
         found = self._refine(table, found, self.rnet, 24, THRESHOLDS[1])
         found = self._refine(table, found, self.onet, 48, THRESHOLDS[2], final=True)
@@ -77,9 +80,8 @@ class OnnxMTCNN:
             level = resample_image(table, int(height * scale + 1), int(width * scale + 1))
             offsets, probs = self.pnet.run(None, {"x": normalise(level[None])})
             found = pnet_candidates(offsets[0], probs[0, 1], scale, THRESHOLDS[0])
-            levels.append(found.take(nms(found.boxes, found.scores, 0.5)))
-        found = Candidates.concat(levels)
-        found = found.take(nms(found.boxes, found.scores, 0.7))
+            levels.append(found.suppress(0.5))
+        found = Candidates.concat(levels).suppress(0.7)
         sides = np.tile(found.boxes[:, 2:] - found.boxes[:, :2], 2)  # facenet-pytorch's P-Net regression has no +1
         return Candidates(square(found.boxes + found.offsets * sides), found.scores, found.offsets)
 
@@ -97,8 +99,8 @@ class OnnxMTCNN:
         found = Candidates(found.boxes[keep], probs[keep, 1], offsets[keep])
         if final:
             found = Candidates(regress(found.boxes, found.offsets), found.scores, found.offsets)
-            return found.take(nms(found.boxes, found.scores, 0.7, by_smaller=True))
-        found = found.take(nms(found.boxes, found.scores, 0.7))
+            return found.suppress(0.7, by_smaller=True)
+        found = found.suppress(0.7)
         return Candidates(square(regress(found.boxes, found.offsets)), found.scores, found.offsets)
 
 
