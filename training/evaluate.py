@@ -139,7 +139,7 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, 
 def _torch_model(state: dict, device: torch.device) -> torch.nn.Module:
     model, _ = create_model(state["model_name"], pretrained="none")
     model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    return model.to(device, memory_format=torch.channels_last).eval()
 
 
 def checkpoint_scorer(state: dict, spec: PreprocessSpec, device: torch.device) -> Scorer:

@@ -33,7 +33,7 @@ def predict_probs(model: nn.Module, crops: np.ndarray, spec: PreprocessSpec, ang
     for angle in angles:
         probs = []
         for start in range(0, len(crops), batch_size):
-            batch = torch.from_numpy(to_input(rotated(crops[start:start + batch_size], angle), spec)).to(device)
+            batch = torch.from_numpy(to_input(rotated(crops[start:start + batch_size], angle), spec)).to(device, memory_format=torch.channels_last)
             probs.append(torch.sigmoid(model(batch).float()).squeeze(1).cpu().numpy())
         per_angle.append(np.concatenate(probs) if probs else np.zeros(0, np.float32))
     return np.mean(per_angle, axis=0)
