@@ -152,15 +152,20 @@ def eager_classifier():
     (the default model's own), else ImageNet-initialised; the same computation either way."""
     import torch
 
+    from service.config import get_settings
+    from service.onnx_model import read_card
+    from service.preprocess import to_input
     from training.models import create_model
 
     checkpoint = REPO / "runs" / "default" / "best.pt"
     model, _ = create_model("efficientnet_lite0", str(checkpoint) if checkpoint.is_file() else "auto")
     model.eval()
 
-    def classify(batch: np.ndarray) -> np.ndarray:
+    spec = read_card(get_settings().model).preprocess
+
+    def classify(crops: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return torch.sigmoid(model(torch.from_numpy(batch))).reshape(-1).numpy()
+            return torch.sigmoid(model(torch.from_numpy(to_input(crops, spec)))).reshape(-1).numpy()
 
     return classify
 
@@ -201,8 +206,8 @@ def classifier_rates(device: str, seconds: float) -> dict[str, float]:
     eager = eager_classifier()
     rates = {}
     for batch in (3, 48):
-        crops = np.random.default_rng(0).standard_normal((batch, 3, 128, 128)).astype(np.float32)
-        for name, classify in (("onnxruntime", ort_model.predict), ("pytorch_eager", eager)):
+        crops = np.random.default_rng(0).integers(0, 256, (batch, 128, 128, 3), dtype=np.uint8)
+        for name, classify in (("onnxruntime", ort_model.predict_crops), ("pytorch_eager", eager)):
             classify(crops)
             run = Run(name, 1)
             started = time.perf_counter()

@@ -127,7 +127,7 @@ def load_engine(model: Path, tta: Sequence[float], device: str) -> Engine:
     pipeline = Pipeline(classifier.card, detector, tta, settings.max_faces)
 
     async def classify(crops: np.ndarray) -> np.ndarray:
-        return await anyio.to_thread.run_sync(classifier.predict, crops)
+        return await anyio.to_thread.run_sync(classifier.predict_crops, crops)
 
     return Engine(pipeline, classify, settings.max_bytes, settings.max_pixels, get_metrics())
 

@@ -117,22 +117,22 @@ class Engine:
         if reject_no_face and not prepared.faces:
             raise ServiceError("no face found in the image (reject_no_face is set)", 422, "no_face")
         started = time.perf_counter()
-        probs = await self._predict(prepared.inputs)
+        probs = await self._predict(prepared.crops)
         classify_ms = ms_since(started)
         probs = np.asarray(probs, dtype=np.float32).reshape(-1)
-        if len(probs) != len(prepared.inputs):
-            raise RuntimeError(f"the classifier answered {len(probs)} probabilities for {len(prepared.inputs)} crops")
+        if len(probs) != len(prepared.crops):
+            raise RuntimeError(f"the classifier answered {len(probs)} probabilities for {len(prepared.crops)} crops")
         result = self.pipeline.assemble(prepared, probs, classify_ms)
         self.metrics.stage_seconds.labels(stage="classify").observe(classify_ms / 1000.0)
         self.metrics.predictions.labels(label=result.verdict).inc()
         return image, result
 
-    async def _predict(self, inputs: np.ndarray) -> np.ndarray:
+    async def _predict(self, crops: np.ndarray) -> np.ndarray:
         """The classifier's answer; refusals come out as ServiceError. A call cut off because the classifier's
         worker died is sent again: the supervisor starts a new worker, and the call waits for it."""
         for attempt in range(1, CLASSIFY_ATTEMPTS + 1):
             try:
-                return await self.classify(inputs)
+                return await self.classify(crops)
             except Exception as exc:
                 if classifier_disconnected(exc) and attempt < CLASSIFY_ATTEMPTS:
                     log.warning("classifier call %d of %d failed (%r); sending it again", attempt, CLASSIFY_ATTEMPTS, exc)

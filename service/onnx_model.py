@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from service.contract import ModelCard, ModelLoadError, card_from_metadata
+from service.preprocess import to_input
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def input_name(session, card: ModelCard, path: Path) -> str:
 
 
 class OnnxClassifier:
-    """Fake probabilities for a batch of preprocessed crops (NCHW float32)."""
+    """Fake probabilities for face crops: uint8 NHWC (`predict_crops`) or already normalised NCHW float32 (`predict`)."""
 
     def __init__(self, path: Path | str, device: str = "auto") -> None:
         import onnxruntime as ort
@@ -89,6 +90,10 @@ class OnnxClassifier:
     @property
     def provider(self) -> str:
         return self.session.get_providers()[0]
+
+    def predict_crops(self, crops: np.ndarray) -> np.ndarray:
+        """Fake probabilities for uint8 NHWC crops, normalised as the card says."""
+        return self.predict(to_input(crops, self.card.preprocess))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) == 0:

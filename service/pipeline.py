@@ -14,9 +14,10 @@ from PIL import Image
 
 from service.contract import ModelCard
 from service.faces import Face, FaceDetector
-from service.preprocess import crop_face, rotate, to_input
+from service.preprocess import crop_face, rotate, stack_crops
 from service.schemas import FaceResult, ImageResult, ModelInfo
 
+# Fake probabilities (N,) for uint8 NHWC crops; the classifier applies its own normalisation (its card).
 Classify = Callable[[np.ndarray], np.ndarray]
 
 
@@ -25,7 +26,7 @@ class Prepared:
     file: str
     faces: list[Face]
     classified: int  # faces sent to the model; the whole image counts as one when no face was found
-    inputs: np.ndarray  # (units * angles, 3, H, W)
+    crops: np.ndarray  # (units * angles, H, W, 3) uint8: a quarter of the float input's bytes to send to the classifier
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -46,7 +47,7 @@ class Pipeline:
         boxes = [face.box for face in faces[: self.max_faces]] or [None]
         crops = [rotate(crop_face(image, box, self.card.preprocess), angle) for box in boxes for angle in self.angles]
         timings["crop"] = ms_since(started)
-        return Prepared(file, faces, len(boxes) if faces else 0, to_input(crops, self.card.preprocess), timings)
+        return Prepared(file, faces, len(boxes) if faces else 0, stack_crops(crops), timings)
 
     def assemble(self, prepared: Prepared, probs: np.ndarray, classify_ms: float = 0.0) -> ImageResult:
         per_unit = np.asarray(probs, dtype=np.float64).reshape(-1, len(self.angles))
@@ -69,7 +70,7 @@ class Pipeline:
     def run(self, image: Image.Image, classify: Classify, file: str = "", timings_ms: dict[str, float] | None = None) -> ImageResult:
         prepared = self.prepare(image, file, timings_ms)
         started = time.perf_counter()
-        probs = classify(prepared.inputs)
+        probs = classify(prepared.crops)
         return self.assemble(prepared, probs, ms_since(started))
 
     def _face(self, face: Face, index: int, means: np.ndarray, tta: list[dict[str, float]]) -> FaceResult:

@@ -64,12 +64,16 @@ def rotate(crop: Image.Image, angle: float) -> Image.Image:
     return crop.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
 
 
+def stack_crops(crops: Sequence[Image.Image] | np.ndarray) -> np.ndarray:
+    """RGB crops as one uint8 NHWC array."""
+    if isinstance(crops, np.ndarray):
+        return crops
+    return np.stack([np.asarray(crop, dtype=np.uint8) for crop in crops])
+
+
 def to_input(crops: Sequence[Image.Image] | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Stack RGB crops (PIL images or uint8 NHWC) into a normalised float32 NCHW batch."""
-    if isinstance(crops, np.ndarray):
-        batch = crops
-    else:
-        batch = np.stack([np.asarray(crop, dtype=np.uint8) for crop in crops])
+    batch = stack_crops(crops)
     mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(spec.std, dtype=np.float32).reshape(1, 3, 1, 1)
     nchw = batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)

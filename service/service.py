@@ -71,9 +71,9 @@ class Classifier:
     # then reaches ONNX Runtime on its own.
     @bentoml.api(batchable=settings.batch_size > 1, max_batch_size=max(2, settings.batch_size), max_latency_ms=settings.batch_latency_ms)
     async def predict(self, crops: np.ndarray) -> np.ndarray:
-        """Fake probabilities (N,) for preprocessed crops (N, 3, H, W) float32."""
+        """Fake probabilities (N,) for face crops (N, H, W, 3) uint8."""
         self.metrics.batch_size.observe(len(crops))
-        return await anyio.to_thread.run_sync(self.model.predict, crops)
+        return await anyio.to_thread.run_sync(self.model.predict_crops, crops)
 
 
 async def _docs(_: Request) -> RedirectResponse:

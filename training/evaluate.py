@@ -106,7 +106,7 @@ def predict_onnx_sets(model_path: Path, samples: Sequence[Sample], angle_sets: S
             continue
         if reencoded:
             image = reencode(image, *reencoded)
-        result = pipeline.run(image, classifier.predict, file=str(sample.path))
+        result = pipeline.run(image, classifier.predict_crops, file=str(sample.path))
         units = [face.tta for face in result.faces if face.classified] or [result.whole_image or {}]
         for angle_set in sets:
             probs[angle_set].append(max(float(np.mean([unit[f"{a:g}"] for a in angle_set])) for unit in units))
