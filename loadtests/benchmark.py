@@ -9,7 +9,7 @@ clients each send one image at a time, back to back. Rows:
 - naive: one image at a time, facenet-pytorch MTCNN with defaults, PyTorch eager classifier;
 - in-process: the service's own Engine (decode, detection, crops, ONNX Runtime) without HTTP;
 - service: a real `bentoml serve` on loopback, POST /classify, adaptive batching on (the default) and
-  off (FACECHECK_BATCH_SIZE=1);
+  off (FACECHECK_BATCH_SIZE=1), and with two API workers (FACECHECK_API_WORKERS=2);
 - TTA: the in-process pipeline with no, 3 and 5 rotations;
 - classifier: ONNX Runtime vs PyTorch eager, crops per second at batch 3 (one face's TTA) and 48;
 - detection: the service's detector vs facenet-pytorch's MTCNN with defaults, one image at a time and two at once.
@@ -285,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         with running_server(server_env(**env), log_path=out / f"server-batching-{batching}.log") as url:
             for clients in sorted({1, 4, 16, n} if batching == "on" else {1, 4, 16}):
                 note(f"service_batching_{batching}_{clients}", http_run(url, payloads, clients, s, f"service, batching {batching}, {clients} clients"))
+    with running_server(server_env(FACECHECK_API_WORKERS="2"), log_path=out / "server-api-workers-2.log") as url:
+        note(f"service_api_workers2_{n}", http_run(url, payloads, n, s, f"service, 2 API workers, {n} clients"))
 
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "command": "python -m loadtests.benchmark " + " ".join(argv or sys.argv[1:]),
               "workload": f"{args.images} single-face JPEGs, {args.size}x{args.size}, TTA -15,0,15", "classifier_crops_per_s": classifier,
@@ -302,6 +304,8 @@ def ratios(runs: dict[str, Run], classifier: dict[str, float], detection: dict[s
     rows = [
         (f"service ({n} clients) / in-process pipeline ({n} clients)", rate[f"service_batching_on_{n}"] / rate[f"inprocess_{n}"]),
         (f"service ({n} clients) / naive pipeline", rate[f"service_batching_on_{n}"] / rate["naive"]),
+        (f"service, 2 API workers ({n} clients) / in-process pipeline ({n} clients)", rate[f"service_api_workers2_{n}"] / rate[f"inprocess_{n}"]),
+        (f"service, 2 API workers ({n} clients) / naive pipeline", rate[f"service_api_workers2_{n}"] / rate["naive"]),
         (f"in-process pipeline ({n} clients) / naive pipeline", rate[f"inprocess_{n}"] / rate["naive"]),
     ]
     rows += [(f"service: batching on / off, {c} client{'s' if c > 1 else ''}", rate[f"service_batching_on_{c}"] / rate[f"service_batching_off_{c}"]) for c in (1, 4, 16)]

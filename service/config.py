@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     detect_max_side: int = Field(640, ge=64, description="Detection runs on a copy no longer than this.")
     min_face_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Smallest face searched for, as a fraction of the detection copy's "
                                      "shorter side (never below 20 px); 0 searches down to 20 px. Higher is faster and misses small faces.")
+    api_workers: int = Field(1, ge=1, le=64, description="Processes that decode, detect and crop (the FaceCheck service); the Classifier keeps one.")
     request_timeout_s: int = Field(300, gt=0, description="Longest a request may run; a folder of 500 photos takes about 2 minutes on 2 CPU cores.")
 
     @field_validator("tta_angles", mode="before")

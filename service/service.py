@@ -84,7 +84,7 @@ async def _page(_: Request) -> HTMLResponse:
     return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
 
 
-@bentoml.service(traffic={"timeout": settings.request_timeout_s}, envs=MALLOC_ENVS)
+@bentoml.service(traffic={"timeout": settings.request_timeout_s}, envs=MALLOC_ENVS, workers=settings.api_workers)
 @bentoml.asgi_app(Starlette(routes=[Route("/docs", _docs), Route("/ui", _page)]))
 class FaceCheck:
     classifier = bentoml.depends(Classifier)

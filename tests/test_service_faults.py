@@ -5,6 +5,7 @@
 - a missing, corrupt or wrong model stops `bentoml serve` at once, its log naming the problem;
 - a worker killed with SIGKILL is replaced by BentoML's supervisor; calls in flight on a killed
   classifier are sent again, and later requests succeed.
+- two API workers (FACECHECK_API_WORKERS=2) share the one Classifier and answer every request.
 """
 from __future__ import annotations
 
@@ -162,6 +163,19 @@ def test_request_timeout_is_504(tmp_path):
         assert waited < 30
         connection.close()
         assert post(url).status_code == 200  # and the server still answers
+
+
+def test_two_api_workers_share_one_classifier(tmp_path):
+    """FACECHECK_API_WORKERS=2: two FaceCheck processes on the one socket, one Classifier, every request answered."""
+    log = tmp_path / "serve.log"
+    with running_server(server_env(tmp_path, FACECHECK_API_WORKERS="2"), timeout_s=240, log_path=log) as url:
+        workers = [" ".join(child.cmdline()) for child in serve_process(url).children()]
+        assert sum("--service-name FaceCheck" in w for w in workers) == 2, workers
+        assert sum("--service-name Classifier" in w for w in workers) == 1, workers
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: post(url, FACE, "image/jpeg"), range(12)))
+        assert [a.status_code for a in answers] == [200] * 12
+        assert {len(a.json()["faces"]) for a in answers} == {1}
 
 
 def default_model() -> onnx.ModelProto:
