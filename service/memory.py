@@ -10,23 +10,23 @@ import ctypes
 import ctypes.util
 import logging
 import threading
+import time
 
 log = logging.getLogger("bentoml.facecheck")
 
 
-def start_trimming(interval_s: float = 5.0) -> bool:
-    """Starts a daemon thread that calls malloc_trim(0) every interval_s; False where libc lacks it."""
+def start_trimming(interval_s: float = 5.0) -> None:
+    """Starts a daemon thread that calls malloc_trim(0) every interval_s, where libc has it."""
     try:
         trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
         log.info("malloc_trim not available: freed heap memory stays with the process")
-        return False
+        return
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    stop = threading.Event()
 
     def loop() -> None:
-        while not stop.wait(interval_s):
+        while True:
+            time.sleep(interval_s)
             trim(0)
 
     threading.Thread(target=loop, name="malloc-trim", daemon=True).start()
-    return True
