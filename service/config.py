@@ -28,8 +28,8 @@ class Settings(BaseSettings):
     batch_latency_ms: int = Field(1000, gt=0, description="Adaptive batching's latency budget per call (queueing and inference); "
                                   "BentoML sheds calls that would exceed it with 503. Keep it above one full batch's run time.")
     detect_max_side: int = Field(640, ge=64, description="Detection runs on a copy no longer than this.")
-    min_face_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Smallest face searched for, as a fraction of the detection copy's "
-                                     "shorter side (never below 20 px); 0 searches down to 20 px. Higher is faster and misses small faces.")
+    min_face_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Smallest face searched for, as a fraction of the detection copy's "
+                                     "shorter side; 0 searches down to 20 px, as MTCNN does. Higher is faster and misses small faces.")
     api_workers: int = Field(1, ge=1, le=64, description="Processes that decode, detect and crop (the FaceCheck service); the Classifier keeps one.")
     request_timeout_s: int = Field(300, gt=0, description="Longest a request may run; a folder of 500 photos takes about 2 minutes on 2 CPU cores.")
 

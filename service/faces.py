@@ -29,8 +29,8 @@ class Face:
 class DetectorSettings:
     max_side: int = 640
     min_face_size: int = 20
-    # Smallest face searched for, as a fraction of the (bounded) image's shorter side, when that is more
-    # than min_face_size pixels: skips the finest pyramid levels, where most of P-Net's time goes.
+    # Smallest face searched for, as a fraction of the (bounded) image's shorter side: skips the finest
+    # levels of facenet-pytorch's pyramid, where most of P-Net's time goes, and keeps the others as they are.
     min_face_fraction: float = 0.0
     min_score: float = 0.9
     backend: Literal["onnx", "facenet"] = "onnx"
@@ -40,8 +40,12 @@ class DetectorSettings:
         fraction = f"-f{self.min_face_fraction:g}" if self.min_face_fraction else ""
         return f"mtcnn-{self.max_side}-{self.min_face_size}-{self.min_score:.2f}{fraction}"
 
-    def min_face_pixels(self, width: int, height: int) -> float:
-        return max(float(self.min_face_size), self.min_face_fraction * min(width, height))
+    def __post_init__(self) -> None:
+        if self.min_face_fraction and self.backend == "facenet":
+            raise ValueError("min_face_fraction needs the onnx backend; facenet-pytorch searches every pyramid level")
+
+    def smallest_face(self, width: int, height: int) -> float:
+        return self.min_face_fraction * min(width, height)
 
 
 def configured_detector() -> DetectorSettings:
@@ -78,7 +82,7 @@ class FaceDetector:
         small, scale = self._bounded(image)
         if min(small.size) < MTCNN_SMALLEST_INPUT:
             return []
-        boxes, scores = self._detect(small, self.settings.min_face_pixels(*small.size))
+        boxes, scores = self._detect(small, self.settings.min_face_size, self.settings.smallest_face(*small.size))
         faces = [
             Face(tuple(float(v) / scale for v in box), float(score))
             for box, score in zip(np.asarray(boxes), np.asarray(scores))
@@ -95,7 +99,8 @@ class FaceDetector:
         return image.resize(size, RESAMPLE["bilinear"]), scale
 
 
-Backend = Callable[[Image.Image, float], tuple[np.ndarray, np.ndarray]]  # (image, min face px) -> boxes (n, 4), scores (n,)
+# (image, min face px, smallest face px) -> boxes (n, 4), scores (n,)
+Backend = Callable[[Image.Image, float, float], tuple[np.ndarray, np.ndarray]]
 
 
 def _onnx_backend(device: str) -> Backend:
@@ -112,8 +117,8 @@ def _facenet_backend(device: str) -> Backend:
 
     mtcnn = MTCNN(keep_all=True, device=device)
 
-    def detect(image: Image.Image, min_face_size: float) -> tuple[np.ndarray, np.ndarray]:
-        # MTCNN.detect with the minimum face size as an argument rather than an attribute.
+    def detect(image: Image.Image, min_face_size: float, smallest_face: float) -> tuple[np.ndarray, np.ndarray]:
+        # MTCNN.detect with the minimum face size as an argument; smallest_face is 0 (see DetectorSettings).
         with torch.no_grad():
             (found,), _ = detect_face(image, min_face_size, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, mtcnn.thresholds, mtcnn.factor, device)
         found = np.asarray(found, dtype=np.float32).reshape(-1, 5)

@@ -64,19 +64,21 @@ class OnnxMTCNN:
         self.pnet, self.rnet, self.onet = (
             ort.InferenceSession(str(NETS_DIR / f"{name}.onnx"), options, providers=list(providers)) for name in ("pnet", "rnet", "onet"))
 
-    def detect(self, image: Image.Image, min_face_size: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes (n, 4) and scores (n,) of the faces in an RGB image, in its pixels."""
+    def detect(self, image: Image.Image, min_face_size: float = 20.0, smallest_face: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (n, 4) and scores (n,) of the faces in an RGB image, in its pixels.
+
+        min_face_size starts facenet-pytorch's pyramid; smallest_face skips its levels for smaller faces."""
         table = summed_area_table(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
-        found = self._propose(table, min_face_size)
+        found = self._propose(table, min_face_size, smallest_face)
         found = self._refine(table, found, self.rnet, 24, THRESHOLDS[1])
         found = self._refine(table, found, self.onet, 48, THRESHOLDS[2], final=True)
         return found.boxes, found.scores
 
-    def _propose(self, table: np.ndarray, min_face_size: float) -> Candidates:
+    def _propose(self, table: np.ndarray, min_face_size: float, smallest_face: float) -> Candidates:
         """P-Net over the pyramid: per-level suppression, then across levels, then regression, squared."""
         height, width = table.shape[0] - 1, table.shape[1] - 1
         levels = []
-        for scale in pyramid_scales(width, height, min_face_size):
+        for scale in pyramid_scales(width, height, min_face_size, smallest_face):
             level = resample_image(table, int(height * scale + 1), int(width * scale + 1))
             offsets, probs = self.pnet.run(None, {"x": normalise(level[None])})
             found = pnet_candidates(offsets[0], probs[0, 1], scale, THRESHOLDS[0])
@@ -104,12 +106,17 @@ class OnnxMTCNN:
         return Candidates(square(regress(found.boxes, found.offsets)), found.scores, found.offsets)
 
 
-def pyramid_scales(width: int, height: int, min_face_size: float) -> list[float]:
+def pyramid_scales(width: int, height: int, min_face_size: float, smallest_face: float = 0.0) -> list[float]:
+    """facenet-pytorch's pyramid, less the levels whose windows stand for faces under smallest_face.
+
+    A level at scale s looks for faces of about CELL / s pixels; one finer level than smallest_face is kept,
+    because P-Net also finds faces a little larger than its window."""
     scale = CELL / min_face_size
     shortest = min(width, height) * scale
     scales = []
     while shortest >= CELL:
-        scales.append(scale)
+        if CELL / scale >= smallest_face * PYRAMID_FACTOR:
+            scales.append(scale)
         scale *= PYRAMID_FACTOR
         shortest *= PYRAMID_FACTOR
     return scales

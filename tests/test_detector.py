@@ -20,7 +20,7 @@ def facenet() -> FaceDetector:
 
 @pytest.fixture(scope="module")
 def onnx_detector() -> FaceDetector:
-    return FaceDetector(DetectorSettings())
+    return FaceDetector(DetectorSettings(min_face_fraction=0.1))  # the service's default
 
 
 def area(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -92,17 +92,28 @@ def test_real_photos_match_facenet(facenet: FaceDetector, onnx_detector: FaceDet
         assert_same_faces(onnx_detector.detect(image), facenet.detect(image))
 
 
-def test_min_face_fraction_trades_small_faces_for_speed(onnx_detector: FaceDetector) -> None:
+def test_min_face_fraction_trades_small_faces_for_speed() -> None:
     big = synthetic_face(400, 5)
-    small = Image.new("RGB", (600, 600), (70, 90, 120))
-    small.paste(synthetic_face(100, 6), (250, 250))
-    coarse = FaceDetector(DetectorSettings(min_face_fraction=0.25))  # faces of 100 px and up on 400 px, 150 px on 600 px
-    assert len(coarse.detect(big)) == len(onnx_detector.detect(big)) == 1
-    assert iou(coarse.detect(big)[0].box, onnx_detector.detect(big)[0].box) > 0.8  # other pyramid levels, other proposals
-    assert len(onnx_detector.detect(small)) == 1
+    small = Image.new("RGB", (800, 800), (70, 90, 120))
+    small.paste(synthetic_face(100, 6), (350, 350))  # a face of about 60 px
+    everything = FaceDetector(DetectorSettings(min_face_fraction=0.0))
+    coarse = FaceDetector(DetectorSettings(min_face_fraction=0.25))  # faces of 100 px and up on 400 px, 200 px on 800 px
+    assert coarse.detect(big) == everything.detect(big) and len(coarse.detect(big)) == 1  # the same levels find it
+    assert len(everything.detect(small)) == 1
     assert coarse.detect(small) == []
-    assert DetectorSettings(min_face_fraction=0.1).min_face_pixels(1000, 400) == 40
-    assert DetectorSettings(min_face_fraction=0.1).min_face_pixels(100, 100) == 20
+    assert DetectorSettings(min_face_fraction=0.1).smallest_face(1000, 400) == 40
+
+
+def test_min_face_fraction_drops_only_the_finest_pyramid_levels() -> None:
+    full = pyramid_scales(400, 400, 20.0)
+    coarse = pyramid_scales(400, 400, 20.0, smallest_face=40.0)
+    assert full[-len(coarse):] == coarse and len(coarse) < len(full)
+    assert 12 / coarse[0] >= 40 * 0.709 > 12 / full[len(full) - len(coarse) - 1]  # one level below 40 px is kept
+
+
+def test_facenet_backend_refuses_min_face_fraction() -> None:
+    with pytest.raises(ValueError, match="onnx backend"):
+        DetectorSettings(backend="facenet", min_face_fraction=0.1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the CUDA path of the detector and classifier")
