@@ -44,6 +44,16 @@ def test_region_resampling_equals_torch_on_each_crop() -> None:
         np.testing.assert_allclose(crop, area(pixels[top:bottom, left:right], (24, 24)), atol=1e-4)
 
 
+def test_summed_area_table_is_exact_past_int32() -> None:
+    small = np.random.default_rng(2).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    expected = np.zeros((38, 54, 3), np.int64)
+    expected[1:, 1:] = small.cumsum(axis=0, dtype=np.int64).cumsum(axis=1)
+    assert summed_area_table(small).dtype == np.int32 and (summed_area_table(small) == expected).all()
+    white = np.full((3000, 2900, 3), 255, np.uint8)  # sums beyond 2**31
+    table = summed_area_table(white)
+    assert table[-1, -1, 0] == 255 * 3000 * 2900 and table[1500, 100, 2] == 255 * 1500 * 100
+
+
 def test_pyramid_stops_at_pnets_window() -> None:
     scales = pyramid_scales(400, 300, 20)
     assert scales[0] == pytest.approx(12 / 20)
