@@ -45,7 +45,7 @@ class Pipeline:
         timings["detect"] = ms_since(started)
         started = time.perf_counter()
         boxes = [face.box for face in faces[: self.max_faces]] or [None]
-        crops = [rotate(crop_face(image, box, self.card.preprocess), angle) for box in boxes for angle in self.angles]
+        crops = [rotate(crop, angle) for crop in (crop_face(image, box, self.card.preprocess) for box in boxes) for angle in self.angles]
         timings["crop"] = ms_since(started)
         return Prepared(file, faces, len(boxes) if faces else 0, stack_crops(crops), timings)
 
