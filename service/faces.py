@@ -65,7 +65,7 @@ def detector_device(setting: str) -> str:
     if cuda_present():
         return "cuda"
     if setting == "cuda":
-        raise RuntimeError("FACECHECK_DEVICE=cuda but torch finds no CUDA device")
+        raise RuntimeError("FACECHECK_DEVICE=cuda but the CUDA driver finds no device")
     return "cpu"
 
 

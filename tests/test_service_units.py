@@ -167,3 +167,12 @@ def test_detector_device_follows_the_device_setting():
     if not cuda_present():
         with pytest.raises(RuntimeError):
             detector_device("cuda")
+
+
+def test_cuda_present_agrees_with_torch():
+    """The service asks the CUDA driver directly (no torch in its workers); torch must see the same."""
+    import torch
+
+    from service.onnx_model import cuda_present
+
+    assert cuda_present() == torch.cuda.is_available()
