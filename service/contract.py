@@ -29,6 +29,7 @@ class ModelCard(BaseModel):
     threshold_rule: str = ""
     training: dict[str, Any] = Field(default_factory=dict, description="datasets, split sizes, seed, command")
     metrics: dict[str, Any] = Field(default_factory=dict, description="test metrics per dataset")
+    quantization: dict[str, Any] = Field(default_factory=dict, description="how an int8 model was made from its float model, and the accuracy change")
     sha256: str = ""
     command: str = ""
 

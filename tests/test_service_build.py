@@ -46,6 +46,7 @@ def test_bentoml_build_makes_a_bento_with_a_dockerfile(tmp_path):
     assert info["service"] == "service.service:FaceCheck" and info["entry_service"] == "FaceCheck"
     assert {s["name"] for s in info["services"]} == {"FaceCheck", "Classifier"}
     for path in ("src/service/service.py", "src/service/preprocess.py", "src/service/static/index.html", "src/exports/default.onnx", "src/exports/default.json",
+                 "src/exports/default-int8.onnx",
                  "src/service/mtcnn/pnet.onnx", "src/service/mtcnn/rnet.onnx", "src/service/mtcnn/onet.onnx"):
         assert (bento / path).is_file(), path
     assert not list((bento / "src").glob("training/**/*.py")) and not (bento / "src" / "tests").exists()

@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
@@ -187,3 +188,30 @@ def test_export_with_data_records_threshold_and_metrics_that_evaluate_reproduces
     assert measured["n"] == recorded["n"]
     for key in ("accuracy", "roc_auc", "f1", "false_positive_rate"):
         assert measured[key] == pytest.approx(recorded[key], abs=1e-9), key
+
+
+@pytest.mark.slow
+def test_export_quantize_int8_records_its_accuracy_change(trained_cnn, tmp_path: Path, monkeypatch) -> None:
+    from training import quantize
+
+    run, data = trained_cnn
+    for module in (export, quantize):
+        monkeypatch.setattr(module, "CropCache", partial(CropCache, tmp_path / "cache"))
+    out = tmp_path / "exports"
+    assert export.main(["--checkpoint", str(run / "best.pt"), "--name", "tiny", "--out", str(out), "--data", str(data),
+                        "--tta", "0", "--quantize", "int8"]) == 0
+    float_card, card = (json.loads((out / f"{name}.json").read_text()) for name in ("tiny", "tiny-int8"))
+    assert card["name"] == "tiny-int8" and card["quantization"]["float_model"]["sha256"] == float_card["sha256"]
+    assert {node.op_type for node in onnx.load(str(out / "tiny-int8.onnx")).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+    assert (out / "tiny-int8.split.json").read_text() == (out / "tiny.split.json").read_text()
+    before, after = float_card["metrics"]["test"][data.name], card["metrics"]["test"][data.name]
+    assert card["quantization"]["test_change"][data.name]["accuracy"] == pytest.approx(after["accuracy"] - before["accuracy"], abs=1e-4)
+    measured = evaluate.evaluate(out / "tiny-int8.onnx", [data], angles=(0.0,))[data.name]
+    assert measured["accuracy"] == pytest.approx(after["accuracy"], abs=1e-9)
+
+
+def test_quantize_needs_data(trained_cnn, tmp_path: Path, capsys) -> None:
+    run, _ = trained_cnn
+    assert export.main(["--checkpoint", str(run / "best.pt"), "--name", "tiny", "--out", str(tmp_path), "--quantize", "int8"]) == 2
+    assert "--quantize needs --data" in capsys.readouterr().err
+    assert not (tmp_path / "tiny.onnx").exists()

@@ -63,7 +63,7 @@ def export_model(model: nn.Module, card: ModelCard, out_dir: Path, real_crops: n
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / target.name
         _to_onnx(wrapped, card.preprocess.input_size, staged)
-        _attach_card(staged, card)
+        attach_card(staged, card)
         worst = parity(wrapped, staged, card.preprocess, real_crops)
         if worst > PARITY_TOLERANCE:
             raise ExportError(f"ONNX and PyTorch differ by {worst:.2e} (> {PARITY_TOLERANCE}) in fake probability; nothing written")
@@ -86,7 +86,7 @@ def _to_onnx(wrapped: nn.Module, size: int, path: Path) -> None:
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def _attach_card(path: Path, card: ModelCard) -> None:
+def attach_card(path: Path, card: ModelCard) -> None:
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
     entries = {CARD_KEY: card.model_dump_json(), "name": card.name, "version": card.version,
@@ -149,6 +149,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, action="append", default=[], help="dataset folders of the checkpoint's split: enables threshold choice and test metrics")
     p.add_argument("--tta", default=",".join(f"{a:g}" for a in get_settings().tta_angles), help="rotations used for threshold and metrics (the service's default)")
     p.add_argument("--version", help="model version (default: <date>-<weights digest>)")
+    p.add_argument("--quantize", choices=["int8"], help="also write <name>-int8.onnx, with its accuracy change on the test split in its card "
+                   "(needs --data; python -m training.quantize does the same for an existing export)")
     return p.parse_args(argv)
 
 
@@ -171,6 +173,8 @@ def _export(args: argparse.Namespace) -> int:
 
     if not args.checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+    if args.quantize and not args.data:
+        raise ExportError("--quantize needs --data: the calibration crops and the accuracy change come from the split")
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     if state.get("model_name") not in MODELS:
         raise ExportError(f"{state.get('model_name')!r} is not an exportable network (exportable: {', '.join(MODELS)})")
@@ -202,6 +206,10 @@ def _export(args: argparse.Namespace) -> int:
         path = export_model(model, card, args.out, real_crops)
         split.save(args.out / f"{args.name}.split.json")
         _print_metrics(card)
+    if args.quantize:
+        from training.quantize import quantize_export
+
+        print(quantize_export(path, args.data, None, 256, args.tta, args.command + " (its int8 step)"))
     print(path)
     return 0
 

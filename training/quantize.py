@@ -1,0 +1,146 @@
+"""Quantize an exported model to int8 and record what that costs in accuracy.
+
+    python -m training.quantize --model exports/default.onnx \
+        --data ../shared/data/tpdne128 --data ../shared/data/rff --data ../shared/data/utk-real
+
+Writes exports/<name>-int8.onnx and its card (and a copy of the split) beside the model. ONNX Runtime's
+static quantization: int8 weights per output channel, uint8 activations, QDQ format, with the activation
+ranges calibrated on crops of the model's training split. The int8 model gets its own threshold (chosen on
+validation, as the export does), and its card records its test metrics and their change against the
+float model, both measured in this run through the service's pipeline. The service loads it as it loads
+any export: FACECHECK_MODEL=exports/<name>-int8.onnx.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import logging
+import random
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from service.config import get_settings
+from service.contract import ModelCard, ModelLoadError
+from service.onnx_model import OnnxClassifier, read_card
+from service.preprocess import to_input
+from training.cache import CropCache
+from training.data import DatasetError, Split, scan_dataset
+from training.evaluate import default_split_file
+from training.export import ExportError, attach_card, evaluate_through_service, write_card_json
+
+COMPARED = ("roc_auc", "accuracy", "f1", "false_positive_rate")
+
+
+def quantize_int8(source: Path, target: Path, calibration: np.ndarray) -> None:
+    """Static int8 quantization of `source` (NCHW float32 input) into `target`, calibrated on `calibration`."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    input_name = OnnxClassifier(source, "cpu").input_name
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration[i : i + 16] for i in range(0, len(calibration), 16))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch}
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # the quantizer logs every weight scale it adjusts to the root logger at INFO
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            prepared = Path(tmp) / "prepared.onnx"
+            quant_pre_process(str(source), str(prepared))
+            quantize_static(str(prepared), str(target), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        root.setLevel(level)
+
+
+def calibration_inputs(card: ModelCard, split: Split, folders: Sequence[Path], count: int, seed: int = 0) -> np.ndarray:
+    """`count` training-split crops, drawn at random, as the model's normalised input."""
+    samples = split.select([s for folder in folders for s in scan_dataset(folder)], "train")
+    random.Random(seed).shuffle(samples)
+    crops = CropCache().crop_set(samples[:count], card.preprocess, desc="calibration crops").crops
+    return to_input(crops, card.preprocess)
+
+
+def metric_changes(float_metrics: dict[str, Any], int8_metrics: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Per test set, int8 minus float for each compared metric (None where a metric is undefined)."""
+    changes = {}
+    for name, before in float_metrics["test"].items():
+        after = int8_metrics["test"][name]
+        changes[name] = {key: None if before[key] is None or after[key] is None else round(after[key] - before[key], 4) for key in COMPARED}
+    return changes
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.quantize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, required=True, help="an export of python -m training.export (exports/<name>.onnx)")
+    p.add_argument("--data", type=Path, action="append", default=[], required=True, help="the dataset folders of the model's split (repeat)")
+    p.add_argument("--split-file", type=Path, help="the model's split (default: <name>.split.json beside the model)")
+    p.add_argument("--calibration", type=int, default=256, help="training crops that calibrate the activation ranges")
+    p.add_argument("--tta", default=",".join(f"{a:g}" for a in get_settings().tta_angles), help="rotations for threshold and metrics (the service's default)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    try:
+        print(quantize_export(args.model, args.data, args.split_file, args.calibration, args.tta,
+                              "python -m training.quantize " + shlex.join(argv)))
+        return 0
+    except (ExportError, DatasetError, ModelLoadError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def quantize_export(model: Path, folders: Sequence[Path], split_file: Path | None, calibration: int, tta: str, command: str) -> Path:
+    """Write <name>-int8.onnx, its card and split beside `model`; returns the new model's path."""
+    card = read_card(model)
+    split_file = split_file or default_split_file(model)
+    if not split_file.is_file():
+        raise FileNotFoundError(f"split file not found: {split_file} (give --split-file)")
+    split = Split.load(split_file)
+    angles = tuple(float(a) for a in tta.split(",") if a.strip())
+    target = model.with_name(f"{model.stem}-int8.onnx")
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / target.name
+        quantize_int8(model, staged, calibration_inputs(card, split, folders, calibration))
+        _, float_metrics = evaluate_through_service(model, split, folders, angles)
+        threshold, metrics = evaluate_through_service(staged, split, folders, angles)
+        int8_card = card.model_copy(update={
+            "name": target.stem, "version": f"{card.version}-int8", "threshold": threshold, "metrics": metrics,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
+            "threshold_rule": f"maximises balanced accuracy on the validation split, TTA {list(angles)}, through the service pipeline",
+            "quantization": {"method": "ONNX Runtime static quantization: QDQ, int8 weights per channel, uint8 activations, MinMax",
+                             "calibration_crops": calibration, "float_model": {"name": card.name, "sha256": hashlib.sha256(model.read_bytes()).hexdigest()},
+                             "float_test_metrics": float_metrics["test"], "test_change": metric_changes(float_metrics, metrics)}})
+        attach_card(staged, int8_card)
+        shutil.move(staged, target)
+    write_card_json(target, int8_card)
+    shutil.copyfile(split_file, default_split_file(target))
+    _print_changes(int8_card)
+    return target
+
+
+def _print_changes(card: ModelCard) -> None:
+    print(f"threshold {card.threshold:.4f}; change against the float model (int8 - float), test split:")
+    print(f"{'dataset':<12} " + " ".join(f"{key:>20}" for key in COMPARED))
+    for name, change in card.quantization["test_change"].items():
+        print(f"{name:<12} " + " ".join(f"{'-' if change[k] is None else f'{change[k]:+.4f}':>20}" for k in COMPARED))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
