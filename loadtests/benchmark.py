@@ -9,9 +9,12 @@ clients each send one image at a time, back to back. Rows:
 - naive: one image at a time, facenet-pytorch MTCNN with defaults, PyTorch eager classifier;
 - in-process: the service's own Engine (decode, detection, crops, ONNX Runtime) without HTTP;
 - service: a real `bentoml serve` on loopback, POST /classify, adaptive batching on (the default) and
-  off (FACECHECK_BATCH_SIZE=1), and with two API workers (FACECHECK_API_WORKERS=2);
+  off (FACECHECK_BATCH_SIZE=1), and with one API worker instead of the default two (FACECHECK_API_WORKERS=1);
 - TTA: the in-process pipeline with no, 3 and 5 rotations;
-- classifier: ONNX Runtime vs PyTorch eager, crops per second at batch 3 (one face's TTA) and 48;
+- int8: where the served model has an int8 sibling (exports/<name>-int8.onnx, python -m training.quantize),
+  the in-process pipeline and the service with it;
+- classifier: ONNX Runtime (float, and int8 where present) vs PyTorch eager, crops per second at batch 3
+  (one face's TTA) and 48;
 - detection: the service's detector vs facenet-pytorch's MTCNN with defaults, one image at a time and two at once.
 Writes benchmark.json and benchmark.md (the tables) into loadtests/reports/benchmark-<timestamp>/.
 """
@@ -112,12 +115,13 @@ def http_run(url: str, payloads: Sequence[Payload], clients: int, seconds: float
     return threaded(name, clients, seconds, warmup=2, one=one)
 
 
-def engine_run(tta: Sequence[float], device: str, payloads: Sequence[Payload], clients: int, seconds: float, name: str) -> Run:
-    """The service's Engine in this process: `clients` asyncio tasks, one image at a time each."""
+def engine_run(tta: Sequence[float], device: str, payloads: Sequence[Payload], clients: int, seconds: float, name: str,
+               model: Path | None = None) -> Run:
+    """The service's Engine in this process (the served model unless `model`): `clients` asyncio tasks, one image at a time each."""
     from service.cli import load_engine
     from service.config import get_settings
 
-    engine = load_engine(get_settings().model, tta, device)
+    engine = load_engine(model or get_settings().model, tta, device)
 
     async def drive() -> Run:
         run = Run(name, clients)
@@ -197,17 +201,27 @@ def naive_run(payloads: Sequence[Payload], seconds: float) -> Run:
     return run
 
 
+def int8_sibling() -> Path | None:
+    """exports/<name>-int8.onnx beside the served model, where python -m training.quantize wrote one."""
+    from service.config import get_settings
+
+    model = get_settings().model
+    sibling = model.with_name(f"{model.stem}-int8.onnx")
+    return sibling if sibling.is_file() and sibling != model else None
+
+
 def classifier_rates(device: str, seconds: float) -> dict[str, float]:
-    """Crops per second, ONNX Runtime vs PyTorch eager, at batch 3 and 48."""
+    """Crops per second, ONNX Runtime (float, and int8 where present) vs PyTorch eager, at batch 3 and 48."""
     from service.config import get_settings
     from service.onnx_model import OnnxClassifier
 
-    ort_model = OnnxClassifier(get_settings().model, device)
-    eager = eager_classifier()
+    classifiers = {"onnxruntime": OnnxClassifier(get_settings().model, device).predict_crops, "pytorch_eager": eager_classifier()}
+    if int8_sibling():
+        classifiers["onnxruntime_int8"] = OnnxClassifier(int8_sibling(), device).predict_crops
     rates = {}
     for batch in (3, 48):
         crops = np.random.default_rng(0).integers(0, 256, (batch, 128, 128, 3), dtype=np.uint8)
-        for name, classify in (("onnxruntime", ort_model.predict_crops), ("pytorch_eager", eager)):
+        for name, classify in classifiers.items():
             classify(crops)
             run = Run(name, 1)
             started = time.perf_counter()
@@ -281,12 +295,18 @@ def main(argv: list[str] | None = None) -> int:
     note(f"inprocess_{n}", engine_run(TTA3, args.device, payloads, n, s, f"in-process, {n} clients"))
     note("inprocess_tta0", engine_run((), args.device, payloads, n, s, "in-process, no TTA"))
     note("inprocess_tta5", engine_run(TTA5, args.device, payloads, n, s, "in-process, TTA 5"))
+    int8 = int8_sibling()
+    if int8:
+        note(f"inprocess_int8_{n}", engine_run(TTA3, args.device, payloads, n, s, f"in-process, int8 model, {n} clients", int8))
     for batching, env in (("on", {}), ("off", {"FACECHECK_BATCH_SIZE": "1"})):
         with running_server(server_env(**env), log_path=out / f"server-batching-{batching}.log") as url:
             for clients in sorted({1, 4, 16, n} if batching == "on" else {1, 4, 16}):
                 note(f"service_batching_{batching}_{clients}", http_run(url, payloads, clients, s, f"service, batching {batching}, {clients} clients"))
-    with running_server(server_env(FACECHECK_API_WORKERS="2"), log_path=out / "server-api-workers-2.log") as url:
-        note(f"service_api_workers2_{n}", http_run(url, payloads, n, s, f"service, 2 API workers, {n} clients"))
+    with running_server(server_env(FACECHECK_API_WORKERS="1"), log_path=out / "server-api-workers-1.log") as url:
+        note(f"service_api_workers1_{n}", http_run(url, payloads, n, s, f"service, 1 API worker, {n} clients"))
+    if int8:
+        with running_server(server_env(FACECHECK_MODEL=str(int8)), log_path=out / "server-int8.log") as url:
+            note(f"service_int8_{n}", http_run(url, payloads, n, s, f"service, int8 model, {n} clients"))
 
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "command": "python -m loadtests.benchmark " + " ".join(argv or sys.argv[1:]),
               "workload": f"{args.images} single-face JPEGs, {args.size}x{args.size}, TTA -15,0,15", "classifier_crops_per_s": classifier,
@@ -304,12 +324,17 @@ def ratios(runs: dict[str, Run], classifier: dict[str, float], detection: dict[s
     rows = [
         (f"service ({n} clients) / in-process pipeline ({n} clients)", rate[f"service_batching_on_{n}"] / rate[f"inprocess_{n}"]),
         (f"service ({n} clients) / naive pipeline", rate[f"service_batching_on_{n}"] / rate["naive"]),
-        (f"service, 2 API workers ({n} clients) / in-process pipeline ({n} clients)", rate[f"service_api_workers2_{n}"] / rate[f"inprocess_{n}"]),
-        (f"service, 2 API workers ({n} clients) / naive pipeline", rate[f"service_api_workers2_{n}"] / rate["naive"]),
+        (f"service, 2 API workers (the default) / 1 API worker ({n} clients)", rate[f"service_batching_on_{n}"] / rate[f"service_api_workers1_{n}"]),
         (f"in-process pipeline ({n} clients) / naive pipeline", rate[f"inprocess_{n}"] / rate["naive"]),
     ]
+    if f"service_int8_{n}" in rate:
+        rows += [(f"service, int8 model ({n} clients) / naive pipeline", rate[f"service_int8_{n}"] / rate["naive"]),
+                 (f"service, int8 model ({n} clients) / in-process pipeline, int8 model ({n} clients)", rate[f"service_int8_{n}"] / rate[f"inprocess_int8_{n}"]),
+                 (f"in-process pipeline: int8 / float model ({n} clients)", rate[f"inprocess_int8_{n}"] / rate[f"inprocess_{n}"])]
     rows += [(f"service: batching on / off, {c} client{'s' if c > 1 else ''}", rate[f"service_batching_on_{c}"] / rate[f"service_batching_off_{c}"]) for c in (1, 4, 16)]
     rows += [(f"classifier: ONNX Runtime / PyTorch eager, batch {b}", classifier[f"onnxruntime_batch{b}"] / classifier[f"pytorch_eager_batch{b}"]) for b in (3, 48)]
+    rows += [(f"classifier: ONNX Runtime int8 / float, batch {b}", classifier[f"onnxruntime_int8_batch{b}"] / classifier[f"onnxruntime_batch{b}"])
+             for b in (3, 48) if f"onnxruntime_int8_batch{b}" in classifier]
     rows += [("TTA: no rotation / 3 rotations (in-process)", rate["inprocess_tta0"] / rate[f"inprocess_{n}"]),
              ("TTA: 5 rotations / 3 rotations (in-process)", rate["inprocess_tta5"] / rate[f"inprocess_{n}"])]
     reference = detection["facenet_defaults"]

@@ -74,7 +74,8 @@ def input_name(session, card: ModelCard, path: Path) -> str:
 class OnnxClassifier:
     """Fake probabilities for face crops: uint8 NHWC (`predict_crops`) or already normalised NCHW float32 (`predict`)."""
 
-    def __init__(self, path: Path | str, device: str = "auto") -> None:
+    def __init__(self, path: Path | str, device: str = "auto", threads: int = 0) -> None:
+        """`threads`: ONNX Runtime's intra-op threads on CPU; 0 lets it take one per core."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -82,6 +83,7 @@ class OnnxClassifier:
             raise ModelLoadError(f"model file not found: {self.path}")
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.intra_op_num_threads = threads
         # Idle intra-op threads sleep instead of spinning: face detection needs the same cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:

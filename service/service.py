@@ -60,7 +60,7 @@ MALLOC_ENVS = [{"name": "MALLOC_ARENA_MAX", "value": "2"}, {"name": "MALLOC_MMAP
                  runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9})
 class Classifier:
     def __init__(self) -> None:
-        self.model = OnnxClassifier(settings.model, settings.device)
+        self.model = OnnxClassifier(settings.model, settings.device, settings.classifier_cpu_threads)
         self.metrics = get_metrics()
         log.info("classifier %s %s on %s", self.model.card.name, self.model.card.version, self.model.provider)
 

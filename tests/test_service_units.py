@@ -176,3 +176,14 @@ def test_cuda_present_agrees_with_torch():
     from service.onnx_model import cuda_present
 
     assert cuda_present() == torch.cuda.is_available()
+
+
+def test_classifier_threads_default_to_the_cores_the_api_workers_leave():
+    import os
+
+    from service.config import Settings
+
+    cores = len(os.sched_getaffinity(0))
+    assert Settings(api_workers=2).classifier_cpu_threads == max(1, cores - 2)
+    assert Settings(api_workers=cores + 3).classifier_cpu_threads == 1
+    assert Settings(api_workers=2, classifier_threads=5).classifier_cpu_threads == 5
