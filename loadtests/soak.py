@@ -95,7 +95,8 @@ def _slope(series: list[tuple[float, float]]) -> float:
 def _role(process: psutil.Process) -> str:
     command = process.cmdline()
     if "--service-name" in command:
-        return f"{command[command.index('--service-name') + 1]} worker"
+        worker_id = f" {command[command.index('--worker-id') + 1]}" if "--worker-id" in command else ""
+        return f"{command[command.index('--service-name') + 1]} worker{worker_id}"
     return "bentoml serve (supervisor)"
 
 
