@@ -56,7 +56,14 @@ MALLOC_ENVS = [{"name": "MALLOC_ARENA_MAX", "value": "2"}, {"name": "MALLOC_MMAP
 # (default 100) or max_age seconds (default 300) by closing the old session under the calls still in
 # flight on it; they fail with aiohttp's ServerDisconnectedError, a 500 for the caller. Our dependency
 # is a local socket with nothing to rebalance, so the session lives as long as the worker.
-@bentoml.service(traffic={"timeout": settings.request_timeout_s}, envs=MALLOC_ENVS,
+# BentoML's timeout middleware schedules a timer per request that is never cancelled, and the timer holds
+# the request's context (its OpenTelemetry span, uvicorn's request cycle) until it fires: a worker keeps
+# every request of the last `timeout` seconds alive. The Classifier, which takes a call per photo and
+# answers each within a second or so, gets a short timeout, so that this is a minute of calls.
+CLASSIFIER_TIMEOUT_S = min(60, settings.request_timeout_s)
+
+
+@bentoml.service(traffic={"timeout": CLASSIFIER_TIMEOUT_S}, envs=MALLOC_ENVS,
                  runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9})
 class Classifier:
     def __init__(self) -> None:
