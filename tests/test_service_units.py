@@ -187,3 +187,13 @@ def test_classifier_threads_default_to_the_cores_the_api_workers_leave():
     assert Settings(api_workers=2).classifier_cpu_threads == max(1, cores - 2)
     assert Settings(api_workers=cores + 3).classifier_cpu_threads == 1
     assert Settings(api_workers=2, classifier_threads=5).classifier_cpu_threads == 5
+
+
+def test_classifier_times_out_sooner_than_the_api():
+    """BentoML keeps each request's context until its timeout timer fires (docs/reliability.md): the
+    Classifier, which answers a call per photo, must not hold five minutes of them."""
+    from service.config import get_settings
+    from service.service import Classifier, FaceCheck
+
+    assert Classifier.config["traffic"]["timeout"] == min(60, get_settings().request_timeout_s)
+    assert FaceCheck.config["traffic"]["timeout"] == get_settings().request_timeout_s
