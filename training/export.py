@@ -25,7 +25,7 @@ import onnx
 import torch
 from torch import nn
 
-from service.config import REPO_ROOT, get_settings
+from service.config import REPO_ROOT, get_settings, parse_angles
 from service.contract import CARD_KEY, ModelCard, card_path
 from service.onnx_model import OnnxClassifier
 from service.preprocess import PreprocessSpec, to_input
@@ -198,7 +198,7 @@ def _export(args: argparse.Namespace) -> int:
         card.training["split_sizes"] = split.sizes()
     path = export_model(model, card, args.out, real_crops)
     if args.data:
-        angles = tuple(float(a) for a in args.tta.split(",") if a.strip())
+        angles = parse_angles(args.tta)
         threshold, metrics = evaluate_through_service(path, split, args.data, angles)
         card = card.model_copy(update={"threshold": threshold, "metrics": metrics, "threshold_rule":
                                         f"maximises balanced accuracy on the validation split, TTA {list(angles)}, through the service pipeline"})

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from service.config import get_settings
+from service.config import get_settings, parse_angles
 from service.contract import ModelCard, ModelLoadError
 from service.onnx_model import OnnxClassifier, read_card
 from service.preprocess import to_input
@@ -113,7 +113,7 @@ def quantize_export(model: Path, folders: Sequence[Path], split_file: Path | Non
     if not split_file.is_file():
         raise FileNotFoundError(f"split file not found: {split_file} (give --split-file)")
     split = Split.load(split_file)
-    angles = tuple(float(a) for a in tta.split(",") if a.strip())
+    angles = parse_angles(tta)
     target = model.with_name(f"{model.stem}-int8.onnx")
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / target.name
