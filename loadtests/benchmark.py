@@ -216,8 +216,9 @@ def classifier_rates(device: str, seconds: float) -> dict[str, float]:
     from service.onnx_model import OnnxClassifier
 
     classifiers = {"onnxruntime": OnnxClassifier(get_settings().model, device).predict_crops, "pytorch_eager": eager_classifier()}
-    if int8_sibling():
-        classifiers["onnxruntime_int8"] = OnnxClassifier(int8_sibling(), device).predict_crops
+    int8 = int8_sibling()
+    if int8:
+        classifiers["onnxruntime_int8"] = OnnxClassifier(int8, device).predict_crops
     rates = {}
     for batch in (3, 48):
         crops = np.random.default_rng(0).integers(0, 256, (batch, 128, 128, 3), dtype=np.uint8)
