@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.metrics import balanced_accuracy_threshold, binary_metrics, confusion, expected_calibration_error
+from training.metrics import balanced_accuracy_threshold, binary_metrics, confusion, expected_calibration_error, mean_dataset_auc
 
 # 4 real, 4 fake. At threshold 0.5: reals 0.12 0.22 0.32 right, 0.62 wrong; fakes 0.82 0.92 0.72 right, 0.42 wrong.
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
@@ -70,3 +70,18 @@ def test_threshold_choice_maximises_balanced_accuracy() -> None:
     assert balanced_accuracy_threshold(labels, probs) == pytest.approx(0.4)
     m = binary_metrics(labels, probs, 0.4)
     assert m["balanced_accuracy"] == pytest.approx(0.875)
+
+
+def test_mean_dataset_auc_scores_each_set_alone() -> None:
+    # a: fakes above reals, AUC 1. b: one of the four (fake, real) pairs in order, AUC 1/4.
+    # Pooled, b's high scores beat a's, so one AUC over both would reward the set, not the fake.
+    labels = [0, 1, 0, 0, 1, 1, 0]
+    probs = [0.1, 0.2, 0.9, 0.7, 0.8, 0.6, 0.3]
+    sets = ["a", "a", "b", "b", "b", "b", "only-real"]
+    mean, per_set = mean_dataset_auc(labels, probs, sets)
+    assert per_set == {"a": 1.0, "b": 0.25}
+    assert mean == pytest.approx(0.625)
+
+
+def test_mean_dataset_auc_is_none_without_a_set_of_both_classes() -> None:
+    assert mean_dataset_auc([0, 0, 1], [0.1, 0.2, 0.3], ["r", "r", "f"]) == (None, {})

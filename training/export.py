@@ -32,6 +32,7 @@ from service.preprocess import PreprocessSpec, to_input
 from training.cache import CropCache
 from training.data import DatasetError, Split, scan_dataset
 from training.metrics import balanced_accuracy_threshold, binary_metrics
+from training.train import best_epoch
 from training.models import MODELS
 
 log = logging.getLogger("training.export")
@@ -216,9 +217,10 @@ def _export(args: argparse.Namespace) -> int:
 
 def _training_info(state: dict, checkpoint: Path) -> dict[str, Any]:
     history = state.get("history", [])
-    best = max(history, key=lambda h: h["val_roc_auc"]) if history else {}
+    best = best_epoch(history)
     return {"datasets": state.get("datasets", []), "seed": state.get("seed"), "initial_weights": state.get("origin"),
             "epochs_run": len(history), "best_epoch": best.get("epoch"), "val_roc_auc": best.get("val_roc_auc"),
+            "val_auc_per_set": best.get("val_auc_per_set"),
             "command": state.get("command"), "checkpoint": str(checkpoint)}
 
 

@@ -2,7 +2,7 @@
 
     python -m training.train --model efficientnet_lite0 --data ../shared/data/tpdne128 --out runs/lite0
 
-Writes to --out: split.json, best.pt (best validation ROC-AUC), last.pt (to --resume), history.json,
+Writes to --out: split.json, best.pt (best validation ROC-AUC, each set's own, averaged over the sets), last.pt (to --resume), history.json,
 curves.png and summary.json.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from training import baselines, plots
 from training.augment import AugmentSpec, augment
 from training.cache import CropCache, CropSet
 from training.data import DatasetError, Split, make_split, scan_dataset
-from training.metrics import balanced_accuracy_threshold, binary_metrics
+from training.metrics import balanced_accuracy_threshold, binary_metrics, mean_dataset_auc
 from training.models import MODELS, UnknownModel, create_model, entry, head_parameters
 from training.predict import device_for, predict_probs
 
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=8, help="most epochs to train")
     p.add_argument("--epoch-size", type=int, default=0, help="samples drawn per epoch (default: the training split's size)")
     p.add_argument("--freeze-epochs", type=int, default=1, help="epochs that train only the head of a pretrained backbone")
-    p.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better validation ROC-AUC")
+    p.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better validation ROC-AUC (the mean of each validation set's own)")
     p.add_argument("--batch-size", type=int, default=48)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine schedule with warm-up)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -106,9 +106,9 @@ class Trainer:
             row = {"epoch": self.epoch, "train_loss": train_loss, "train_accuracy": train_accuracy, **self._validate(), "seconds": round(time.time() - started, 1)}
             self.history.append(row)
             log.info("epoch %d: %s", self.epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-            improved = row["val_roc_auc"] > self.best_auc
+            improved = selection_auc(row) > self.best_auc
             if improved:
-                self.best_auc, stale = row["val_roc_auc"], 0
+                self.best_auc, stale = selection_auc(row), 0
                 self.save(self.args.out / "best.pt")
             else:
                 stale += 1
@@ -157,7 +157,9 @@ class Trainer:
         metrics = binary_metrics(labels, probs)
         eps = 1e-6
         loss = float(-np.mean(labels * np.log(probs + eps) + (1 - labels) * np.log(1 - probs + eps)))
-        return {"val_loss": loss, "val_accuracy": metrics["accuracy"], "val_roc_auc": metrics["roc_auc"]}
+        set_auc, per_set = mean_dataset_auc(labels, probs, [s.dataset for s in self.val_set.samples])
+        return {"val_loss": loss, "val_accuracy": metrics["accuracy"], "val_roc_auc": metrics["roc_auc"],
+                "val_set_auc": set_auc, "val_auc_per_set": per_set}
 
     def save(self, path: Path) -> None:
         torch.save({
@@ -177,6 +179,16 @@ class Trainer:
         log.info("resumed from %s at epoch %d", path, self.epoch)
 
 
+def selection_auc(row: dict) -> float:
+    """What picks the best epoch: the mean of the validation sets' own ROC-AUCs (pooled in runs before it existed)."""
+    value = row.get("val_set_auc", row["val_roc_auc"])
+    return -1.0 if value is None else value
+
+
+def best_epoch(history: list[dict]) -> dict:
+    return max(history, key=selection_auc) if history else {}
+
+
 def finish(trainer: Trainer, val: CropSet) -> dict:
     """Reload the best checkpoint, choose its threshold on validation and record both."""
     path = trainer.args.out / "best.pt"
@@ -187,7 +199,7 @@ def finish(trainer: Trainer, val: CropSet) -> dict:
     state["threshold"] = threshold
     state["threshold_rule"] = "maximises balanced accuracy on the validation split"
     torch.save(state, path)
-    summary = {"model": trainer.args.model, "origin": trainer.origin, "best_epoch": max(trainer.history, key=lambda h: h["val_roc_auc"])["epoch"],
+    summary = {"model": trainer.args.model, "origin": trainer.origin, "best_epoch": best_epoch(trainer.history)["epoch"],
                "threshold": threshold, "val": binary_metrics(val.labels, probs, threshold)}
     (trainer.args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     (trainer.args.out / "history.json").write_text(json.dumps(trainer.history, indent=1))
