@@ -149,6 +149,22 @@ def test_baseline_trains_evaluates_and_refuses_export(name: str, tmp_path: Path,
     assert not (tmp_path / "exports" / "nope.onnx").exists()
 
 
+@pytest.mark.slow
+def test_ema_weights_are_the_ones_kept_and_resume_restores_them(tmp_path: Path, private_cache) -> None:
+    data = make_dataset(tmp_path / "gen")
+    args = ["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--pretrained", "none", *TINY, "--epochs", "2", "--patience", "5", "--ema", "0.5"]
+    assert train.main(args) == 0
+    last = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    assert int(last["ema"]["n_averaged"]) == 4  # 2 epochs of 16 samples in batches of 8
+    weights = [k for k, v in last["model"].items() if v.is_floating_point()]
+    assert any(not torch.equal(last["model"][k], last["raw_model"][k]) for k in weights)
+    assert all(torch.equal(last["model"][k], last["ema"][f"module.{k}"]) for k in last["model"])
+
+    assert train.main([*args, "--resume"]) == 0  # nothing left to train: reloads, then re-chooses the threshold
+    best = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)
+    assert "threshold" in best and all(torch.equal(best["model"][k], best["ema"][f"module.{k}"]) for k in best["model"])
+
+
 def test_unknown_model_is_a_clear_error(tmp_path: Path, capsys) -> None:
     data = make_dataset(tmp_path / "gen", n_real=2, n_fake=2)
     assert train.main(["--model", "nonet", "--data", str(data), "--out", str(tmp_path / "run")]) == 2

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from service.preprocess import PreprocessSpec, to_input
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=48)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine schedule with warm-up)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--ema", type=float, default=0.0, help="decay of an exponential moving average of the weights, validated and saved in place of the raw ones (e.g. 0.995; 0 = off)")
     p.add_argument("--input-size", type=int, help="crop side in pixels (default: the model's, 128)")
     p.add_argument("--crop-mode", choices=["face", "whole"], default="face", help="MTCNN face crop, or the whole image")
     p.add_argument("--margin", type=float, default=0.3, help="context around the face box, as a fraction of its side")
@@ -93,6 +95,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil((args.epoch_size or len(train.samples)) / args.batch_size)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=args.lr, total_steps=args.epochs * self.steps_per_epoch, pct_start=0.15)
         self.scaler = torch.amp.GradScaler(enabled=self.device.type == "cuda")
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema > 0 else None
         self.augment = None if args.no_augment else AugmentSpec(rotation=args.rotation, blur=args.blur, resize=args.resize, jpeg=args.jpeg)
         self.history: list[dict] = []
         self.best_auc, self.epoch = -1.0, 0
@@ -145,14 +148,21 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             total_loss += loss.item() * len(labels)
             correct += int(((logits > 0).float() == labels).sum())
             seen += len(labels)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
         return total_loss / seen, correct / seen
 
+    @property
+    def evaluated_model(self) -> nn.Module:
+        """The weights that are validated, kept and exported: the moving average when --ema is on."""
+        return self.model if self.ema is None else self.ema.module
+
     def _validate(self) -> dict:
-        probs = predict_probs(self.model, self.val_set.crops, self.spec, device=self.device)
+        probs = predict_probs(self.evaluated_model, self.val_set.crops, self.spec, device=self.device)
         labels = self.val_set.labels
         metrics = binary_metrics(labels, probs)
         eps = 1e-6
@@ -163,7 +173,8 @@ class Trainer:
 
     def save(self, path: Path) -> None:
         torch.save({
-            "model": self.model.state_dict(), "model_name": self.args.model, "preprocess": self.spec.model_dump(),
+            "model": self.evaluated_model.state_dict(), "raw_model": None if self.ema is None else self.model.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(), "model_name": self.args.model, "preprocess": self.spec.model_dump(),
             "origin": self.origin, "epoch": self.epoch, "history": self.history, "best_auc": self.best_auc,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "datasets": [str(d) for d in self.args.data], "seed": self.args.seed,
@@ -172,7 +183,9 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(state.get("raw_model") or state["model"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.history, self.best_auc = state["epoch"], state["history"], state["best_auc"]
@@ -193,8 +206,8 @@ def finish(trainer: Trainer, val: CropSet) -> dict:
     """Reload the best checkpoint, choose its threshold on validation and record both."""
     path = trainer.args.out / "best.pt"
     state = torch.load(path, map_location=trainer.device, weights_only=False)
-    trainer.model.load_state_dict(state["model"])
-    probs = predict_probs(trainer.model, val.crops, trainer.spec, device=trainer.device)
+    trainer.evaluated_model.load_state_dict(state["model"])
+    probs = predict_probs(trainer.evaluated_model, val.crops, trainer.spec, device=trainer.device)
     threshold = balanced_accuracy_threshold(val.labels, probs)
     state["threshold"] = threshold
     state["threshold_rule"] = "maximises balanced accuracy on the validation split"
