@@ -228,6 +228,17 @@ def test_export_quantize_int8_records_its_accuracy_change(trained_cnn, tmp_path:
     assert measured["accuracy"] == pytest.approx(after["accuracy"], abs=1e-9)
 
 
+@pytest.mark.slow
+def test_a_reused_split_is_saved_in_the_run_where_export_finds_it(trained_cnn, tmp_path: Path, private_cache, monkeypatch) -> None:
+    run, data = trained_cnn
+    monkeypatch.setattr(export, "CropCache", partial(CropCache, tmp_path / "cache"))
+    again = tmp_path / "again"
+    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(again), "--pretrained", "none", "--split", str(run / "split.json"), *TINY]) == 0
+    assert Split.load(again / "split.json") == Split.load(run / "split.json")
+    assert export.main(["--checkpoint", str(again / "best.pt"), "--name", "again", "--out", str(tmp_path / "exports"), "--data", str(data), "--tta", "0"]) == 0
+    assert Split.load(tmp_path / "exports" / "again.split.json") == Split.load(run / "split.json")
+
+
 def test_quantize_needs_data(trained_cnn, tmp_path: Path, capsys) -> None:
     run, _ = trained_cnn
     assert export.main(["--checkpoint", str(run / "best.pt"), "--name", "tiny", "--out", str(tmp_path), "--quantize", "int8"]) == 2

@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, action="append", required=True, help="dataset folder with real/ and/or fake/; repeat to combine")
     p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, split, curves and metrics")
     p.add_argument("--pretrained", default="auto", help="auto (offline ImageNet weights where shipped), hub (timm's hub), none, or a checkpoint PATH")
-    p.add_argument("--split", type=Path, help="reuse this split file instead of making one (default: <out>/split.json, made if absent)")
+    p.add_argument("--split", type=Path, help="reuse this split file instead of making one (default: <out>/split.json, made if absent); copied to <out>/split.json")
     p.add_argument("--seed", type=int, default=0, help="seeds the split, the initial weights, the sampling and the augmentation")
     p.add_argument("--epochs", type=int, default=8, help="most epochs to train")
     p.add_argument("--epoch-size", type=int, default=0, help="samples drawn per epoch (default: the training split's size)")
@@ -74,10 +74,9 @@ def preprocess_spec(args: argparse.Namespace) -> PreprocessSpec:
 
 
 def load_split(args: argparse.Namespace, samples: list) -> Split:
+    """The run's split, always saved as <out>/split.json, where evaluate and export look for it."""
     path = args.split or args.out / "split.json"
-    if path.exists():
-        return Split.load(path)
-    split = make_split(samples, seed=args.seed)
+    split = Split.load(path) if path.exists() else make_split(samples, seed=args.seed)
     split.save(args.out / "split.json")
     return split
 
