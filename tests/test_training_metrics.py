@@ -72,6 +72,16 @@ def test_threshold_choice_maximises_balanced_accuracy() -> None:
     assert m["balanced_accuracy"] == pytest.approx(0.875)
 
 
+def test_threshold_choice_weights_each_datasets_real_and_fake_alike() -> None:
+    sets = ["a"] * 6 + ["b"] * 5
+    labels = np.array([0] * 6 + [0, 0, 0, 1, 1])
+    probs = np.array([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 0.6, 0.7, 0.55, 0.9])
+    # pooled, a's six easy reals outvote b's: t = 0.55 gives reals 7/9, fakes 2/2 -> 0.889 (t = 0.9: 0.75)
+    assert balanced_accuracy_threshold(labels, probs) == pytest.approx(0.55)
+    # per (set, label) group: t = 0.9 gives a-real 1, b-real 1, b-fake 1/2 -> 0.833; t = 0.55: 1, 1/3, 1 -> 0.778
+    assert balanced_accuracy_threshold(labels, probs, sets) == pytest.approx(0.9)
+
+
 def test_mean_dataset_auc_scores_each_set_alone() -> None:
     # a: fakes above reals, AUC 1. b: one of the four (fake, real) pairs in order, AUC 1/4.
     # Pooled, b's high scores beat a's, so one AUC over both would reward the set, not the fake.

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from service.preprocess import PreprocessSpec, to_input
 from training.cache import CropSet
-from training.metrics import balanced_accuracy_threshold, binary_metrics
+from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics
 from training.models import TF_MEAN_STD, create_model
 from training.predict import device_for, rotated
 
@@ -163,10 +163,10 @@ def train_baseline(args: argparse.Namespace, train: CropSet, val: CropSet, spec:
         state, val_probs = _fit_ae_lr(args, train, val, spec, device)
     else:
         raise BaselineError(f"unknown baseline {args.model!r}; choose one of: {', '.join(BASELINES)}")
-    threshold = balanced_accuracy_threshold(val.labels, val_probs) if len(val.samples) else 0.5
+    threshold = balanced_accuracy_threshold(val.labels, val_probs, [s.dataset for s in val.samples]) if len(val.samples) else 0.5
     state.update({
         "model_name": args.model, "baseline": True, "preprocess": spec.model_dump(),
-        "threshold": threshold, "threshold_rule": "maximises balanced accuracy on the validation split",
+        "threshold": threshold, "threshold_rule": THRESHOLD_RULE,
         "best_auc": _auc(val.labels, val_probs), "datasets": [str(d) for d in args.data], "seed": args.seed,
         "command": getattr(args, "command", None) or "python -m training.train " + shlex.join(sys.argv[1:]),
     })

@@ -31,7 +31,7 @@ from service.onnx_model import OnnxClassifier
 from service.preprocess import PreprocessSpec, to_input
 from training.cache import CropCache
 from training.data import DatasetError, Split, scan_dataset
-from training.metrics import balanced_accuracy_threshold, binary_metrics
+from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics
 from training.train import best_epoch
 from training.models import MODELS
 
@@ -122,6 +122,10 @@ def write_card_json(onnx_path: Path, card: ModelCard) -> None:
     card_path(onnx_path).write_text(card.model_copy(update={"sha256": digest}).model_dump_json(indent=2) + "\n")
 
 
+def service_threshold_rule(angles: Sequence[float]) -> str:
+    return f"{THRESHOLD_RULE}; TTA {list(angles)}, through the service pipeline"
+
+
 def evaluate_through_service(onnx_path: Path, split: Split, folders: Sequence[Path], angles: Sequence[float]) -> tuple[float, dict[str, Any]]:
     """Choose the threshold on validation, then measure each dataset's test split as the service would, and
     again with every test image re-encoded to one size and JPEG quality (a model that learned a dataset's
@@ -130,7 +134,7 @@ def evaluate_through_service(onnx_path: Path, split: Split, folders: Sequence[Pa
 
     samples = [s for folder in folders for s in scan_dataset(folder)]
     val = predict_onnx(onnx_path, split.select(samples, "val"), angles, device="cpu", desc="validation")
-    threshold = balanced_accuracy_threshold(val.labels, val.probs)
+    threshold = balanced_accuracy_threshold(val.labels, val.probs, [s.dataset for s in val.samples])
     metrics: dict[str, Any] = {"test": {}, "test_reencoded": {"size": SHORTCUT_CHECK[0], "jpeg_quality": SHORTCUT_CHECK[1], "datasets": {}}}
     for folder in folders:
         name = Path(folder).name
@@ -201,8 +205,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.data:
         angles = parse_angles(args.tta)
         threshold, metrics = evaluate_through_service(path, split, args.data, angles)
-        card = card.model_copy(update={"threshold": threshold, "metrics": metrics, "threshold_rule":
-                                        f"maximises balanced accuracy on the validation split, TTA {list(angles)}, through the service pipeline"})
+        card = card.model_copy(update={"threshold": threshold, "metrics": metrics, "threshold_rule": service_threshold_rule(angles)})
         card.training["tta_angles"] = list(angles)
         path = export_model(model, card, args.out, real_crops)
         split.save(args.out / f"{args.name}.split.json")

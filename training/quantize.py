@@ -33,7 +33,7 @@ from service.preprocess import to_input
 from training.cache import CropCache
 from training.data import DatasetError, Split, scan_dataset
 from training.evaluate import default_split_file
-from training.export import ExportError, attach_card, evaluate_through_service, write_card_json
+from training.export import ExportError, attach_card, evaluate_through_service, service_threshold_rule, write_card_json
 
 COMPARED = ("roc_auc", "accuracy", "f1", "false_positive_rate")
 
@@ -123,7 +123,7 @@ def quantize_export(model: Path, folders: Sequence[Path], split_file: Path | Non
         int8_card = card.model_copy(update={
             "name": target.stem, "version": f"{card.version}-int8", "threshold": threshold, "metrics": metrics,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
-            "threshold_rule": f"maximises balanced accuracy on the validation split, TTA {list(angles)}, through the service pipeline",
+            "threshold_rule": service_threshold_rule(angles),
             "quantization": {"method": "ONNX Runtime static quantization: QDQ, int8 weights per channel, uint8 activations, MinMax",
                              "calibration_crops": calibration, "float_model": {"name": card.name, "sha256": hashlib.sha256(model.read_bytes()).hexdigest()},
                              "float_test_metrics": float_metrics["test"], "test_change": metric_changes(float_metrics, metrics)}})

@@ -28,7 +28,7 @@ from training import baselines, plots
 from training.augment import AugmentSpec, augment
 from training.cache import CropCache, CropSet
 from training.data import DatasetError, Split, make_split, scan_dataset
-from training.metrics import balanced_accuracy_threshold, binary_metrics, mean_dataset_auc
+from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics, mean_dataset_auc
 from training.models import MODELS, UnknownModel, create_model, entry, head_parameters
 from training.predict import device_for, predict_probs
 
@@ -207,9 +207,9 @@ def finish(trainer: Trainer, val: CropSet) -> dict:
     state = torch.load(path, map_location=trainer.device, weights_only=False)
     trainer.evaluated_model.load_state_dict(state["model"])
     probs = predict_probs(trainer.evaluated_model, val.crops, trainer.spec, device=trainer.device)
-    threshold = balanced_accuracy_threshold(val.labels, probs)
+    threshold = balanced_accuracy_threshold(val.labels, probs, [s.dataset for s in val.samples])
     state["threshold"] = threshold
-    state["threshold_rule"] = "maximises balanced accuracy on the validation split"
+    state["threshold_rule"] = THRESHOLD_RULE
     torch.save(state, path)
     summary = {"model": trainer.args.model, "origin": trainer.origin, "best_epoch": best_epoch(trainer.history)["epoch"],
                "threshold": threshold, "val": binary_metrics(val.labels, probs, threshold)}
