@@ -155,6 +155,8 @@ def test_ema_weights_are_the_ones_kept_and_resume_restores_them(tmp_path: Path, 
     args = ["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--pretrained", "none", *TINY, "--epochs", "2", "--patience", "5", "--ema", "0.5"]
     assert train.main(args) == 0
     last = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    best = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)
+    assert len(best["history"]) == 2  # the whole run, whichever epoch was best
     assert int(last["ema"]["n_averaged"]) == 4  # 2 epochs of 16 samples in batches of 8
     weights = [k for k, v in last["model"].items() if v.is_floating_point()]
     assert any(not torch.equal(last["model"][k], last["raw_model"][k]) for k in weights)

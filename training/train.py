@@ -210,6 +210,7 @@ def finish(trainer: Trainer, val: CropSet) -> dict:
     threshold = balanced_accuracy_threshold(val.labels, probs, [s.dataset for s in val.samples])
     state["threshold"] = threshold
     state["threshold_rule"] = THRESHOLD_RULE
+    state["history"] = trainer.history  # every epoch run, not only those before the best one
     torch.save(state, path)
     summary = {"model": trainer.args.model, "origin": trainer.origin, "best_epoch": best_epoch(trainer.history)["epoch"],
                "threshold": threshold, "val": binary_metrics(val.labels, probs, threshold)}
