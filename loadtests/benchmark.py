@@ -152,8 +152,8 @@ def engine_run(tta: Sequence[float], device: str, payloads: Sequence[Payload], c
 
 
 def eager_classifier():
-    """The default model's architecture in PyTorch eager mode: runs/default's weights where present
-    (the default model's own), else ImageNet-initialised; the same computation either way."""
+    """The served model's architecture in PyTorch eager mode: the checkpoint its card names where present
+    (the model's own weights), else ImageNet-initialised; the same computation either way."""
     import torch
 
     from service.config import get_settings
@@ -161,11 +161,12 @@ def eager_classifier():
     from service.preprocess import to_input
     from training.models import create_model
 
-    checkpoint = REPO / "runs" / "default" / "best.pt"
-    model, _ = create_model("efficientnet_lite0", str(checkpoint) if checkpoint.is_file() else "auto")
+    card = read_card(get_settings().model)
+    checkpoint = REPO / card.training.get("checkpoint", "runs/default/best.pt")
+    model, _ = create_model(card.architecture, str(checkpoint) if checkpoint.is_file() else "auto")
     model.eval()
 
-    spec = read_card(get_settings().model).preprocess
+    spec = card.preprocess
 
     def classify(crops: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -215,13 +216,15 @@ def classifier_rates(device: str, seconds: float) -> dict[str, float]:
     from service.config import get_settings
     from service.onnx_model import OnnxClassifier
 
-    classifiers = {"onnxruntime": OnnxClassifier(get_settings().model, device).predict_crops, "pytorch_eager": eager_classifier()}
+    served = OnnxClassifier(get_settings().model, device)
+    side = served.card.preprocess.input_size
+    classifiers = {"onnxruntime": served.predict_crops, "pytorch_eager": eager_classifier()}
     int8 = int8_sibling()
     if int8:
         classifiers["onnxruntime_int8"] = OnnxClassifier(int8, device).predict_crops
     rates = {}
     for batch in (3, 48):
-        crops = np.random.default_rng(0).integers(0, 256, (batch, 128, 128, 3), dtype=np.uint8)
+        crops = np.random.default_rng(0).integers(0, 256, (batch, side, side, 3), dtype=np.uint8)
         for name, classify in classifiers.items():
             classify(crops)
             run = Run(name, 1)
