@@ -72,7 +72,8 @@ THRESHOLD_RULE = "maximises balanced accuracy on the validation split, every dat
 
 def balanced_accuracy_threshold(labels: np.ndarray, probs: np.ndarray, datasets: list[str] | None = None) -> float:
     """The threshold that maximises the mean recall over (dataset, label) groups: balanced accuracy
-    for one dataset. Pooled, the most numerous set would decide it, as in training's sampler it does not."""
+    for one dataset. Pooled, the most numerous set would decide it; the training sampler, too, weights
+    every group alike."""
     labels, probs = np.asarray(labels, dtype=int), np.asarray(probs, dtype=float)
     names = np.zeros(len(labels)) if datasets is None else np.asarray(datasets)
     candidates = np.unique(np.concatenate([probs, [0.5]]))

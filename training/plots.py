@@ -14,7 +14,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 def training_curves(history: list[dict], path: Path) -> None:
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (title, keys) in zip(axes, [("loss", ("train_loss", "val_loss")), ("accuracy", ("train_accuracy", "val_accuracy")), ("ROC-AUC", ("val_roc_auc",))]):
+    for ax, (title, keys) in zip(axes, [("loss", ("train_loss", "val_loss")), ("accuracy", ("train_accuracy", "val_accuracy")), ("ROC-AUC", ("val_roc_auc", "val_set_auc"))]):
         for key in keys:
             ax.plot(epochs, [h.get(key) for h in history], marker="o", label=key)
         ax.set_title(title)

@@ -2,8 +2,8 @@
 
     python -m training.train --model efficientnet_lite0 --data ../shared/data/tpdne128 --out runs/lite0
 
-Writes to --out: split.json, best.pt (best validation ROC-AUC, each set's own, averaged over the sets), last.pt (to --resume), history.json,
-curves.png and summary.json.
+Writes to --out: split.json, best.pt (the best validation ROC-AUC: each set's own, averaged over the
+sets), last.pt (to --resume), history.json, curves.png and summary.json.
 """
 from __future__ import annotations
 
