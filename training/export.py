@@ -32,8 +32,8 @@ from service.preprocess import PreprocessSpec, to_input
 from training.cache import CropCache
 from training.data import DatasetError, Split, scan_dataset
 from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics
-from training.train import best_epoch
 from training.models import MODELS
+from training.train import best_epoch
 
 log = logging.getLogger("training.export")
 PARITY_TOLERANCE = 1e-4
