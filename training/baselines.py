@@ -163,7 +163,7 @@ def train_baseline(args: argparse.Namespace, train: CropSet, val: CropSet, spec:
         state, val_probs = _fit_ae_lr(args, train, val, spec, device)
     else:
         raise BaselineError(f"unknown baseline {args.model!r}; choose one of: {', '.join(BASELINES)}")
-    threshold = balanced_accuracy_threshold(val.labels, val_probs, [s.dataset for s in val.samples]) if len(val.samples) else 0.5
+    threshold = balanced_accuracy_threshold(val.labels, val_probs, val.datasets) if len(val.samples) else 0.5
     state.update({
         "model_name": args.model, "baseline": True, "preprocess": spec.model_dump(),
         "threshold": threshold, "threshold_rule": THRESHOLD_RULE,

@@ -61,6 +61,10 @@ class CropSet:
     def labels(self) -> np.ndarray:
         return np.array([s.label for s in self.samples], dtype=np.int64)
 
+    @property
+    def datasets(self) -> list[str]:
+        return [s.dataset for s in self.samples]
+
     def group_weights(self) -> np.ndarray:
         """Sample weights that give every (dataset, label) group the same total, with mean 1."""
         groups = [(s.dataset, s.label) for s in self.samples]

@@ -66,6 +66,10 @@ class Predictions:
     def labels(self) -> np.ndarray:
         return np.array([s.label for s in self.samples], dtype=np.int64)
 
+    @property
+    def datasets(self) -> list[str]:
+        return [s.dataset for s in self.samples]
+
 
 def angle_key(angles: Sequence[float]) -> AngleSet:
     """The canonical form of a set of test-time rotations; none means the upright crop alone."""

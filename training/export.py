@@ -134,7 +134,7 @@ def evaluate_through_service(onnx_path: Path, split: Split, folders: Sequence[Pa
 
     samples = [s for folder in folders for s in scan_dataset(folder)]
     val = predict_onnx(onnx_path, split.select(samples, "val"), angles, device="cpu", desc="validation")
-    threshold = balanced_accuracy_threshold(val.labels, val.probs, [s.dataset for s in val.samples])
+    threshold = balanced_accuracy_threshold(val.labels, val.probs, val.datasets)
     metrics: dict[str, Any] = {"test": {}, "test_reencoded": {"size": SHORTCUT_CHECK[0], "jpeg_quality": SHORTCUT_CHECK[1], "datasets": {}}}
     for folder in folders:
         name = Path(folder).name

@@ -108,9 +108,9 @@ class Trainer:
             row = {"epoch": self.epoch, "train_loss": train_loss, "train_accuracy": train_accuracy, **self._validate(), "seconds": round(time.time() - started, 1)}
             self.history.append(row)
             log.info("epoch %d: %s", self.epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-            improved = selection_auc(row) > self.best_auc
-            if improved:
-                self.best_auc, stale = selection_auc(row), 0
+            score = selection_auc(row)
+            if score > self.best_auc:
+                self.best_auc, stale = score, 0
                 self.save(self.args.out / "best.pt")
             else:
                 stale += 1
@@ -166,7 +166,7 @@ class Trainer:
         metrics = binary_metrics(labels, probs)
         eps = 1e-6
         loss = float(-np.mean(labels * np.log(probs + eps) + (1 - labels) * np.log(1 - probs + eps)))
-        set_auc, per_set = mean_dataset_auc(labels, probs, [s.dataset for s in self.val_set.samples])
+        set_auc, per_set = mean_dataset_auc(labels, probs, self.val_set.datasets)
         return {"val_loss": loss, "val_accuracy": metrics["accuracy"], "val_roc_auc": metrics["roc_auc"],
                 "val_set_auc": set_auc, "val_auc_per_set": per_set}
 
@@ -207,7 +207,7 @@ def finish(trainer: Trainer, val: CropSet) -> dict:
     state = torch.load(path, map_location=trainer.device, weights_only=False)
     trainer.evaluated_model.load_state_dict(state["model"])
     probs = predict_probs(trainer.evaluated_model, val.crops, trainer.spec, device=trainer.device)
-    threshold = balanced_accuracy_threshold(val.labels, probs, [s.dataset for s in val.samples])
+    threshold = balanced_accuracy_threshold(val.labels, probs, val.datasets)
     state["threshold"] = threshold
     state["threshold_rule"] = THRESHOLD_RULE
     state["history"] = trainer.history  # every epoch run, not only those before the best one
