@@ -162,8 +162,9 @@ def eager_classifier():
     from training.models import create_model
 
     card = read_card(get_settings().model)
-    checkpoint = REPO / card.training.get("checkpoint", "runs/default/best.pt")
-    model, _ = create_model(card.architecture, str(checkpoint) if checkpoint.is_file() else "auto")
+    checkpoint = card.training.get("checkpoint")
+    weights = str(REPO / checkpoint) if checkpoint and (REPO / checkpoint).is_file() else "auto"
+    model, _ = create_model(card.architecture, weights)
     model.eval()
 
     spec = card.preprocess
