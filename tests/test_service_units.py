@@ -197,3 +197,18 @@ def test_classifier_times_out_sooner_than_the_api():
 
     assert Classifier.config["traffic"]["timeout"] == min(60, get_settings().request_timeout_s)
     assert FaceCheck.config["traffic"]["timeout"] == get_settings().request_timeout_s
+
+
+def test_to_input_normalises_each_channel_into_nchw():
+    from PIL import Image
+
+    from service.preprocess import PreprocessSpec, to_input
+
+    spec = PreprocessSpec(input_size=16, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0))
+    crops = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    batch = to_input(crops, spec)
+    assert batch.shape == (2, 3, 16, 16) and batch.dtype == np.float32 and batch.flags.c_contiguous
+    by_hand = (crops.transpose(0, 3, 1, 2) / 255.0 - np.reshape(spec.mean, (1, 3, 1, 1))) / np.reshape(spec.std, (1, 3, 1, 1))
+    np.testing.assert_allclose(batch, by_hand, atol=1e-6)
+    assert batch[1, 2, 3, 0] == pytest.approx(crops[1, 3, 0, 2] / 255.0, abs=1e-6)  # mean 0, std 1: just x / 255
+    np.testing.assert_array_equal(to_input([Image.fromarray(crop) for crop in crops], spec), batch)
