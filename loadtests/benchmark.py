@@ -8,8 +8,9 @@ a row says otherwise. Each throughput row runs its clients for --seconds after a
 clients each send one image at a time, back to back. Rows:
 - naive: one image at a time, facenet-pytorch MTCNN with defaults, PyTorch eager classifier;
 - in-process: the service's own Engine (decode, detection, crops, ONNX Runtime) without HTTP;
-- service: a real `bentoml serve` on loopback, POST /classify, adaptive batching on (the default) and
-  off (FACECHECK_BATCH_SIZE=1), and with one API worker instead of the default two (FACECHECK_API_WORKERS=1);
+- service: a real `bentoml serve` on loopback, POST /classify, adaptive batching on (FACECHECK_BATCH_SIZE=64,
+  the default on a GPU) and off (1, the default on CPU), and with its defaults but one API worker instead
+  of two (FACECHECK_API_WORKERS=1);
 - TTA: the in-process pipeline with no, 3 and 5 rotations;
 - int8: where the served model has an int8 sibling (exports/<name>-int8.onnx, python -m training.quantize),
   the in-process pipeline and the service with it;
@@ -303,9 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     int8 = int8_sibling()
     if int8:
         note(f"inprocess_int8_{n}", engine_run(TTA3, args.device, payloads, n, s, f"in-process, int8 model, {n} clients", int8))
-    for batching, env in (("on", {}), ("off", {"FACECHECK_BATCH_SIZE": "1"})):
-        with running_server(server_env(**env), log_path=out / f"server-batching-{batching}.log") as url:
-            for clients in sorted({1, 4, 16, n} if batching == "on" else {1, 4, 16}):
+    for batching, size in (("on", "64"), ("off", "1")):
+        with running_server(server_env(FACECHECK_BATCH_SIZE=size), log_path=out / f"server-batching-{batching}.log") as url:
+            for clients in sorted({1, 4, 16, n}):
                 note(f"service_batching_{batching}_{clients}", http_run(url, payloads, clients, s, f"service, batching {batching}, {clients} clients"))
     with running_server(server_env(FACECHECK_API_WORKERS="1"), log_path=out / "server-api-workers-1.log") as url:
         note(f"service_api_workers1_{n}", http_run(url, payloads, n, s, f"service, 1 API worker, {n} clients"))
@@ -316,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "command": "python -m loadtests.benchmark " + " ".join(argv or sys.argv[1:]),
               "workload": f"{args.images} single-face JPEGs, {args.size}x{args.size}, TTA -15,0,15", "classifier_crops_per_s": classifier,
               "detection_ms_per_image": detection, "runs": {k: r.summary() for k, r in runs.items()}}
-    report["ratios"] = ratios(runs, classifier, detection, n)
+    report["default_batching"] = default_batching()
+    report["ratios"] = ratios(runs, classifier, detection, n, report["default_batching"])
     (out / "benchmark.json").write_text(json.dumps(report, indent=1))
     (out / "benchmark.md").write_text(markdown(report))
     print(markdown(report))
@@ -324,19 +326,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def ratios(runs: dict[str, Run], classifier: dict[str, float], detection: dict[str, dict[str, float]], n: int) -> list[tuple[str, float]]:
+def default_batching() -> str:
+    """"on" or "off": adaptive batching as the service sets it by default on this machine (FACECHECK_DEVICE as set)."""
+    from service.config import Settings
+
+    return "on" if Settings().adaptive_batch_size > 1 else "off"
+
+
+def ratios(runs: dict[str, Run], classifier: dict[str, float], detection: dict[str, dict[str, float]], n: int, batching: str) -> list[tuple[str, float]]:
     rate = {k: r.per_s for k, r in runs.items()}
+    service = rate[f"service_batching_{batching}_{n}"]  # the service with its defaults
     rows = [
-        (f"service ({n} clients) / in-process pipeline ({n} clients)", rate[f"service_batching_on_{n}"] / rate[f"inprocess_{n}"]),
-        (f"service ({n} clients) / naive pipeline", rate[f"service_batching_on_{n}"] / rate["naive"]),
-        (f"service, 2 API workers (the default) / 1 API worker ({n} clients)", rate[f"service_batching_on_{n}"] / rate[f"service_api_workers1_{n}"]),
+        (f"service, defaults (batching {batching}) ({n} clients) / in-process pipeline ({n} clients)", service / rate[f"inprocess_{n}"]),
+        (f"service, defaults ({n} clients) / naive pipeline", service / rate["naive"]),
+        (f"service, 2 API workers (the default) / 1 API worker ({n} clients)", service / rate[f"service_api_workers1_{n}"]),
         (f"in-process pipeline ({n} clients) / naive pipeline", rate[f"inprocess_{n}"] / rate["naive"]),
     ]
     if f"service_int8_{n}" in rate:
         rows += [(f"service, int8 model ({n} clients) / naive pipeline", rate[f"service_int8_{n}"] / rate["naive"]),
                  (f"service, int8 model ({n} clients) / in-process pipeline, int8 model ({n} clients)", rate[f"service_int8_{n}"] / rate[f"inprocess_int8_{n}"]),
                  (f"in-process pipeline: int8 / float model ({n} clients)", rate[f"inprocess_int8_{n}"] / rate[f"inprocess_{n}"])]
-    rows += [(f"service: batching on / off, {c} client{'s' if c > 1 else ''}", rate[f"service_batching_on_{c}"] / rate[f"service_batching_off_{c}"]) for c in (1, 4, 16)]
+    rows += [(f"service: batching on / off, {c} client{'s' if c > 1 else ''}", rate[f"service_batching_on_{c}"] / rate[f"service_batching_off_{c}"])
+             for c in sorted({1, 4, 16, n})]
     rows += [(f"classifier: ONNX Runtime / PyTorch eager, batch {b}", classifier[f"onnxruntime_batch{b}"] / classifier[f"pytorch_eager_batch{b}"]) for b in (3, 48)]
     rows += [(f"classifier: ONNX Runtime int8 / float, batch {b}", classifier[f"onnxruntime_int8_batch{b}"] / classifier[f"onnxruntime_batch{b}"])
              for b in (3, 48) if f"onnxruntime_int8_batch{b}" in classifier]

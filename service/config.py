@@ -25,9 +25,12 @@ class Settings(BaseSettings):
     max_batch_files: int = Field(500, gt=0, description="Files accepted by one batch request.")
     data_root: Path = Field(REPO_ROOT / "data", description="Folder that the batch endpoint may read from.")
     output_root: Path | None = Field(None, description="Folder that sorted copies go to; default <data_root>/sorted.")
-    batch_size: int = Field(64, gt=0, description="Largest adaptive batch of crops.")
-    batch_latency_ms: int = Field(1000, gt=0, description="Adaptive batching's latency budget per call (queueing and inference); "
-                                  "BentoML sheds calls that would exceed it with 503. Keep it above one full batch's run time.")
+    batch_size: int | None = Field(None, gt=0, description="Largest adaptive batch of crops; 1 turns adaptive batching off. "
+                                   "Default (unset or 'auto'): 64 where the classifier runs on CUDA, 1 on CPU, where batches "
+                                   "run no faster per crop and cost throughput (docs/benchmarks.md).")
+    batch_latency_ms: int = Field(1000, gt=0, description="The classifier's latency budget per call, queueing included: with adaptive "
+                                  "batching BentoML sheds calls that would exceed it, without it a call that waits this long for a "
+                                  "free slot is refused; both with 503. Keep it above one full batch's run time.")
     detect_max_side: int = Field(640, ge=64, description="Detection runs on a copy no longer than this.")
     min_face_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Smallest face searched for, as a fraction of the detection copy's "
                                      "shorter side; 0 searches down to 20 px, as MTCNN does. Higher is faster and misses small faces.")
@@ -41,6 +44,20 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_angles(cls, value: object) -> object:
         return parse_angles(value) if isinstance(value, str) else value
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _parse_batch_size(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "auto") else value
+
+    @property
+    def adaptive_batch_size(self) -> int:
+        """The batch size in force: FACECHECK_BATCH_SIZE, else 64 where the classifier runs on CUDA and 1 (off) on CPU."""
+        from service.onnx_model import cuda_present
+
+        if self.batch_size is not None:
+            return self.batch_size
+        return 64 if self.device != "cpu" and cuda_present() else 1
 
     @property
     def classifier_cpu_threads(self) -> int:

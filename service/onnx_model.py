@@ -99,6 +99,11 @@ class OnnxClassifier:
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
+    def warm_up(self) -> None:
+        """One run on a blank crop, so that the first request does not pay for ONNX Runtime's lazy set-up."""
+        size = self.card.preprocess.input_size
+        self.predict_crops(np.zeros((1, size, size, 3), dtype=np.uint8))
+
     def predict_crops(self, crops: np.ndarray) -> np.ndarray:
         """Fake probabilities for uint8 NHWC crops, normalised as the card says."""
         return self.predict(to_input(crops, self.card.preprocess))

@@ -2,15 +2,16 @@
 
 Two services, as BentoML's adaptive batching wants them. FaceCheck (the API) decodes, finds faces and
 crops; Classifier runs the ONNX model in its own worker with one batchable method. FaceCheck reaches it
-through `bentoml.depends`, so each call goes over HTTP to the Classifier's batching dispatcher, which
-groups the crops of concurrent requests (a face's TTA rotations always travel together) into one ONNX
-Runtime call. The logic lives in plain modules: engine (the work), uploads (request parsing), folders,
+through `bentoml.depends`, so each call goes over HTTP to the Classifier, where (on a GPU, by default)
+the batching dispatcher groups the crops of concurrent requests into one ONNX Runtime call. A photo's
+crops, every face with its TTA rotations, always travel together in one call. The logic lives in plain modules: engine (the work), uploads (request parsing), folders,
 batch, annotate (the drawn picture), errors and metrics. For people rather than programs, GET /ui serves
 one static page (service/static/index.html) that uploads photos to /classify and draws the answer.
 """
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from service.admission import Admission
 from service.batch import batch_result
 from service.config import get_settings
 from service.engine import Engine, Source
@@ -61,6 +63,10 @@ MALLOC_ENVS = [{"name": "MALLOC_ARENA_MAX", "value": "2"}, {"name": "MALLOC_MMAP
 # every request of the last `timeout` seconds alive. The Classifier, which takes a call per photo and
 # answers each within a second or so, gets a short timeout, so that this is a minute of calls.
 CLASSIFIER_TIMEOUT_S = min(60, settings.request_timeout_s)
+# Adaptive batching pays where the classifier runs on a GPU. On CPU, ONNX Runtime runs 48 crops no faster
+# per crop than 3, and BentoML's dispatcher runs one batch at a time: off by default (docs/benchmarks.md).
+BATCH_SIZE = settings.adaptive_batch_size
+BATCHING = BATCH_SIZE > 1
 
 
 @bentoml.service(traffic={"timeout": CLASSIFIER_TIMEOUT_S}, envs=MALLOC_ENVS,
@@ -68,19 +74,26 @@ CLASSIFIER_TIMEOUT_S = min(60, settings.request_timeout_s)
 class Classifier:
     def __init__(self) -> None:
         self.model = OnnxClassifier(settings.model, settings.device, settings.classifier_cpu_threads)
+        self.model.warm_up()  # before /readyz says ready, and before adaptive batching times its first calls
         self.metrics = get_metrics()
-        log.info("classifier %s %s on %s", self.model.card.name, self.model.card.version, self.model.provider)
+        # Without adaptive batching, calls run side by side, one per core; BentoML's dispatcher, when batching,
+        # runs one batch at a time and sheds by itself.
+        self.admission = None if BATCHING else Admission(len(os.sched_getaffinity(0)), settings.batch_latency_ms / 1000.0)
+        log.info("classifier %s %s on %s, adaptive batching %s", self.model.card.name, self.model.card.version, self.model.provider,
+                 f"up to {BATCH_SIZE} crops" if BATCHING else "off")
 
     def __is_ready__(self) -> bool:
         return self.model is not None
 
-    # FACECHECK_BATCH_SIZE=1 turns adaptive batching off (BentoML wants max_batch_size > 1): each call
-    # then reaches ONNX Runtime on its own.
-    @bentoml.api(batchable=settings.batch_size > 1, max_batch_size=max(2, settings.batch_size), max_latency_ms=settings.batch_latency_ms)
+    # BentoML wants max_batch_size > 1 even where batchable is False.
+    @bentoml.api(batchable=BATCHING, max_batch_size=max(2, BATCH_SIZE), max_latency_ms=settings.batch_latency_ms)
     async def predict(self, crops: np.ndarray) -> np.ndarray:
         """Fake probabilities (N,) for face crops (N, H, W, 3) uint8."""
         self.metrics.batch_size.observe(len(crops))
-        return await anyio.to_thread.run_sync(self.model.predict_crops, crops)
+        if self.admission is None:
+            return await anyio.to_thread.run_sync(self.model.predict_crops, crops)
+        async with self.admission.slot():
+            return await anyio.to_thread.run_sync(self.model.predict_crops, crops)
 
 
 async def _docs(_: Request) -> RedirectResponse:

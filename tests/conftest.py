@@ -1,11 +1,16 @@
-"""Shared fixtures. `server`: one real `bentoml serve` of the service for the whole test session."""
+"""Shared fixtures. `server`: one real `bentoml serve` of the service for the whole test session, with its
+default settings; `batched_server`: another with adaptive batching on, for the tests of batching."""
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+import requests
+from PIL import Image
 
 from loadtests.server import running_server
 
@@ -32,7 +37,24 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Server:
     and the byte, batch and faces limits are low so that the limit tests stay cheap. The other FACECHECK_*
     settings are this process's (the defaults, or another model named by FACECHECK_MODEL).
     """
-    base = tmp_path_factory.mktemp("service")
+    yield from serve(tmp_path_factory.mktemp("service"))
+
+
+@pytest.fixture(scope="session")
+def batched_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
+    """The same with adaptive batching on (FACECHECK_BATCH_SIZE=64), as it is by default on a GPU.
+
+    Warmed up: BentoML's dispatcher times its first 25 or so calls one at a time to learn how long a batch
+    takes, and sheds a burst that arrives meanwhile."""
+    for server in serve(tmp_path_factory.mktemp("service-batched"), FACECHECK_BATCH_SIZE="64"):
+        tiny = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(tiny, "PNG")
+        for _ in range(30):
+            requests.post(f"{server.url}/classify", data=tiny.getvalue(), headers={"Content-Type": "image/png"}, timeout=60).raise_for_status()
+        yield server
+
+
+def serve(base: Path, **settings: str) -> Iterator[Server]:
     data_root = base / "data"
     data_root.mkdir()
     log = base / "serve.log"
@@ -44,6 +66,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Server:
         "FACECHECK_MAX_FACES": "8",
         "BENTOML_HOME": str(base / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "True",
+        **settings,
     }
     try:
         with running_server(env, timeout_s=SERVER_START_S, log_path=log) as url:

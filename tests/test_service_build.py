@@ -52,7 +52,7 @@ def test_bentoml_build_makes_a_bento_with_a_dockerfile(tmp_path):
     assert not list((bento / "src").glob("training/**/*.py")) and not (bento / "src" / "tests").exists()
     assert (bento / "src/exports/default.onnx").read_bytes() == (REPO_ROOT / "exports/default.onnx").read_bytes()
     requirements = (bento / "env/python/requirements.txt").read_text().splitlines()
-    for pin in ("onnxruntime-gpu==1.31.1", "torch==2.14.1", "torchvision==0.29.1", "facenet-pytorch==2.5.3"):
+    for pin in ("onnxruntime-gpu==1.31.1", "torch==2.14.1", "torchvision==0.29.1", "facenet-pytorch==2.5.3", "uvloop>=0.21", "httptools>=0.6"):
         assert pin in requirements
     dockerfile = (bento / "env/docker/Dockerfile").read_text()
     assert "python:3.11" in dockerfile and "ENTRYPOINT" in dockerfile

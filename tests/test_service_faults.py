@@ -45,12 +45,13 @@ def workers(url: str, service: str) -> list[psutil.Process]:
     return [child for child in serve_process(url).children() if f"--service-name {service}" in " ".join(child.cmdline())]
 
 
-@pytest.fixture(scope="module")
-def busy_server(tmp_path_factory):
-    """Adaptive batching at 4 crops and 100 ms: a few concurrent requests are more than it takes."""
+@pytest.fixture(scope="module", params=["4", "1"], ids=["batching", "no-batching"])
+def busy_server(request, tmp_path_factory):
+    """A 100 ms latency budget for the classifier, with adaptive batching at 4 crops (BentoML's dispatcher
+    sheds) and without it (service.admission sheds): a few concurrent requests are more than it takes."""
     base = tmp_path_factory.mktemp("busy")
     log = base / "serve.log"
-    env = server_env(base, FACECHECK_BATCH_SIZE="4", FACECHECK_BATCH_LATENCY_MS="100", FACECHECK_MAX_BATCH_FILES="6")
+    env = server_env(base, FACECHECK_BATCH_SIZE=request.param, FACECHECK_BATCH_LATENCY_MS="100", FACECHECK_MAX_BATCH_FILES="6")
     try:
         with running_server(env, timeout_s=240, log_path=log) as url:
             yield url, log
@@ -113,7 +114,7 @@ def test_classifier_killed_mid_run(busy_server):
     """SIGKILL the Classifier worker while requests are in flight: no 500, a new worker, and success after.
 
     The calls the dead worker had taken are sent again and wait for its replacement, so none is answered
-    "classifier_unavailable"; a 503 here is only adaptive batching shedding load."""
+    "classifier_unavailable"; a 503 here is only the classifier shedding load."""
     url, log = busy_server
     (victim,) = workers(url, "Classifier")
 

@@ -57,13 +57,32 @@ def test_custom_metrics_count_a_request(server):
     assert value(errors, "facecheck_errors_total", reason="not_an_image") == value(after, "facecheck_errors_total", reason="not_an_image") + 1
 
 
-def test_concurrent_requests_share_classifier_batches(server):
+def test_concurrent_requests_share_classifier_batches(batched_server):
     """Adaptive batching: crops of concurrent requests reach ONNX Runtime in fewer, larger calls.
 
     Also more than 100 calls to the Classifier under concurrency: BentoML's default client-session
     renewal after 100 calls broke the calls in flight (500s); service.py turns it off.
     """
-    requests_sent = 120
+    crops, calls = classifier_calls(batched_server, requests_sent=120)
+    assert crops == len(ANGLES) * 120  # every request's TTA crops, each exactly once
+    assert calls < 120, f"120 requests took {calls:g} ONNX Runtime calls: nothing was batched"
+    assert "adaptive batching up to 64 crops" in batched_server.log.read_text()
+
+
+def test_without_a_gpu_each_request_is_one_call_of_its_own_crops(server):
+    """The default on CPU: no adaptive batching (it costs throughput there), so each request's crops, all
+    its TTA rotations together, make one ONNX Runtime call; concurrent calls run side by side."""
+    from service.config import get_settings
+
+    if get_settings().adaptive_batch_size > 1:
+        pytest.skip("adaptive batching is on by default here (the classifier runs on CUDA): see the test above")
+    crops, calls = classifier_calls(server, requests_sent=120)
+    assert (crops, calls) == (len(ANGLES) * 120, 120)
+    assert "adaptive batching off" in server.log.read_text()
+
+
+def classifier_calls(server, requests_sent: int) -> tuple[float, float]:
+    """Crops and ONNX Runtime calls the Classifier counted for `requests_sent` tiny photos sent 16 at a time, all answered 200."""
     tiny = encode(Image.new("RGB", (8, 8), (90, 60, 40)), "PNG")  # no detection work: requests reach the classifier together
     before = samples(server)
 
@@ -77,8 +96,7 @@ def test_concurrent_requests_share_classifier_batches(server):
     after = samples(server)
     crops = value(after, "facecheck_classifier_batch_size_sum") - value(before, "facecheck_classifier_batch_size_sum")
     calls = value(after, "facecheck_classifier_batch_size_count") - value(before, "facecheck_classifier_batch_size_count")
-    assert crops == len(ANGLES) * requests_sent  # every request's TTA crops, each exactly once
-    assert calls < requests_sent, f"{requests_sent} requests took {calls:g} ONNX Runtime calls: nothing was batched"
+    return crops, calls
 
 
 @pytest.fixture(scope="module")

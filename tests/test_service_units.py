@@ -189,6 +189,48 @@ def test_classifier_threads_default_to_the_cores_the_api_workers_leave():
     assert Settings(api_workers=2, classifier_threads=5).classifier_cpu_threads == 5
 
 
+def test_adaptive_batching_defaults_to_on_with_cuda_and_off_on_cpu(monkeypatch):
+    from service import onnx_model
+    from service.config import Settings
+
+    monkeypatch.setenv("FACECHECK_BATCH_SIZE", "auto")
+    for cuda, expected in ((True, 64), (False, 1)):
+        monkeypatch.setattr(onnx_model, "cuda_present", lambda cuda=cuda: cuda)
+        assert Settings().adaptive_batch_size == expected
+    assert Settings(device="cpu").adaptive_batch_size == 1  # the classifier stays on CPU whatever the machine
+    monkeypatch.setenv("FACECHECK_BATCH_SIZE", "16")
+    assert Settings(device="cpu").adaptive_batch_size == 16
+    monkeypatch.setenv("FACECHECK_BATCH_SIZE", "0")
+    with pytest.raises(ValueError):
+        Settings()
+
+
+def test_admission_refuses_a_call_that_waits_past_its_budget():
+    from bentoml.exceptions import ServiceUnavailable
+
+    from service.admission import Admission
+
+    async def scenario() -> list[str]:
+        admission = Admission(limit=1, budget_s=0.05)
+        events = []
+        async with admission.slot():
+            with pytest.raises(ServiceUnavailable, match="within 50 ms"):
+                async with admission.slot():
+                    events.append("second ran while the first held the only slot")
+        async with admission.slot():  # the slot was given back, and the refused call took none
+            events.append("third")
+
+        async def hold(name: str) -> None:
+            async with admission.slot():
+                await asyncio.sleep(0.01)
+                events.append(name)
+
+        await asyncio.gather(hold("a"), hold("b"), hold("c"))  # each waits 10-20 ms for its turn: within budget
+        return events
+
+    assert asyncio.run(scenario()) == ["third", "a", "b", "c"]
+
+
 def test_classifier_times_out_sooner_than_the_api():
     """BentoML keeps each request's context until its timeout timer fires (docs/reliability.md): the
     Classifier, which answers a call per photo, must not hold five minutes of them."""
