@@ -4,12 +4,14 @@ Two services, as BentoML's adaptive batching wants them. FaceCheck (the API) dec
 crops; Classifier runs the ONNX model in its own worker with one batchable method. FaceCheck reaches it
 through `bentoml.depends`, so each call goes over HTTP to the Classifier, where (on a GPU, by default)
 the batching dispatcher groups the crops of concurrent requests into one ONNX Runtime call. A photo's
-crops, every face with its TTA rotations, always travel together in one call. The logic lives in plain modules: engine (the work), uploads (request parsing), folders,
-batch, annotate (the drawn picture), errors and metrics. For people rather than programs, GET /ui serves
-one static page (service/static/index.html) that uploads photos to /classify and draws the answer.
+crops, every face with its TTA rotations, always travel together in one call. The logic lives in plain
+modules: engine (the work), uploads (request parsing), folders, batch, annotate (the drawn picture),
+errors and metrics. For people rather than programs, GET /ui serves one static page
+(service/static/index.html) that uploads photos to /classify and draws the answer.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -80,7 +82,7 @@ class Classifier:
         self.metrics = get_metrics()
         # Without adaptive batching, calls run side by side, one per core; BentoML's dispatcher, when batching,
         # runs one batch at a time and sheds by itself.
-        self.admission = None if BATCHING else Admission(len(os.sched_getaffinity(0)), settings.batch_latency_ms / 1000.0)
+        self.slot = contextlib.nullcontext if BATCHING else Admission(len(os.sched_getaffinity(0)), settings.batch_latency_ms / 1000.0).slot
         log.info("classifier %s %s on %s, adaptive batching %s", self.model.card.name, self.model.card.version, self.model.provider,
                  f"up to {BATCH_SIZE} crops" if BATCHING else "off")
 
@@ -92,9 +94,7 @@ class Classifier:
     async def predict(self, crops: np.ndarray) -> np.ndarray:
         """Fake probabilities (N,) for face crops (N, H, W, 3) uint8."""
         self.metrics.batch_size.observe(len(crops))
-        if self.admission is None:
-            return await anyio.to_thread.run_sync(self.model.predict_crops, crops)
-        async with self.admission.slot():
+        async with self.slot():
             return await anyio.to_thread.run_sync(self.model.predict_crops, crops)
 
 
