@@ -53,11 +53,11 @@ class Settings(BaseSettings):
     @property
     def adaptive_batch_size(self) -> int:
         """The batch size in force: FACECHECK_BATCH_SIZE, else 64 where the classifier runs on CUDA and 1 (off) on CPU."""
-        from service.onnx_model import cuda_present
+        from service.onnx_model import providers_for
 
         if self.batch_size is not None:
             return self.batch_size
-        return 64 if self.device != "cpu" and cuda_present() else 1
+        return 64 if providers_for(self.device)[0] == "CUDAExecutionProvider" else 1
 
     @property
     def classifier_cpu_threads(self) -> int:

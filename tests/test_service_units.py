@@ -193,10 +193,15 @@ def test_adaptive_batching_defaults_to_on_with_cuda_and_off_on_cpu(monkeypatch):
     from service import onnx_model
     from service.config import Settings
 
+    import onnxruntime
+
     monkeypatch.setenv("FACECHECK_BATCH_SIZE", "auto")
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     for cuda, expected in ((True, 64), (False, 1)):
         monkeypatch.setattr(onnx_model, "cuda_present", lambda cuda=cuda: cuda)
         assert Settings().adaptive_batch_size == expected
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])  # a GPU, but a CPU-only onnxruntime
+    assert Settings().adaptive_batch_size == 1
     assert Settings(device="cpu").adaptive_batch_size == 1  # the classifier stays on CPU whatever the machine
     monkeypatch.setenv("FACECHECK_BATCH_SIZE", "16")
     assert Settings(device="cpu").adaptive_batch_size == 16
