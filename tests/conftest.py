@@ -2,7 +2,6 @@
 default settings; `batched_server`: another with adaptive batching on, for the tests of batching."""
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import requests
 from PIL import Image
 
 from loadtests.server import running_server
+from service_fixtures import encode
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVER_START_S = 240
@@ -46,11 +46,10 @@ def batched_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
 
     Warmed up: BentoML's dispatcher times its first 25 or so calls one at a time to learn how long a batch
     takes, and sheds a burst that arrives meanwhile."""
+    tiny = encode(Image.new("RGB", (8, 8)), "PNG")
     for server in serve(tmp_path_factory.mktemp("service-batched"), FACECHECK_BATCH_SIZE="64"):
-        tiny = io.BytesIO()
-        Image.new("RGB", (8, 8)).save(tiny, "PNG")
         for _ in range(30):
-            requests.post(f"{server.url}/classify", data=tiny.getvalue(), headers={"Content-Type": "image/png"}, timeout=60).raise_for_status()
+            requests.post(f"{server.url}/classify", data=tiny, headers={"Content-Type": "image/png"}, timeout=60).raise_for_status()
         yield server
 
 

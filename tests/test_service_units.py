@@ -190,10 +190,10 @@ def test_classifier_threads_default_to_the_cores_the_api_workers_leave():
 
 
 def test_adaptive_batching_defaults_to_on_with_cuda_and_off_on_cpu(monkeypatch):
+    import onnxruntime
+
     from service import onnx_model
     from service.config import Settings
-
-    import onnxruntime
 
     monkeypatch.setenv("FACECHECK_BATCH_SIZE", "auto")
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
