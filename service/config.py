@@ -64,6 +64,11 @@ class Settings(BaseSettings):
         return self.classifier_threads or max(1, len(os.sched_getaffinity(0)) - self.api_workers)
 
     @property
+    def classifier_calls_at_once(self) -> int:
+        """Unbatched classifier calls run side by side: as many as the cores hold at classifier_cpu_threads each."""
+        return max(1, len(os.sched_getaffinity(0)) // self.classifier_cpu_threads)
+
+    @property
     def sorted_root(self) -> Path:
         return self.output_root or self.data_root / "sorted"
 

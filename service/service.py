@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -80,9 +79,9 @@ class Classifier:
         self.model = OnnxClassifier(settings.model, settings.device, settings.classifier_cpu_threads)
         self.model.warm_up()  # before /readyz says ready, and before adaptive batching times its first calls
         self.metrics = get_metrics()
-        # Without adaptive batching, calls run side by side, one per core; BentoML's dispatcher, when batching,
-        # runs one batch at a time and sheds by itself.
-        self.slot = contextlib.nullcontext if BATCHING else Admission(len(os.sched_getaffinity(0)), settings.batch_latency_ms / 1000.0).slot
+        # Without adaptive batching, calls run side by side, as many as the cores hold; BentoML's dispatcher,
+        # when batching, runs one batch at a time and sheds by itself.
+        self.slot = contextlib.nullcontext if BATCHING else Admission(settings.classifier_calls_at_once, settings.batch_latency_ms / 1000.0).slot
         log.info("classifier %s %s on %s, adaptive batching %s", self.model.card.name, self.model.card.version, self.model.provider,
                  f"up to {BATCH_SIZE} crops" if BATCHING else "off")
 

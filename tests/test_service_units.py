@@ -187,6 +187,10 @@ def test_classifier_threads_default_to_the_cores_the_api_workers_leave():
     assert Settings(api_workers=2).classifier_cpu_threads == max(1, cores - 2)
     assert Settings(api_workers=cores + 3).classifier_cpu_threads == 1
     assert Settings(api_workers=2, classifier_threads=5).classifier_cpu_threads == 5
+    # unbatched calls side by side: never more ONNX Runtime threads than cores, at least one call
+    assert Settings(api_workers=2, classifier_threads=1).classifier_calls_at_once == cores
+    assert Settings(api_workers=2, classifier_threads=cores).classifier_calls_at_once == 1
+    assert Settings(api_workers=2, classifier_threads=cores + 5).classifier_calls_at_once == 1
 
 
 def test_adaptive_batching_defaults_to_on_with_cuda_and_off_on_cpu(monkeypatch):
