@@ -2,6 +2,7 @@
 default settings; `batched_server`: another with adaptive batching on, for the tests of batching."""
 from __future__ import annotations
 
+import concurrent.futures
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +46,18 @@ def batched_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
     """The same with adaptive batching on (FACECHECK_BATCH_SIZE=64), as it is by default on a GPU.
 
     Warmed up: BentoML's dispatcher times its first 25 or so calls one at a time to learn how long a batch
-    takes, and sheds a burst that arrives meanwhile."""
+    takes, and sheds a burst that arrives meanwhile. Then one burst of 16 at once, answers unchecked, so
+    that its estimates have seen batches too."""
     tiny = encode(Image.new("RGB", (8, 8)), "PNG")
+
+    def send(_: int = 0) -> requests.Response:
+        return requests.post(f"{server.url}/classify", data=tiny, headers={"Content-Type": "image/png"}, timeout=60)
+
     for server in serve(tmp_path_factory.mktemp("service-batched"), FACECHECK_BATCH_SIZE="64"):
         for _ in range(30):
-            requests.post(f"{server.url}/classify", data=tiny, headers={"Content-Type": "image/png"}, timeout=60).raise_for_status()
+            send().raise_for_status()
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(send, range(16)))
         yield server
 
 
