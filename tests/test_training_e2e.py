@@ -246,3 +246,17 @@ def test_quantize_needs_data(trained_cnn, tmp_path: Path, capsys) -> None:
     assert export.main(["--checkpoint", str(run / "best.pt"), "--name", "tiny", "--out", str(tmp_path), "--quantize", "int8"]) == 2
     assert "--quantize needs --data" in capsys.readouterr().err
     assert not (tmp_path / "tiny.onnx").exists()
+
+
+@pytest.mark.slow
+def test_a_run_started_from_a_checkpoint_records_both_commands_in_the_card(trained_cnn, tmp_path: Path, private_cache, monkeypatch) -> None:
+    run, data = trained_cnn
+    monkeypatch.setattr(export, "CropCache", partial(CropCache, tmp_path / "cache"))
+    first = torch.load(run / "best.pt", map_location="cpu", weights_only=False)["command"]
+    tuned = tmp_path / "tuned"
+    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tuned), "--pretrained", str(run / "best.pt"),
+                       "--split", str(run / "split.json"), "--freeze-epochs", "0", *TINY]) == 0
+    assert export.main(["--checkpoint", str(tuned / "best.pt"), "--name", "tuned", "--out", str(tmp_path / "exports"), "--data", str(data), "--tta", "0"]) == 0
+    command = json.loads((tmp_path / "exports" / "tuned.json").read_text())["training"]["command"]
+    assert command.startswith(first + " && python -m training.train --model cnn")
+    assert f"--pretrained {run / 'best.pt'}" in command

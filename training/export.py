@@ -224,7 +224,7 @@ def _training_info(state: dict, checkpoint: Path) -> dict[str, Any]:
     return {"datasets": state.get("datasets", []), "seed": state.get("seed"), "initial_weights": state.get("origin"),
             "epochs_run": len(history), "best_epoch": best.get("epoch"), "val_roc_auc": best.get("val_roc_auc"),
             "val_auc_per_set": best.get("val_auc_per_set"),
-            "command": state.get("command"), "checkpoint": str(checkpoint)}
+            "command": " && ".join(state.get("recipe") or [state.get("command") or ""]), "checkpoint": str(checkpoint)}
 
 
 def _print_metrics(card: ModelCard) -> None:

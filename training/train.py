@@ -81,12 +81,22 @@ def load_split(args: argparse.Namespace, samples: list) -> Split:
     return split
 
 
+def rebuild_recipe(args: argparse.Namespace) -> list[str]:
+    """The commands that rebuild this run from the data: those of a checkpoint it starts from, then its own."""
+    if args.pretrained in ("auto", "hub", "none"):
+        return [args.command]
+    parent = torch.load(args.pretrained, map_location="cpu", weights_only=False)
+    parent_recipe = parent.get("recipe") or ([parent["command"]] if parent.get("command") else [])
+    return [*parent_recipe, args.command]
+
+
 class Trainer:
     def __init__(self, args: argparse.Namespace, train: CropSet, val: CropSet, spec: PreprocessSpec) -> None:
         self.args, self.train_set, self.val_set, self.spec = args, train, val, spec
         self.device = device_for(args.device)
         torch.manual_seed(args.seed)
         self.model, self.origin = create_model(args.model, args.pretrained)
+        self.recipe = rebuild_recipe(args)
         # channels_last: about 1.8x faster convolutions on CPU (oneDNN) and on CUDA with AMP
         self.model.to(self.device, memory_format=torch.channels_last)
         self.pretrained = not self.origin.startswith("random")
@@ -177,7 +187,7 @@ class Trainer:
             "origin": self.origin, "epoch": self.epoch, "history": self.history, "best_auc": self.best_auc,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "datasets": [str(d) for d in self.args.data], "seed": self.args.seed,
-            "command": self.args.command,
+            "command": self.args.command, "recipe": self.recipe,
         }, path)
 
     def resume(self, path: Path) -> None:
