@@ -108,3 +108,33 @@ def test_whole_image_mode_never_detects(detector, dataset: Path, tmp_path: Path)
     expected = np.asarray(Image.open(dataset / "fake" / "0.png").resize((32, 32), Image.Resampling.BICUBIC))
     first_fake = next(i for i, s in enumerate(crops.samples) if s.key == "fake/0.png")
     np.testing.assert_array_equal(crops.crops[first_fake], expected)
+
+
+def _crop_set(groups: dict[tuple[str, int], int]) -> cache.CropSet:
+    from training.data import Sample
+
+    samples = [Sample(Path(f"/{name}/{'fake' if label else 'real'}/{i}.jpg"), label, name)
+               for (name, label), count in groups.items() for i in range(count)]
+    return cache.CropSet(samples, np.zeros((len(samples), 4, 4, 3), np.uint8), np.ones(len(samples), bool))
+
+
+def _share_per_set(crop_set: cache.CropSet, weights: np.ndarray) -> dict[str, float]:
+    names = np.array(crop_set.datasets)
+    return {name: round(float(weights[names == name].sum() / weights.sum()), 6) for name in sorted(set(names))}
+
+
+def test_groups_are_drawn_alike_whatever_their_size() -> None:
+    crop_set = _crop_set({("big", 0): 90, ("big", 1): 30, ("small", 0): 5, ("small", 1): 5})
+    weights = crop_set.group_weights()
+    assert weights.mean() == pytest.approx(1.0)
+    assert _share_per_set(crop_set, weights) == {"big": 0.5, "small": 0.5}
+    fakes = crop_set.labels == 1
+    assert weights[fakes & (np.array(crop_set.datasets) == "big")].sum() == pytest.approx(weights.sum() / 4)
+
+
+def test_set_weight_draws_a_set_that_many_times_as_often() -> None:
+    crop_set = _crop_set({("a", 0): 10, ("a", 1): 10, ("b", 0): 40, ("c", 0): 7, ("c", 1): 3})
+    weights = crop_set.group_weights({"a": 3.0})
+    assert weights.mean() == pytest.approx(1.0)
+    # groups: a/real and a/fake weigh 3 each; b/real, c/real and c/fake 1 each: 9 in all
+    assert _share_per_set(crop_set, weights) == {"a": round(6 / 9, 6), "b": round(1 / 9, 6), "c": round(2 / 9, 6)}

@@ -65,11 +65,13 @@ class CropSet:
     def datasets(self) -> list[str]:
         return [s.dataset for s in self.samples]
 
-    def group_weights(self) -> np.ndarray:
-        """Sample weights that give every (dataset, label) group the same total, with mean 1."""
+    def group_weights(self, set_weights: dict[str, float] | None = None) -> np.ndarray:
+        """Sample weights that give every (dataset, label) group the same total, times its dataset's
+        weight in `set_weights` (default 1), with mean 1."""
+        set_weights = set_weights or {}
         groups = [(s.dataset, s.label) for s in self.samples]
         counts = {g: groups.count(g) for g in set(groups)}
-        weights = np.array([1.0 / counts[g] for g in groups])
+        weights = np.array([set_weights.get(g[0], 1.0) / counts[g] for g in groups])
         return weights * len(weights) / weights.sum()
 
 

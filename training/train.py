@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seeds the split, the initial weights, the sampling and the augmentation")
     p.add_argument("--epochs", type=int, default=8, help="most epochs to train")
     p.add_argument("--epoch-size", type=int, default=0, help="samples drawn per epoch (default: the training split's size)")
+    p.add_argument("--set-weight", action="append", default=[], metavar="SET=W", help="draw this dataset's images W times as often as the others' (each set's real and fake count alike); repeatable")
     p.add_argument("--freeze-epochs", type=int, default=1, help="epochs that train only the head of a pretrained backbone")
     p.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better validation ROC-AUC (the mean of each validation set's own)")
     p.add_argument("--batch-size", type=int, default=48)
@@ -138,7 +139,7 @@ class Trainer:
     def _train_epoch(self) -> tuple[float, float]:
         self.model.train()
         generator = torch.Generator().manual_seed(self.args.seed * 1000 + self.epoch)
-        order = torch.multinomial(torch.from_numpy(self.train_set.group_weights()), self.steps_per_epoch * self.args.batch_size, replacement=True, generator=generator)
+        order = torch.multinomial(torch.from_numpy(self.train_set.group_weights(self.args.set_weights)), self.steps_per_epoch * self.args.batch_size, replacement=True, generator=generator)
         rng = random.Random(f"{self.args.seed}-{self.epoch}")
         loss_fn = nn.BCEWithLogitsLoss()
         total_loss, correct, seen = 0.0, 0, 0
@@ -201,6 +202,22 @@ class Trainer:
         log.info("resumed from %s at epoch %d", path, self.epoch)
 
 
+def parse_set_weights(items: list[str], known: set[str]) -> dict[str, float]:
+    """`["tpdne128=2"]` -> `{"tpdne128": 2.0}`, refusing sets the training split lacks."""
+    weights = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise DatasetError(f"--set-weight takes SET=WEIGHT, got {item!r}") from None
+        if name not in known:
+            raise DatasetError(f"--set-weight names {name!r}, which is not among the training sets: {', '.join(sorted(known))}")
+        if weights[name] <= 0:
+            raise DatasetError(f"--set-weight {item!r}: the weight must be positive")
+    return weights
+
+
 def selection_auc(row: dict) -> float:
     """What picks the best epoch: the mean of the validation sets' own ROC-AUCs (pooled in runs before it existed)."""
     value = row.get("val_set_auc", row["val_roc_auc"])
@@ -239,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         if not baseline:
             entry(args.model)
         samples = [s for folder in args.data for s in scan_dataset(folder)]
+        args.set_weights = parse_set_weights(args.set_weight, {s.dataset for s in samples})
     except UnknownModel as exc:
         print(f"error: {exc}; or a baseline: {', '.join(baselines.BASELINES)}", file=sys.stderr)
         return 2
