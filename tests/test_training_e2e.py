@@ -262,7 +262,7 @@ def test_a_run_started_from_a_checkpoint_records_both_commands_in_the_card(train
     assert f"--pretrained {run / 'best.pt'}" in command
 
 
-@pytest.mark.parametrize("weight, message", [("elsewhere=2", "not among the training sets"), ("gen=abc", "takes SET=WEIGHT"), ("gen=0", "must be positive")])
+@pytest.mark.parametrize("weight, message", [("elsewhere=2", "not among the training sets"), ("gen=abc", "takes SET=WEIGHT"), ("gen=0", "must be a positive number"), ("gen=nan", "must be a positive number")])
 def test_a_bad_set_weight_is_a_clear_error_before_any_work(weight: str, message: str, tmp_path: Path, capsys) -> None:
     data = make_dataset(tmp_path / "gen", n_real=2, n_fake=2)
     assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--set-weight", weight]) == 2

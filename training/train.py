@@ -213,8 +213,8 @@ def parse_set_weights(items: list[str], known: set[str]) -> dict[str, float]:
             raise DatasetError(f"--set-weight takes SET=WEIGHT, got {item!r}") from None
         if name not in known:
             raise DatasetError(f"--set-weight names {name!r}, which is not among the training sets: {', '.join(sorted(known))}")
-        if weights[name] <= 0:
-            raise DatasetError(f"--set-weight {item!r}: the weight must be positive")
+        if not (math.isfinite(weights[name]) and weights[name] > 0):
+            raise DatasetError(f"--set-weight {item!r}: the weight must be a positive number")
     return weights
 
 
