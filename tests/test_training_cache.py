@@ -11,7 +11,7 @@ from service.faces import Face
 from service.preprocess import PreprocessSpec
 from training import cache
 from training.cache import CropCache
-from training.data import scan_dataset
+from training.data import Sample, scan_dataset
 
 SPEC = PreprocessSpec(input_size=32, margin=0.3)
 
@@ -111,8 +111,6 @@ def test_whole_image_mode_never_detects(detector, dataset: Path, tmp_path: Path)
 
 
 def _crop_set(groups: dict[tuple[str, int], int]) -> cache.CropSet:
-    from training.data import Sample
-
     samples = [Sample(Path(f"/{name}/{'fake' if label else 'real'}/{i}.jpg"), label, name)
                for (name, label), count in groups.items() for i in range(count)]
     return cache.CropSet(samples, np.zeros((len(samples), 4, 4, 3), np.uint8), np.ones(len(samples), bool))
