@@ -167,6 +167,12 @@ def test_ema_weights_are_the_ones_kept_and_resume_restores_them(tmp_path: Path, 
     assert "threshold" in best and all(torch.equal(best["model"][k], best["ema"][f"module.{k}"]) for k in best["model"])
 
 
+def test_the_recorded_recipe_is_the_same_when_resumed() -> None:
+    argv = ["--model", "cnn", "--data", "my data", "--epochs", "3"]
+    assert train.recorded_command(argv) == "python -m training.train --model cnn --data 'my data' --epochs 3"
+    assert train.recorded_command([*argv, "--resume"]) == train.recorded_command(argv)
+
+
 def test_unknown_model_is_a_clear_error(tmp_path: Path, capsys) -> None:
     data = make_dataset(tmp_path / "gen", n_real=2, n_fake=2)
     assert train.main(["--model", "nonet", "--data", str(data), "--out", str(tmp_path / "run")]) == 2

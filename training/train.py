@@ -218,6 +218,11 @@ def parse_set_weights(items: list[str], known: set[str]) -> dict[str, float]:
     return weights
 
 
+def recorded_command(argv: list[str]) -> str:
+    """The recipe kept in checkpoints and cards: the same however often the run was resumed."""
+    return "python -m training.train " + shlex.join(a for a in argv if a != "--resume")
+
+
 def selection_auc(row: dict) -> float:
     """What picks the best epoch: the mean of the validation sets' own ROC-AUCs (pooled in runs before it existed)."""
     value = row.get("val_set_auc", row["val_roc_auc"])
@@ -250,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    args.command = "python -m training.train " + shlex.join(argv)
+    args.command = recorded_command(argv)
     baseline = baselines.is_baseline(args.model)
     try:
         if not baseline:
