@@ -173,6 +173,13 @@ def test_the_recorded_recipe_is_the_same_when_resumed() -> None:
     assert train.recorded_command([*argv, "--resume"]) == train.recorded_command(argv)
 
 
+def test_a_resumed_run_counts_the_epochs_since_its_best_towards_patience() -> None:
+    history = [{"epoch": 1, "val_roc_auc": 0.7}, {"epoch": 2, "val_roc_auc": 0.9}, {"epoch": 3, "val_roc_auc": 0.8}, {"epoch": 4, "val_roc_auc": 0.85}]
+    assert train.epochs_since_best(history) == 2
+    assert train.epochs_since_best(history[:2]) == 0
+    assert train.epochs_since_best([]) == 0
+
+
 def test_unknown_model_is_a_clear_error(tmp_path: Path, capsys) -> None:
     data = make_dataset(tmp_path / "gen", n_real=2, n_fake=2)
     assert train.main(["--model", "nonet", "--data", str(data), "--out", str(tmp_path / "run")]) == 2

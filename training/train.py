@@ -111,7 +111,7 @@ class Trainer:
         self.best_auc, self.epoch = -1.0, 0
 
     def run(self) -> None:
-        stale = 0
+        stale = epochs_since_best(self.history)  # a resumed run keeps counting towards --patience
         for self.epoch in range(self.epoch + 1, self.args.epochs + 1):
             self._freeze_backbone(self.pretrained and self.epoch <= self.args.freeze_epochs)
             started = time.time()
@@ -231,6 +231,10 @@ def selection_auc(row: dict) -> float:
 
 def best_epoch(history: list[dict]) -> dict:
     return max(history, key=selection_auc) if history else {}
+
+
+def epochs_since_best(history: list[dict]) -> int:
+    return history[-1]["epoch"] - best_epoch(history)["epoch"] if history else 0
 
 
 def finish(trainer: Trainer, val: CropSet) -> dict:
