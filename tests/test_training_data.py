@@ -117,3 +117,19 @@ def test_empty_class_folder_is_a_clear_error(tmp_path: Path) -> None:
 def test_fractions_must_add_up(dataset: Path) -> None:
     with pytest.raises(DatasetError, match="add up to 1"):
         make_split(scan_dataset(dataset), fractions=(0.8, 0.15, 0.15))
+
+
+def test_lfw_style_sets_are_split_by_person_and_others_by_file(tmp_path: Path) -> None:
+    root = tmp_path / "lfw-news"
+    (root / "real").mkdir(parents=True)
+    for person, count in {"Ann_Lee": 6, "Bo_Chen": 5, "Cy_Diaz": 1, **{f"P{i}_X": 2 for i in range(20)}}.items():
+        for n in range(1, count + 1):
+            Image.fromarray(np.full((8, 8, 3), n, np.uint8)).save(root / "real" / f"{person}_{n:04d}.jpg")
+    samples = scan_dataset(root)
+    parts = make_split(samples, seed=0).datasets["lfw-news"]
+    people = {name: {key.split("/")[1].rsplit("_", 1)[0] for key in keys} for name, keys in parts.items()}
+    assert not people["train"] & people["val"] and not people["train"] & people["test"] and not people["val"] & people["test"]
+    assert sum(len(keys) for keys in parts.values()) == len(samples) and all(parts.values())
+    other = tmp_path / "rff-like"
+    write_images(other / "real", 20)
+    assert make_split(scan_dataset(other), seed=0).sizes()["rff-like"] == {"train": 14, "val": 3, "test": 3}

@@ -78,21 +78,34 @@ class Split(BaseModel):
         return cls.model_validate(json.loads(Path(path).read_text()))
 
 
+def split_group(sample: Sample) -> str:
+    """What must stay on one side of a split. In an LFW-style set (name starting with `lfw`) that is a
+    person, the file name before its last `_` (`Aaron_Peirsol_0003.jpg` -> `Aaron_Peirsol`), so no face
+    is seen in training and again in test; elsewhere every file is its own group."""
+    if sample.dataset.lower().startswith("lfw"):
+        folder, _, name = sample.key.rpartition("/")
+        return f"{folder}/{name.rsplit('_', 1)[0]}"
+    return sample.key
+
+
 def make_split(samples: list[Sample], seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> Split:
-    """Stratified by dataset and label; the same files and seed give the same split."""
+    """Stratified by dataset and label, never splitting a group (`split_group`); the same files and seed
+    give the same split, and a set of one file per group is split exactly as file by file."""
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise DatasetError(f"split fractions must add up to 1, got {fractions}")
     datasets: dict[str, dict[str, list[str]]] = {}
-    groups: dict[tuple[str, int], list[str]] = {}
+    strata: dict[tuple[str, int], dict[str, list[str]]] = {}
     for sample in samples:
-        groups.setdefault((sample.dataset, sample.label), []).append(sample.key)
-    for (name, label), keys in sorted(groups.items()):
-        keys = sorted(keys)
-        random.Random(f"{seed}-{name}-{label}").shuffle(keys)
-        n_train = round(len(keys) * fractions[0])
-        n_val = round(len(keys) * fractions[1])
+        strata.setdefault((sample.dataset, sample.label), {}).setdefault(split_group(sample), []).append(sample.key)
+    for (name, label), groups in sorted(strata.items()):
+        order = sorted(groups)
+        random.Random(f"{seed}-{name}-{label}").shuffle(order)
         parts = datasets.setdefault(name, {split: [] for split in SPLITS})
-        parts["train"] += keys[:n_train]
-        parts["val"] += keys[n_train:n_train + n_val]
-        parts["test"] += keys[n_train + n_val:]
+        total, placed = sum(len(keys) for keys in groups.values()), 0
+        train_end = round(total * fractions[0])
+        val_end = train_end + round(total * fractions[1])
+        for group in order:  # each group goes where its first file would fall in a file-by-file split
+            part = "train" if placed < train_end else "val" if placed < val_end else "test"
+            parts[part] += sorted(groups[group])
+            placed += len(groups[group])
     return Split(seed=seed, fractions=fractions, datasets=datasets)
