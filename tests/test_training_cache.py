@@ -123,7 +123,7 @@ def _share_per_set(crop_set: cache.CropSet, weights: np.ndarray) -> dict[str, fl
 
 def test_groups_are_drawn_alike_whatever_their_size() -> None:
     crop_set = _crop_set({("big", 0): 90, ("big", 1): 30, ("small", 0): 5, ("small", 1): 5})
-    weights = crop_set.group_weights()
+    weights = crop_set.group_weights(balance="groups")
     assert weights.mean() == pytest.approx(1.0)
     assert _share_per_set(crop_set, weights) == {"big": 0.5, "small": 0.5}
     fakes = crop_set.labels == 1
@@ -132,7 +132,23 @@ def test_groups_are_drawn_alike_whatever_their_size() -> None:
 
 def test_set_weight_draws_a_set_that_many_times_as_often() -> None:
     crop_set = _crop_set({("a", 0): 10, ("a", 1): 10, ("b", 0): 40, ("c", 0): 7, ("c", 1): 3})
-    weights = crop_set.group_weights({"a": 3.0})
+    weights = crop_set.group_weights({"a": 3.0}, balance="groups")
     assert weights.mean() == pytest.approx(1.0)
     # groups: a/real and a/fake weigh 3 each; b/real, c/real and c/fake 1 each: 9 in all
     assert _share_per_set(crop_set, weights) == {"a": round(6 / 9, 6), "b": round(1 / 9, 6), "c": round(2 / 9, 6)}
+
+
+def test_classes_balance_draws_real_and_fake_alike_and_sources_alike_within_each() -> None:
+    crop_set = _crop_set({("a", 0): 10, ("a", 1): 10, ("b", 0): 40, ("c", 0): 7, ("c", 1): 3, ("d", 1): 50})
+    weights = crop_set.group_weights()
+    labels, names = crop_set.labels, np.array(crop_set.datasets)
+    assert weights[labels == 1].sum() == pytest.approx(weights.sum() / 2)
+    for name in ("a", "b", "c"):  # three real sources: a sixth each; three fake ones (a, c, d): a sixth each
+        assert weights[(names == name) & (labels == 0)].sum() == pytest.approx(weights.sum() / 6)
+    weighted = crop_set.group_weights({"d": 2.0})
+    assert weighted[(names == "d")].sum() == pytest.approx(weighted.sum() / 4)  # 2 of the fakes' 4 parts
+
+
+def test_an_unknown_balance_is_refused() -> None:
+    with pytest.raises(ValueError, match="balance"):
+        _crop_set({("a", 0): 1, ("a", 1): 1}).group_weights(balance="sets")

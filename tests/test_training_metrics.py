@@ -89,9 +89,11 @@ def test_mean_dataset_auc_scores_each_set_alone() -> None:
     probs = [0.1, 0.2, 0.9, 0.7, 0.8, 0.6, 0.3]
     sets = ["a", "a", "b", "b", "b", "b", "only-real"]
     mean, per_set = mean_dataset_auc(labels, probs, sets)
-    assert per_set == {"a": 1.0, "b": 0.25}
-    assert mean == pytest.approx(0.625)
+    # only-real (0.3) against every fake (0.2, 0.8, 0.6): below two of the three
+    assert per_set == {"a": 1.0, "b": 0.25, "only-real": pytest.approx(2 / 3)}
+    assert mean == pytest.approx((1.0 + 0.25 + 2 / 3) / 3)
 
 
-def test_mean_dataset_auc_is_none_without_a_set_of_both_classes() -> None:
-    assert mean_dataset_auc([0, 0, 1], [0.1, 0.2, 0.3], ["r", "r", "f"]) == (None, {})
+def test_mean_dataset_auc_ranks_one_class_sets_against_the_other_class() -> None:
+    assert mean_dataset_auc([0, 0, 1], [0.1, 0.2, 0.3], ["r", "r", "f"]) == (1.0, {"f": 1.0, "r": 1.0})
+    assert mean_dataset_auc([0, 0], [0.1, 0.2], ["r", "r"]) == (None, {})

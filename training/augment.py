@@ -1,11 +1,13 @@
 """Training-time augmentation of face crops: flips, rotation, lighting, blur, resize and JPEG re-encoding.
 
 Blur, random resizing and JPEG re-encoding keep a detector from learning a dataset's resolution or
-compression instead of the face (the sets here differ in both).
+compression instead of the face (the sets here differ in both). They run in the order a photo meets
+them on its way to a user: blurred, scaled down, saved as JPEG at that size, scaled back up for viewing.
 """
 from __future__ import annotations
 
 import io
+import math
 import random
 
 import numpy as np
@@ -20,8 +22,9 @@ class AugmentSpec(BaseModel):
     rotation: float = Field(15.0, ge=0, le=180, description="degrees, uniform in [-r, r]")
     lighting: float = Field(0.2, ge=0, le=1, description="brightness/contrast/saturation jitter")
     blur: float = Field(0.2, ge=0, le=1, description="probability of a Gaussian blur, sigma 0.1-1.5")
-    resize: float = Field(0.3, ge=0, le=1, description="probability of a down-and-up resize, scale 0.4-0.9")
-    jpeg: float = Field(0.5, ge=0, le=1, description="probability of JPEG re-encoding, quality 50-95")
+    resize: float = Field(0.5, ge=0, le=1, description="probability of a down-and-up resize")
+    min_scale: float = Field(0.3, gt=0, le=1, description="smallest resize scale; scales are log-uniform in [min_scale, 1]")
+    jpeg: float = Field(0.5, ge=0, le=1, description="probability of JPEG re-encoding, quality 50-95 (at the reduced size when resized)")
 
 
 def augment(crop: np.ndarray, spec: AugmentSpec, rng: random.Random) -> np.ndarray:
@@ -35,18 +38,20 @@ def augment(crop: np.ndarray, spec: AugmentSpec, rng: random.Random) -> np.ndarr
             image = enhance(image).enhance(rng.uniform(1 - spec.lighting, 1 + spec.lighting))
     if rng.random() < spec.blur:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.1, 1.5)))
-    if rng.random() < spec.resize:
-        image = _down_up(image, rng.uniform(0.4, 0.9), rng)
-    if rng.random() < spec.jpeg:
-        image = _jpeg(image, rng.randint(50, 95))
-    return np.asarray(image)
+    scale = math.exp(rng.uniform(math.log(spec.min_scale), 0.0)) if rng.random() < spec.resize else 1.0
+    quality = rng.randint(50, 95) if rng.random() < spec.jpeg else None
+    return np.asarray(_degrade(image, scale, quality, rng))
 
 
-def _down_up(image: Image.Image, scale: float, rng: random.Random) -> Image.Image:
+def _degrade(image: Image.Image, scale: float, quality: int | None, rng: random.Random) -> Image.Image:
+    """Scale down, save as JPEG at that size, scale back up: each step only where asked."""
     size = image.size
-    small = (max(8, round(size[0] * scale)), max(8, round(size[1] * scale)))
     filters = list(RESAMPLE.values())
-    return image.resize(small, rng.choice(filters)).resize(size, rng.choice(filters))
+    if scale < 1.0:
+        image = image.resize((max(8, round(size[0] * scale)), max(8, round(size[1] * scale))), rng.choice(filters))
+    if quality is not None:
+        image = _jpeg(image, quality)
+    return image if image.size == size else image.resize(size, rng.choice(filters))
 
 
 def reencode(image: Image.Image, size: int, quality: int) -> Image.Image:

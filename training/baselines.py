@@ -186,7 +186,7 @@ def _fit_embed_svm(args: argparse.Namespace, train: CropSet, val: CropSet, spec:
     backbone.to(device)
     x_train = features(backbone, train.crops, spec, device, desc="embeddings (train)")
     x_val = features(backbone, val.crops, spec, device, desc="embeddings (val)")
-    weights = train.group_weights(args.set_weights)
+    weights = train.group_weights(args.set_weights, args.balance)
     search = []
     for kernel, c in SVM_GRID:
         fitted = Pipeline([("scale", StandardScaler()), ("svm", svm(kernel, c))])
@@ -221,7 +221,7 @@ def _fit_ae_lr(args: argparse.Namespace, train: CropSet, val: CropSet, spec: Pre
     net = _Features(autoencoder)
     x_train = features(net, train.crops, spec, device, desc="encoder features (train)")
     x_val = features(net, val.crops, spec, device, desc="encoder features (val)")
-    weights = train.group_weights(args.set_weights)
+    weights = train.group_weights(args.set_weights, args.balance)
     search, fitted = [], {}
     for c in LR_GRID:
         fitted[c] = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000))

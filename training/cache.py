@@ -65,13 +65,22 @@ class CropSet:
     def datasets(self) -> list[str]:
         return [s.dataset for s in self.samples]
 
-    def group_weights(self, set_weights: dict[str, float] | None = None) -> np.ndarray:
-        """Sample weights that give every (dataset, label) group the same total, times its dataset's
-        weight in `set_weights` (default 1), with mean 1."""
+    def group_weights(self, set_weights: dict[str, float] | None = None, balance: str = "classes") -> np.ndarray:
+        """Sample weights, with mean 1, that draw every (dataset, label) group as a whole, whatever its size.
+
+        balance="classes": real and fake photos half each, the groups of one class alike (so four real
+        sources and three fake ones still give 50/50); "groups": every group alike. A dataset's weight
+        in `set_weights` (default 1) multiplies its groups' shares within their class."""
         set_weights = set_weights or {}
         groups = [(s.dataset, s.label) for s in self.samples]
         counts = {g: groups.count(g) for g in set(groups)}
-        weights = np.array([set_weights.get(g[0], 1.0) / counts[g] for g in groups])
+        share = {g: set_weights.get(g[0], 1.0) for g in counts}
+        if balance == "classes":
+            per_label = {label: sum(w for g, w in share.items() if g[1] == label) for label in {g[1] for g in share}}
+            share = {g: w / per_label[g[1]] for g, w in share.items()}
+        elif balance != "groups":
+            raise ValueError(f"balance must be 'classes' or 'groups', got {balance!r}")
+        weights = np.array([share[g] / counts[g] for g in groups])
         return weights * len(weights) / weights.sum()
 
 

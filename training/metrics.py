@@ -26,13 +26,18 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
 
 def mean_dataset_auc(labels: np.ndarray, probs: np.ndarray, datasets: list[str]) -> tuple[float | None, dict[str, float]]:
     """Each dataset's own ROC-AUC, and their mean: pooled over several sets, one AUC also rewards
-    telling the sets apart, which is not the task."""
+    telling the sets apart, which is not the task. A set of one class only (real photos from one
+    source, fakes from one generator) is ranked against the other class of every set."""
     labels, probs, names = np.asarray(labels, dtype=int), np.asarray(probs, dtype=float), np.asarray(datasets)
     per_set = {}
     for name in sorted(set(datasets)):
         inside = names == name
-        if len(set(labels[inside].tolist())) == 2:
+        present = set(labels[inside].tolist())
+        if len(present) == 2:
             per_set[name] = float(roc_auc_score(labels[inside], probs[inside]))
+        elif present and (others := (labels != labels[inside][0]) & ~inside).any():
+            chosen = inside | others
+            per_set[name] = float(roc_auc_score(labels[chosen], probs[chosen]))
     return (float(np.mean(list(per_set.values()))) if per_set else None), per_set
 
 

@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=8, help="most epochs to train")
     p.add_argument("--epoch-size", type=int, default=0, help="samples drawn per epoch (default: the training split's size)")
     p.add_argument("--set-weight", action="append", default=[], metavar="SET=W", help="draw this dataset's images W times as often as the others' (each set's real and fake count alike); repeatable")
+    p.add_argument("--balance", choices=["classes", "groups"], default="classes", help="classes: real and fake drawn half each, every source alike within its class; groups: every (set, label) group alike")
     p.add_argument("--freeze-epochs", type=int, default=1, help="epochs that train only the head of a pretrained backbone")
     p.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better validation ROC-AUC (the mean of each validation set's own)")
     p.add_argument("--batch-size", type=int, default=48)
@@ -60,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-augment", action="store_true", help="train on the crops as they are")
     p.add_argument("--blur", type=float, default=AugmentSpec().blur, help="probability of a Gaussian blur")
     p.add_argument("--resize", type=float, default=AugmentSpec().resize, help="probability of a down-and-up resize")
+    p.add_argument("--min-scale", type=float, default=AugmentSpec().min_scale, help="smallest down-and-up scale (log-uniform up to 1)")
     p.add_argument("--jpeg", type=float, default=AugmentSpec().jpeg, help="probability of JPEG re-encoding at a random quality")
     p.add_argument("--workers", type=int, default=2, help="processes for face detection when the crop cache is cold")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -106,7 +108,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=args.lr, total_steps=args.epochs * self.steps_per_epoch, pct_start=0.15)
         self.scaler = torch.amp.GradScaler(enabled=self.device.type == "cuda")
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema > 0 else None
-        self.augment = None if args.no_augment else AugmentSpec(rotation=args.rotation, blur=args.blur, resize=args.resize, jpeg=args.jpeg)
+        self.augment = None if args.no_augment else AugmentSpec(rotation=args.rotation, blur=args.blur, resize=args.resize, min_scale=args.min_scale, jpeg=args.jpeg)
         self.history: list[dict] = []
         self.best_auc, self.epoch = -1.0, 0
 
@@ -139,7 +141,7 @@ class Trainer:
     def _train_epoch(self) -> tuple[float, float]:
         self.model.train()
         generator = torch.Generator().manual_seed(self.args.seed * 1000 + self.epoch)
-        order = torch.multinomial(torch.from_numpy(self.train_set.group_weights(self.args.set_weights)), self.steps_per_epoch * self.args.batch_size, replacement=True, generator=generator)
+        order = torch.multinomial(torch.from_numpy(self.train_set.group_weights(self.args.set_weights, self.args.balance)), self.steps_per_epoch * self.args.batch_size, replacement=True, generator=generator)
         rng = random.Random(f"{self.args.seed}-{self.epoch}")
         loss_fn = nn.BCEWithLogitsLoss()
         total_loss, correct, seen = 0.0, 0, 0

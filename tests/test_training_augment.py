@@ -1,0 +1,54 @@
+"""Training augmentation: shapes kept, and the degradation chain really lowers detail the way a photo's path does."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from PIL import Image
+
+from training.augment import AugmentSpec, _degrade, augment
+
+NONE = AugmentSpec(flip=0, rotation=0, lighting=0, blur=0, resize=0, jpeg=0)
+
+
+def _checkerboard(size: int = 64) -> np.ndarray:
+    tile = (np.indices((size, size)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    return np.repeat(tile[..., None], 3, axis=2)
+
+
+def _detail(pixels: np.ndarray) -> float:
+    """Mean absolute difference between neighbours: what down-scaling and JPEG take away."""
+    grey = pixels.astype(float).mean(axis=2)
+    return float(np.abs(np.diff(grey, axis=1)).mean())
+
+
+def test_nothing_asked_returns_the_crop_unchanged() -> None:
+    crop = _checkerboard()
+    np.testing.assert_array_equal(augment(crop, NONE, random.Random(0)), crop)
+
+
+def test_every_augmentation_keeps_shape_and_dtype() -> None:
+    crop = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    spec = AugmentSpec(flip=1, rotation=20, lighting=0.3, blur=1, resize=1, min_scale=0.2, jpeg=1)
+    for seed in range(20):
+        out = augment(crop, spec, random.Random(seed))
+        assert out.shape == crop.shape and out.dtype == np.uint8
+
+
+def test_down_scaling_and_jpeg_remove_fine_detail() -> None:
+    image = Image.fromarray(_checkerboard())
+    rng = random.Random(0)
+    sharp = _detail(np.asarray(image))
+    down_up = _detail(np.asarray(_degrade(image, 0.3, None, rng)))
+    with_jpeg = _degrade(image, 0.3, 50, rng)
+    assert with_jpeg.size == image.size
+    assert down_up < 0.5 * sharp
+    assert _detail(np.asarray(_degrade(image, 1.0, 50, rng))) < sharp
+
+
+def test_resize_scales_cover_the_asked_range() -> None:
+    crop = _checkerboard(100)
+    spec = NONE.model_copy(update={"resize": 1.0, "min_scale": 0.25})
+    details = [_detail(augment(crop, spec, random.Random(seed))) for seed in range(40)]
+    assert min(details) < 0.3 * _detail(crop)  # some draws go down near a quarter of the size
+    assert max(details) > 0.6 * _detail(crop)  # and some stay near full size
