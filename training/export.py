@@ -130,7 +130,7 @@ def evaluate_through_service(onnx_path: Path, split: Split, folders: Sequence[Pa
     """Choose the threshold on validation, then measure each dataset's test split as the service would, and
     again with every test image re-encoded to one size and JPEG quality (a model that learned a dataset's
     resolution or compression instead of faces falls apart there)."""
-    from training.evaluate import predict_onnx
+    from training.scoring import predict_onnx
 
     samples = [s for folder in folders for s in scan_dataset(folder)]
     val = predict_onnx(onnx_path, split.select(samples, "val"), angles, device="cpu", desc="validation")
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from training.evaluate import load_checkpoint
+    from training.scoring import load_checkpoint
 
     if not args.checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
