@@ -12,6 +12,7 @@ from service.contract import ModelCard, ModelLoadError
 from service.onnx_model import OnnxClassifier
 from service.preprocess import PreprocessSpec
 from training import export
+from training.card import ExportError
 from training.models import create_model
 
 
@@ -102,7 +103,7 @@ def test_card_that_contradicts_the_graph_is_refused(tiny_export, tmp_path):
 def test_export_that_fails_parity_writes_nothing(tmp_path, monkeypatch):
     model, _ = create_model("cnn", pretrained="none")
     monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)
-    with pytest.raises(export.ExportError, match="differ"):
+    with pytest.raises(ExportError, match="differ"):
         export.export_model(model, tiny_card("refused"), tmp_path)
     assert not list(tmp_path.iterdir())
 

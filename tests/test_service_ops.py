@@ -101,9 +101,9 @@ def classifier_calls(server, requests_sent: int) -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def onnx_predict(tmp_path_factory):
-    """training.evaluate.predict_onnx with its face cache in a temporary folder."""
+    """training.scoring.predict_onnx with its face cache in a temporary folder."""
     from service.config import get_settings
-    from training import evaluate
+    from training import scoring
     from training.cache import CachingDetector
     from training.data import Sample
 
@@ -111,12 +111,12 @@ def onnx_predict(tmp_path_factory):
     settings = get_settings()
 
     def predict(path):
-        original = evaluate.CachingDetector
-        evaluate.CachingDetector = functools.partial(CachingDetector, cache)
+        original = scoring.CachingDetector
+        scoring.CachingDetector = functools.partial(CachingDetector, cache)
         try:
-            result = evaluate.predict_onnx(settings.model, [Sample(path, 1, "parity")], settings.tta_angles, device="cpu")
+            result = scoring.predict_onnx(settings.model, [Sample(path, 1, "parity")], settings.tta_angles, device="cpu")
         finally:
-            evaluate.CachingDetector = original
+            scoring.CachingDetector = original
         assert not result.unreadable
         return float(result.probs[0]), bool(result.face_found[0])
 

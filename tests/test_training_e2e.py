@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training import baselines, evaluate, export, train
+from training import baselines, evaluate, export, report, scoring, train
 from training.cache import CropCache
 from training.data import Split
 
@@ -39,7 +39,7 @@ def make_dataset(root: Path, n_real: int = 16, n_fake: int = 16, broken: bool = 
 def private_cache(tmp_path: Path, monkeypatch) -> Path:
     """Crops of the generated images go to a temporary cache, not the project's."""
     root = tmp_path / "cache"
-    for module in (train, evaluate):
+    for module in (train, scoring, report):
         monkeypatch.setattr(module, "CropCache", partial(CropCache, root))
     return root
 
@@ -49,7 +49,7 @@ def trained_cnn(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("cnn")
     data = make_dataset(tmp / "gen", broken=True)
     with pytest.MonkeyPatch.context() as mp:
-        for module in (train, evaluate):
+        for module in (train, scoring, report):
             mp.setattr(module, "CropCache", partial(CropCache, tmp / "cache"))
         assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp / "run"), "--pretrained", "none", *TINY]) == 0
     return tmp / "run", data
@@ -144,7 +144,7 @@ def test_baseline_trains_evaluates_and_refuses_export(name: str, tmp_path: Path,
     m = evaluate.evaluate(run / "best.pt", [data], split="all", workers=1)["gen"]
     assert m["n"] == 32 and m["roc_auc"] > 0.9
     with pytest.raises(baselines.BaselineNotExportable, match="cannot be exported"):
-        evaluate.load_checkpoint(run / "best.pt", torch.device("cpu"))
+        scoring.load_checkpoint(run / "best.pt", torch.device("cpu"))
     assert export.main(["--checkpoint", str(run / "best.pt"), "--name", "nope", "--out", str(tmp_path / "exports")]) == 2
     assert not (tmp_path / "exports" / "nope.onnx").exists()
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from service.config import REPO_ROOT
-from training import evaluate
+from training import evaluate, scoring
 from training.cache import CachingDetector
 from training.data import Sample, make_split, scan_dataset
 
@@ -45,10 +45,10 @@ def test_negative_angles_parse_with_or_without_equals() -> None:
 
 
 def test_split_file_and_output_are_found_beside_the_model(tmp_path: Path) -> None:
-    assert evaluate.default_split_file(tmp_path / "runs" / "a" / "best.pt") == tmp_path / "runs" / "a" / "split.json"
-    assert evaluate.default_split_file(tmp_path / "exports" / "lite0.onnx") == tmp_path / "exports" / "lite0.split.json"
-    assert evaluate.default_out(tmp_path / "runs" / "a" / "best.pt") == tmp_path / "runs" / "a" / "eval"
-    assert evaluate.default_out(Path("exports/lite0.onnx")) == REPO_ROOT / "runs" / "eval-lite0"
+    assert scoring.default_split_file(tmp_path / "runs" / "a" / "best.pt") == tmp_path / "runs" / "a" / "split.json"
+    assert scoring.default_split_file(tmp_path / "exports" / "lite0.onnx") == tmp_path / "exports" / "lite0.split.json"
+    assert scoring.default_out(tmp_path / "runs" / "a" / "best.pt") == tmp_path / "runs" / "a" / "eval"
+    assert scoring.default_out(Path("exports/lite0.onnx")) == REPO_ROOT / "runs" / "eval-lite0"
 
 
 def test_choose_samples_uses_the_split_and_notes_unknown_datasets(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_split_file_for_other_files_is_an_error(tmp_path: Path) -> None:
     renamed = tmp_path / "elsewhere" / "known"  # the same dataset name, other files
     (renamed / "real").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(renamed / "real" / "unrelated.png")
-    with pytest.raises(evaluate.EvaluationError, match="none of the"):
+    with pytest.raises(scoring.EvaluationError, match="none of the"):
         evaluate.choose_samples(evaluate.scan_folders([renamed]), "test", tmp_path / "split.json", tmp_path / "best.pt", [])
 
 
@@ -126,13 +126,13 @@ def test_no_split_file_means_every_image_with_a_note(tmp_path: Path) -> None:
 def test_onnx_angle_sets_match_the_service_pipeline_run_per_set(tmp_path: Path, monkeypatch) -> None:
     if not DEFAULT_ONNX.is_file():
         pytest.skip(f"needs the exported default model at {DEFAULT_ONNX}")
-    monkeypatch.setattr(evaluate, "CachingDetector", partial(CachingDetector, tmp_path / "cache"))
+    monkeypatch.setattr(scoring, "CachingDetector", partial(CachingDetector, tmp_path / "cache"))
     samples = [s for s in scan_dataset(make_dataset(tmp_path / "data", 3, 3))]
     samples.append(Sample(tmp_path / "data" / "real" / "gone.png", 0, "data"))
     (tmp_path / "data" / "real" / "gone.png").write_bytes(b"\x89PNG broken")
-    together = evaluate.predict_onnx_sets(DEFAULT_ONNX, samples, [(0.0,), (-15.0, 0.0, 15.0)], device="cpu")
+    together = scoring.predict_onnx_sets(DEFAULT_ONNX, samples, [(0.0,), (-15.0, 0.0, 15.0)], device="cpu")
     for angles in [(0.0,), (-15.0, 0.0, 15.0)]:
-        alone = evaluate.predict_onnx(DEFAULT_ONNX, samples, angles, device="cpu")
+        alone = scoring.predict_onnx(DEFAULT_ONNX, samples, angles, device="cpu")
         np.testing.assert_allclose(together[angles].probs, alone.probs, atol=1e-6)
         assert [s.key for s in together[angles].samples] == [s.key for s in alone.samples]
         assert [s.path.name for s, _ in alone.unreadable] == ["gone.png"]

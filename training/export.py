@@ -18,7 +18,7 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -26,23 +26,20 @@ import torch
 from torch import nn
 
 from service.config import REPO_ROOT, get_settings, parse_angles
-from service.contract import CARD_KEY, ModelCard, card_path
+from service.contract import ModelCard
 from service.onnx_model import OnnxClassifier
 from service.preprocess import PreprocessSpec, to_input
 from training.cache import CropCache
+from training.card import ExportError, attach_card, evaluate_through_service, service_threshold_rule, write_card_json
 from training.data import DatasetError, Split, scan_dataset
-from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics
 from training.models import MODELS
+from training.quantize import quantize_export
+from training.scoring import load_checkpoint
 from training.train import best_epoch
 
 log = logging.getLogger("training.export")
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 3, 16)
-SHORTCUT_CHECK = (256, 85)  # every test image re-encoded to this side and JPEG quality
-
-
-class ExportError(RuntimeError):
-    """The export was refused: nothing was written."""
 
 
 class ProbabilityModel(nn.Module):
@@ -87,20 +84,6 @@ def _to_onnx(wrapped: nn.Module, size: int, path: Path) -> None:
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def attach_card(path: Path, card: ModelCard) -> None:
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    entries = {CARD_KEY: card.model_dump_json(), "name": card.name, "version": card.version,
-               "architecture": card.architecture, "threshold": str(card.threshold),
-               "input_size": str(card.preprocess.input_size), "class_names": ",".join(card.class_names)}
-    for key, value in entries.items():
-        prop = proto.metadata_props.add()
-        prop.key, prop.value = key, value
-    proto.doc_string = f"facecheck {card.name} {card.version}: {card.output}"
-    onnx.save(proto, str(path))
-    onnx.checker.check_model(str(path), full_check=True)
-
-
 def parity(wrapped: nn.Module, path: Path, spec: PreprocessSpec, real_crops: np.ndarray | None) -> float:
     """Largest |ONNX - PyTorch| fake probability over random and real inputs at several batch sizes."""
     session = OnnxClassifier(path, device="cpu")
@@ -115,35 +98,6 @@ def parity(wrapped: nn.Module, path: Path, spec: PreprocessSpec, real_crops: np.
                 expected = wrapped(torch.from_numpy(x)).numpy()
             worst = max(worst, float(np.abs(session.predict(x) - expected).max()))
     return worst
-
-
-def write_card_json(onnx_path: Path, card: ModelCard) -> None:
-    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-    card_path(onnx_path).write_text(card.model_copy(update={"sha256": digest}).model_dump_json(indent=2) + "\n")
-
-
-def service_threshold_rule(angles: Sequence[float]) -> str:
-    return f"{THRESHOLD_RULE}; TTA {list(angles)}, through the service pipeline"
-
-
-def evaluate_through_service(onnx_path: Path, split: Split, folders: Sequence[Path], angles: Sequence[float]) -> tuple[float, dict[str, Any]]:
-    """Choose the threshold on validation, then measure each dataset's test split as the service would, and
-    again with every test image re-encoded to one size and JPEG quality (a model that learned a dataset's
-    resolution or compression instead of faces falls apart there)."""
-    from training.evaluate import predict_onnx
-
-    samples = [s for folder in folders for s in scan_dataset(folder)]
-    val = predict_onnx(onnx_path, split.select(samples, "val"), angles, device="cpu", desc="validation")
-    threshold = balanced_accuracy_threshold(val.labels, val.probs, val.datasets)
-    metrics: dict[str, Any] = {"test": {}, "test_reencoded": {"size": SHORTCUT_CHECK[0], "jpeg_quality": SHORTCUT_CHECK[1], "datasets": {}}}
-    for folder in folders:
-        name = Path(folder).name
-        test = split.select([s for s in samples if s.dataset == name], "test")
-        for key, reencoded in (("test", None), ("test_reencoded", SHORTCUT_CHECK)):
-            found = predict_onnx(onnx_path, test, angles, device="cpu", desc=f"{key} {name}", reencoded=reencoded)
-            result = binary_metrics(found.labels, found.probs, threshold) | {"faces_found": int(found.face_found.sum())}
-            (metrics[key] if key == "test" else metrics[key]["datasets"])[name] = result
-    return threshold, metrics
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -174,8 +128,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from training.evaluate import load_checkpoint
-
     if not args.checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     if args.quantize and not args.data:
@@ -211,8 +163,6 @@ def _export(args: argparse.Namespace) -> int:
         split.save(args.out / f"{args.name}.split.json")
         _print_metrics(card)
     if args.quantize:
-        from training.quantize import quantize_export
-
         print(quantize_export(path, args.data, None, 256, args.tta, args.command + " (its int8 step)"))
     print(path)
     return 0

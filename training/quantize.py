@@ -31,9 +31,9 @@ from service.contract import ModelCard, ModelLoadError
 from service.onnx_model import OnnxClassifier, read_card
 from service.preprocess import to_input
 from training.cache import CropCache
+from training.card import ExportError, attach_card, evaluate_through_service, service_threshold_rule, write_card_json
 from training.data import DatasetError, Split, scan_dataset
-from training.evaluate import default_split_file
-from training.export import ExportError, attach_card, evaluate_through_service, service_threshold_rule, write_card_json
+from training.scoring import default_split_file
 
 COMPARED = ("roc_auc", "accuracy", "f1", "false_positive_rate")
 
