@@ -6,7 +6,6 @@ them on its way to a user: blurred, scaled down, saved as JPEG at that size, sca
 """
 from __future__ import annotations
 
-import io
 import math
 import random
 
@@ -15,6 +14,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import BaseModel, Field
 
 from service.preprocess import RESAMPLE, rotate
+from training.chains import jpeg_roundtrip
 
 
 class AugmentSpec(BaseModel):
@@ -50,16 +50,7 @@ def _degrade(image: Image.Image, scale: float, quality: int | None, rng: random.
     if scale < 1.0:
         image = image.resize((max(8, round(size[0] * scale)), max(8, round(size[1] * scale))), rng.choice(filters))
     if quality is not None:
-        image = _jpeg(image, quality)
+        image = jpeg_roundtrip(image, quality)
     return image if image.size == size else image.resize(size, rng.choice(filters))
 
 
-def reencode(image: Image.Image, size: int, quality: int) -> Image.Image:
-    """One common size and JPEG quality for every image: what is left to tell real from fake is the face."""
-    return _jpeg(image.convert("RGB").resize((size, size), RESAMPLE["bicubic"]), quality)
-
-
-def _jpeg(image: Image.Image, quality: int) -> Image.Image:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")

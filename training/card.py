@@ -7,14 +7,15 @@ import hashlib
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import onnx
 
 from service.contract import CARD_KEY, ModelCard, card_path
+from training import robustness
+from training.chains import ROBUSTNESS_CHAINS
 from training.data import Split, scan_dataset
 from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics
 from training.scoring import predict_onnx
-
-SHORTCUT_CHECK = (256, 85)  # every test image re-encoded to this side and JPEG quality
 
 
 class ExportError(RuntimeError):
@@ -44,19 +45,28 @@ def service_threshold_rule(angles: Sequence[float]) -> str:
     return f"{THRESHOLD_RULE}; TTA {list(angles)}, through the service pipeline"
 
 
-def evaluate_through_service(onnx_path: Path, split: Split, folders: Sequence[Path], angles: Sequence[float]) -> tuple[float, dict[str, Any]]:
+def evaluate_through_service(onnx_path: Path, split: Split, folders: Sequence[Path], angles: Sequence[float],
+                             chains: Sequence[str] = ROBUSTNESS_CHAINS) -> tuple[float, dict[str, Any]]:
     """Choose the threshold on validation, then measure each dataset's test split as the service would, and
-    again with every test image re-encoded to one size and JPEG quality (a model that learned a dataset's
-    resolution or compression instead of faces falls apart there)."""
+    again after each re-processing chain (a model that learned a dataset's resolution or compression
+    instead of faces falls apart there)."""
     samples = [s for folder in folders for s in scan_dataset(folder)]
     val = predict_onnx(onnx_path, split.select(samples, "val"), angles, device="cpu", desc="validation")
     threshold = balanced_accuracy_threshold(val.labels, val.probs, val.datasets)
-    metrics: dict[str, Any] = {"test": {}, "test_reencoded": {"size": SHORTCUT_CHECK[0], "jpeg_quality": SHORTCUT_CHECK[1], "datasets": {}}}
-    for folder in folders:
-        name = Path(folder).name
-        test = split.select([s for s in samples if s.dataset == name], "test")
-        for key, reencoded in (("test", None), ("test_reencoded", SHORTCUT_CHECK)):
-            found = predict_onnx(onnx_path, test, angles, device="cpu", desc=f"{key} {name}", reencoded=reencoded)
-            result = binary_metrics(found.labels, found.probs, threshold) | {"faces_found": int(found.face_found.sum())}
-            (metrics[key] if key == "test" else metrics[key]["datasets"])[name] = result
+    test = split.select(samples, "test")
+    found = predict_onnx(onnx_path, test, angles, device="cpu", desc="test")
+    sets = np.array(found.datasets)
+    metrics: dict[str, Any] = {"test": {}, "robustness": {"split": "test", "angles": list(angles), "chains": {}}}
+    for name in dict.fromkeys(found.datasets):
+        inside = sets == name
+        metrics["test"][name] = binary_metrics(found.labels[inside], found.probs[inside], threshold) | {"faces_found": int(found.face_found[inside].sum())}
+    metrics["robustness"]["chains"] = robustness.measure(onnx_path, test, angles, chains, threshold)
     return threshold, metrics
+
+
+def robustness_results(metrics: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """A card's robustness figures as robustness.measure gives them, the unprocessed test split first."""
+    unprocessed = {name: {key: m.get(key) for key in robustness.KEPT} for name, m in metrics["test"].items()}
+    for name, m in unprocessed.items():
+        m["recall"] = None if metrics["test"][name]["per_class"]["fake"]["support"] == 0 else m["recall"]
+    return {robustness.UNPROCESSED: unprocessed, **metrics.get("robustness", {}).get("chains", {})}

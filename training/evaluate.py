@@ -29,6 +29,7 @@ from service.config import get_settings
 from service.config import parse_angles as parse_comma_angles
 from service.contract import ModelLoadError
 from training import baselines
+from training.chains import reencode_chain
 from training.data import SPLITS, DatasetError, Sample, Split, scan_dataset
 from training.metrics import binary_metrics
 from training.models import UnknownModel
@@ -104,7 +105,8 @@ def run_evaluation(model_path: Path, folders: Sequence[Path], split: str = "test
     main_key = angle_key(get_settings().tta_angles if angles is None else angles)
     compared = list(dict.fromkeys(angle_key(s) for s in tta_sets))
     everything = [s for samples, _ in chosen.values() for s in samples]
-    by_set = predict_sets(model_path, everything, [main_key, *compared], device, workers=workers, reencoded=reencoded)
+    chain = reencode_chain(*reencoded) if reencoded else None
+    by_set = predict_sets(model_path, everything, [main_key, *compared], device, workers=workers, chain=chain)
     cutoff = info.threshold if threshold is None else float(threshold)
     results = {}
     for name, (_, selection) in chosen.items():

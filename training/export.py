@@ -30,7 +30,8 @@ from service.contract import ModelCard
 from service.onnx_model import OnnxClassifier
 from service.preprocess import PreprocessSpec, to_input
 from training.cache import CropCache
-from training.card import ExportError, attach_card, evaluate_through_service, service_threshold_rule, write_card_json
+from training import robustness
+from training.card import ExportError, attach_card, evaluate_through_service, robustness_results, service_threshold_rule, write_card_json
 from training.data import DatasetError, Split, scan_dataset
 from training.models import MODELS
 from training.quantize import quantize_export
@@ -180,13 +181,12 @@ def _training_info(state: dict, checkpoint: Path) -> dict[str, Any]:
 def _print_metrics(card: ModelCard) -> None:
     print(f"threshold {card.threshold:.4f} ({card.threshold_rule})")
     print(f"{'test split':<28} {'n':>5} {'acc':>6} {'auc':>6} {'f1':>6} {'fpr':>6}")
-    reencoded = card.metrics["test_reencoded"]
-    rows = [(name, m) for name, m in card.metrics["test"].items()]
-    rows += [(f"{name} re-encoded {reencoded['size']}px q{reencoded['jpeg_quality']}", m) for name, m in reencoded["datasets"].items()]
-    for name, m in rows:
+    for name, m in card.metrics["test"].items():
         auc = "-" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
         fpr = "-" if m["false_positive_rate"] is None else f"{m['false_positive_rate']:.4f}"
         print(f"{name:<28} {m['n']:>5} {m['accuracy']:>6.4f} {auc:>6} {m['f1']:>6.4f} {fpr:>6}")
+    print("\nre-processed test photos (ROC-AUC, real photos called fake, fakes caught):")
+    print(robustness.table(robustness_results(card.metrics)))
 
 
 if __name__ == "__main__":

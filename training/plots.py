@@ -73,6 +73,26 @@ def confidently_wrong(crops: np.ndarray, labels: np.ndarray, probs: np.ndarray, 
     _save(fig, path)
 
 
+# colour map and range per measure: green is good, red is bad
+HEATMAP_SCALES = {"ROC-AUC": ("RdYlGn", 0.5, 1.0), "real photos called fake": ("RdYlGn_r", 0.0, 0.3), "fakes caught": ("RdYlGn", 0.0, 1.0)}
+
+
+def heatmaps(panels: dict[str, tuple[list[str], np.ndarray]], rows: list[str], title: str, path: Path) -> None:
+    """One annotated heatmap per measure, rows (chains or folds) down, datasets across; NaN cells stay blank."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.2 + sum(1.0 + 0.75 * len(c) for c, _ in panels.values()), 0.9 + 0.38 * len(rows)), squeeze=False)
+    for ax, (label, (columns, values)) in zip(axes[0], panels.items()):
+        cmap, low, high = HEATMAP_SCALES.get(label, ("viridis", float(np.nanmin(values)), float(np.nanmax(values))))
+        ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=low, vmax=high, aspect="auto")
+        for (row, col), value in np.ndenumerate(values):
+            if not np.isnan(value):
+                ax.text(col, row, f"{value:.2f}" if label == "ROC-AUC" else f"{value:.0%}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=7)
+        ax.set_yticks(range(len(rows)), rows if ax is axes[0][0] else [""] * len(rows), fontsize=7)
+        ax.set_title(label, fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

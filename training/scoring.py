@@ -20,7 +20,7 @@ from service.onnx_model import OnnxClassifier
 from service.pipeline import Pipeline
 from service.preprocess import PreprocessSpec
 from training import baselines
-from training.augment import reencode
+from training.chains import Chain
 from training.cache import CachingDetector, CropCache
 from training.data import Sample
 from training.models import create_model
@@ -66,17 +66,17 @@ def angle_label(angles: Sequence[float]) -> str:
 
 
 def predict_onnx(model_path: Path, samples: Sequence[Sample], angles: Sequence[float], device: str = "auto", desc: str = "evaluate",
-                 reencoded: Reencode | None = None) -> Predictions:
+                 chain: Chain | None = None) -> Predictions:
     key = angle_key(angles)
-    return predict_onnx_sets(model_path, samples, [key], device, desc, reencoded)[key]
+    return predict_onnx_sets(model_path, samples, [key], device, desc, chain)[key]
 
 
 def predict_onnx_sets(model_path: Path, samples: Sequence[Sample], angle_sets: Sequence[Sequence[float]], device: str = "auto",
-                      desc: str = "evaluate", reencoded: Reencode | None = None) -> dict[AngleSet, Predictions]:
+                      desc: str = "evaluate", chain: Chain | None = None) -> dict[AngleSet, Predictions]:
     """The service pipeline once with every angle of every set; each set's score is recombined from the
     per-face, per-angle probabilities exactly as the pipeline would: mean over angles, most-fake face.
 
-    `reencoded=(size, quality)` first turns every image into a size x size JPEG of that quality."""
+    `chain` first re-processes every image (training/chains.py), as a photo is on its way to a user."""
     sets = list(dict.fromkeys(angle_key(a) for a in angle_sets))
     union = tuple(sorted({a for s in sets for a in s}))
     classifier = OnnxClassifier(model_path, device)
@@ -90,8 +90,8 @@ def predict_onnx_sets(model_path: Path, samples: Sequence[Sample], angle_sets: S
         except ImageError as exc:
             unreadable.append((sample, str(exc)))
             continue
-        if reencoded:
-            image = reencode(image, *reencoded)
+        if chain is not None:
+            image = chain(image)
         result = pipeline.run(image, classifier.predict_crops, file=str(sample.path))
         units = [face.tta for face in result.faces if face.classified] or [result.whole_image or {}]
         for angle_set in sets:
@@ -166,11 +166,11 @@ def predict(model_path: Path, samples: Sequence[Sample], angles: Sequence[float]
 
 
 def predict_sets(model_path: Path, samples: Sequence[Sample], angle_sets: Sequence[Sequence[float]], device: str = "auto",
-                 desc: str = "evaluate", workers: int = 2, reencoded: Reencode | None = None) -> dict[AngleSet, Predictions]:
+                 desc: str = "evaluate", workers: int = 2, chain: Chain | None = None) -> dict[AngleSet, Predictions]:
     """Predictions for each set of angles, every distinct angle computed once."""
     if Path(model_path).suffix == ".onnx":
-        return predict_onnx_sets(Path(model_path), samples, angle_sets, device, desc, reencoded)
-    if reencoded:
+        return predict_onnx_sets(Path(model_path), samples, angle_sets, device, desc, chain)
+    if chain is not None:
         raise EvaluationError("--reencode works on exported .onnx models, which see whole photos; a checkpoint sees cached crops")
     return predict_checkpoint_sets(Path(model_path), samples, angle_sets, device, desc, workers)
 

@@ -1,0 +1,57 @@
+"""Re-processing chains: parsed from their names, applied in order, refused with a clear reason."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.chains import ROBUSTNESS_CHAINS, ChainError, parse_chain, reencode_chain
+
+
+@pytest.fixture
+def photo() -> Image.Image:
+    pixels = np.random.default_rng(0).integers(0, 256, (120, 80, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def test_scale_and_side_keep_the_aspect_ratio(photo: Image.Image) -> None:
+    assert parse_chain("x0.5")(photo).size == (40, 60)
+    assert parse_chain("x4")(photo).size == (320, 480)
+    assert parse_chain("256px")(photo).size == (171, 256)
+    assert parse_chain("x0.5>x2")(photo).size == photo.size
+
+
+def test_jpeg_step_is_a_real_jpeg_round_trip(photo: Image.Image) -> None:
+    out = parse_chain("jpeg60")(photo)
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=60)
+    expected = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(out), expected)
+
+
+def test_steps_run_left_to_right(photo: Image.Image) -> None:
+    assert np.asarray(parse_chain("x0.5>jpeg75")(photo)).shape == (60, 40, 3)
+    assert np.asarray(parse_chain("jpeg75>x0.5")(photo)).shape == (60, 40, 3)
+    assert not np.array_equal(np.asarray(parse_chain("x0.5>jpeg75")(photo)), np.asarray(parse_chain("jpeg75>x0.5")(photo)))
+
+
+def test_blur_smooths(photo: Image.Image) -> None:
+    detail = lambda image: np.abs(np.diff(np.asarray(image).astype(float), axis=1)).mean()  # noqa: E731
+    assert detail(parse_chain("blur1")(photo)) < 0.6 * detail(photo)
+
+
+def test_reencode_chain_is_resize_then_jpeg(photo: Image.Image) -> None:
+    assert reencode_chain(256, 85).name == "256px>jpeg85"
+    assert [s.kind for s in reencode_chain(256, 85).steps] == ["side", "jpeg"]
+
+
+@pytest.mark.parametrize("text", ["", "x", "jpeg101", "jpeg0", "x0", "x9", "300dpi", "x0.5>>x2", "blur0"])
+def test_bad_chains_are_refused_with_the_failing_step(text: str) -> None:
+    with pytest.raises(ChainError, match="chain"):
+        parse_chain(text)
+
+
+def test_every_shipped_chain_parses() -> None:
+    assert [parse_chain(text).name for text in ROBUSTNESS_CHAINS] == list(ROBUSTNESS_CHAINS)

@@ -1,0 +1,87 @@
+"""How a model holds when its test photos are re-processed (training/chains.py): one service-pipeline
+pass per chain, scored per dataset at the model's own threshold."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from training import plots
+from training.chains import parse_chain
+from training.data import Sample
+from training.metrics import binary_metrics
+from training.report import format_table
+from training.scoring import predict_onnx
+
+UNPROCESSED = "none"
+KEPT = ("n", "roc_auc", "false_positive_rate", "recall", "accuracy", "ece")
+
+
+def summary(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:
+    """What the robustness table shows of one set: recall (fakes caught) only where there are fakes."""
+    metrics = binary_metrics(labels, probs, threshold)
+    kept = {key: metrics[key] for key in KEPT}
+    if metrics["per_class"]["fake"]["support"] == 0:
+        kept["recall"] = None
+    return kept
+
+
+def measure(onnx_path: Path, samples: Sequence[Sample], angles: Sequence[float], chains: Sequence[str], threshold: float,
+            device: str = "cpu") -> dict[str, dict[str, dict[str, Any]]]:
+    """{chain: {dataset: summary}}; the chain "none" scores the photos as they are."""
+    names = sorted({s.dataset for s in samples})
+    results = {}
+    for text in chains:
+        chain = None if text == UNPROCESSED else parse_chain(text)
+        found = predict_onnx(onnx_path, samples, angles, device=device, desc=f"chain {text}", chain=chain)
+        sets = np.array(found.datasets)
+        results[text] = {name: summary(found.labels[sets == name], found.probs[sets == name], threshold) for name in names if (sets == name).any()}
+    return results
+
+
+def _cell(metrics: dict[str, Any]) -> str:
+    parts = []
+    if metrics["roc_auc"] is not None:
+        parts.append(f"{metrics['roc_auc']:.3f}")
+    if metrics["false_positive_rate"] is not None:
+        parts.append(f"{metrics['false_positive_rate']:.1%} real→fake")
+    if metrics["roc_auc"] is None and metrics["recall"] is not None:
+        parts.append(f"{metrics['recall']:.1%} caught")
+    return ", ".join(parts)
+
+
+def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Chains as rows, datasets as columns: ROC-AUC where a set has both classes, the share of real photos
+    called fake where it has real ones, and the share of fakes caught in a fake-only set."""
+    names = list(results[UNPROCESSED])
+    rows = [[chain, *(_cell(per_set[name]) if name in per_set else "–" for name in names)] for chain, per_set in results.items()]
+    return format_table(["chain", *names], rows)
+
+
+def markdown(results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    names = list(results[UNPROCESSED])
+    lines = ["| chain | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| `{chain}` | " + " | ".join(_cell(per_set[name]) if name in per_set else "–" for name in names) + " |" for chain, per_set in results.items()]
+    return "\n".join(lines)
+
+
+def worst(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The largest ROC-AUC drop against the unprocessed photos and the highest real-called-fake share, over
+    every chain and set, with where each happened."""
+    base = results[UNPROCESSED]
+    drops = [(base[n]["roc_auc"] - m["roc_auc"], c, n) for c, per_set in results.items() for n, m in per_set.items() if m["roc_auc"] is not None]
+    fprs = [(m["false_positive_rate"], c, n) for c, per_set in results.items() for n, m in per_set.items() if m["false_positive_rate"] is not None]
+    drop, fpr = max(drops, default=(None, None, None)), max(fprs, default=(None, None, None))
+    return {"auc_drop": drop[0], "auc_drop_at": f"{drop[2]}, {drop[1]}" if drop[0] is not None else None,
+            "real_called_fake": fpr[0], "real_called_fake_at": f"{fpr[2]}, {fpr[1]}" if fpr[0] is not None else None}
+
+
+def plot(results: dict[str, dict[str, dict[str, Any]]], title: str, path: Path) -> None:
+    chains, names = list(results), list(results[UNPROCESSED])
+    panels = {}
+    for key, label in (("roc_auc", "ROC-AUC"), ("false_positive_rate", "real photos called fake"), ("recall", "fakes caught")):
+        columns = [n for n in names if results[UNPROCESSED][n][key] is not None]
+        if columns:
+            panels[label] = (columns, np.array([[np.nan if results[c].get(n, {}).get(key) is None else results[c][n][key] for n in columns] for c in chains]))
+    plots.heatmaps(panels, chains, title, path)
