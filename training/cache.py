@@ -65,6 +65,11 @@ class CropSet:
     def datasets(self) -> list[str]:
         return [s.dataset for s in self.samples]
 
+    def where(self, keep: np.ndarray) -> "CropSet":
+        """The readable samples where `keep` (a bool per sample) holds; unreadable ones are dropped."""
+        keep = np.asarray(keep, dtype=bool)
+        return CropSet([s for s, k in zip(self.samples, keep) if k], self.crops[keep], self.face_found[keep])
+
     def group_weights(self, set_weights: dict[str, float] | None = None, balance: str = "classes") -> np.ndarray:
         """Sample weights, with mean 1, that draw every (dataset, label) group as a whole, whatever its size.
 

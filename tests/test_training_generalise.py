@@ -1,0 +1,104 @@
+"""The generalisation tables end to end on tiny generated data: robustness chains through the service
+pipeline of a real export, and leave-one-source-out training, each written into a README section."""
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from test_training_e2e import TINY, make_dataset
+from training import export, generalise, loso, report, scoring, train
+from training.cache import CropCache
+
+README = "# facecheck\n\nbefore\n<!-- generalise:robustness -->\nold table\n<!-- /generalise:robustness -->\nbetween\n" \
+         "<!-- generalise:loso -->\n<!-- /generalise:loso -->\nafter\n"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny whole-image CNN, exported with its card and split: an .onnx the service pipeline can run."""
+    tmp = tmp_path_factory.mktemp("generalise")
+    data = make_dataset(tmp / "gen", n_real=20, n_fake=20)
+    with pytest.MonkeyPatch.context() as mp:
+        for module in (train, scoring, report, export):
+            mp.setattr(module, "CropCache", partial(CropCache, tmp / "cache"))
+        assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp / "run"), "--pretrained", "none", *TINY]) == 0
+        assert export.main(["--checkpoint", str(tmp / "run" / "best.pt"), "--name", "tiny", "--out", str(tmp / "exports"),
+                            "--data", str(data), "--tta", "0"]) == 0
+    return tmp / "exports" / "tiny.onnx", data
+
+
+@pytest.mark.slow
+def test_robustness_scores_each_chain_and_writes_json_png_and_readme(exported, tmp_path: Path, capsys) -> None:
+    model, data = exported
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    out = tmp_path / "out"
+    argv = ["robustness", "--model", str(model), "--data", str(data), "--chains", "x0.5;256px>jpeg90", "--tta", "0",
+            "--out", str(out), "--readme", str(readme)]
+    assert generalise.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "x0.5" in printed and "256px>jpeg90" in printed and "Worst:" in printed
+    summary = json.loads((out / "robustness.json").read_text())[str(model)]
+    test_count = len(json.loads(model.with_name("tiny.split.json").read_text())["datasets"]["gen"]["test"])
+    assert list(summary["results"]) == ["none", "x0.5", "256px>jpeg90"]
+    assert all(per_set["gen"]["n"] == test_count for per_set in summary["results"].values())
+    assert (out / "robustness-tiny.png").stat().st_size > 1000
+    text = readme.read_text()
+    assert "old table" not in text and "| `x0.5` |" in text and "robustness-tiny.png" in text
+    assert text.startswith("# facecheck\n\nbefore\n") and text.endswith("between\n<!-- generalise:loso -->\n<!-- /generalise:loso -->\nafter\n")
+    assert generalise.main(argv) == 0  # a second run replaces the section, it does not add one
+    assert readme.read_text().count("| `x0.5` |") == 1
+
+
+@pytest.mark.slow
+def test_robustness_refuses_before_any_work(exported, tmp_path: Path, capsys) -> None:
+    model, data = exported
+    bare = tmp_path / "README.md"
+    bare.write_text("# no section here\n")
+    assert generalise.main(["robustness", "--model", str(model), "--data", str(data), "--readme", str(bare), "--out", str(tmp_path)]) == 2
+    assert "no <!-- generalise:robustness -->" in capsys.readouterr().err
+    assert not (tmp_path / "robustness.json").exists()
+    assert generalise.main(["robustness", "--model", str(model), "--data", str(data), "--chains", "x0.5;sepia"]) == 2
+    assert "unknown step 'sepia'" in capsys.readouterr().err
+
+
+def test_limited_keeps_each_labels_share_and_is_the_same_every_run(tmp_path: Path) -> None:
+    from training.data import scan_dataset
+
+    samples = scan_dataset(make_dataset(tmp_path / "gen", n_real=30, n_fake=10))
+    chosen = generalise.limited(samples, 20)
+    assert sorted(s.label for s in chosen) == [0] * 15 + [1] * 5
+    assert chosen == generalise.limited(samples, 20)
+    assert generalise.limited(samples, None) == samples
+
+
+@pytest.mark.slow
+def test_loso_trains_without_each_source_scores_it_and_resumes(tmp_path: Path, monkeypatch, capsys) -> None:
+    both = make_dataset(tmp_path / "both", n_real=12, n_fake=12)
+    fakes = make_dataset(tmp_path / "fakes", n_real=0, n_fake=12)
+    reals = make_dataset(tmp_path / "reals", n_real=12, n_fake=0)
+    monkeypatch.setattr(generalise, "CropCache", partial(CropCache, tmp_path / "cache"))
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    out = tmp_path / "loso"
+    argv = ["loso", "--model", "cnn", "--data", str(both), "--data", str(fakes), "--data", str(reals), "--out", str(out),
+            "--readme", str(readme), "--pretrained", "none", *TINY]
+    assert generalise.main(argv) == 0
+    rows = json.loads((out / "loso.json").read_text())["rows"]
+    assert [r["source"] for r in rows] == ["both-fake", "fakes-fake", "both-real", "reals-real"]
+    assert all(r["n"] == 12 for r in rows)  # every photo of the held-out source, train, val and test
+    for row in rows:
+        assert 0.0 <= row["called_fake"] <= 1.0 and 0.0 <= row["roc_auc"] <= 1.0
+        assert (out / row["source"] / "fold.json").is_file() and not (out / row["source"] / "best.pt").exists()
+    assert (out / "loso.png").stat().st_size > 1000
+    assert "| both-fake | 12 |" in readme.read_text()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished fold was trained again")
+
+    monkeypatch.setattr(loso, "run_fold", no_training)
+    assert generalise.main(argv) == 0
+    assert json.loads((out / "loso.json").read_text())["rows"] == rows

@@ -1,0 +1,215 @@
+"""Does a model hold on photos unlike its training data? Two tables, each with a PNG, optionally written into the README.
+
+    python -m training.generalise robustness --model exports/default.onnx --data ../shared/data/tpdne128 ...
+    python -m training.generalise loso --data ../shared/data/tpdne128 ... [training.train options]
+
+robustness: the test split of each dataset re-processed by chains a photo meets on its way to a user
+(scaled 0.5x-4x, resized to 256 and 512 px, JPEG 60-95, blurred; training/chains.py), each scored through
+the service's own pipeline at the model's threshold: ROC-AUC, real photos called fake, fakes caught.
+
+loso: leave-one-source-out (training/loso.py). For each source, the recipe is trained without it at a
+small budget, and the held-out photos are scored: how many fakes are caught, how many reals called fake.
+
+--readme README.md replaces the text between `<!-- generalise:NAME -->` and `<!-- /generalise:NAME -->`
+(NAME: robustness or loso) with the new table and a link to its PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from service.config import get_settings
+from service.contract import ModelLoadError
+from training import loso, robustness
+from training import train as train_command
+from training.cache import CropCache
+from training.chains import ROBUSTNESS_CHAINS, ChainError, parse_chain
+from training.data import DatasetError, Sample, Split, make_split
+from training.evaluate import choose_samples, parse_angles, scan_folders
+from training.scoring import EvaluationError, inspect_model
+
+# The LOSO training budget: the full recipe's data, sampling and augmentation, from ImageNet weights, at
+# 128 px for 2 x 3,072 samples, no frozen epoch and no weight averaging (too few steps for either).
+LOSO_BUDGET = ["--input-size", "128", "--epochs", "2", "--epoch-size", "3072", "--freeze-epochs", "0", "--patience", "2", "--ema", "0"]
+
+
+class GeneraliseError(ValueError):
+    """A request that cannot be carried out, with a one-line reason."""
+
+
+def write_section(readme: Path, name: str, body: str) -> None:
+    begin, end = f"<!-- generalise:{name} -->", f"<!-- /generalise:{name} -->"
+    text = readme.read_text()
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise GeneraliseError(f"{readme} has no {begin} ... {end} section to write the {name} table into")
+    readme.write_text(text[:start + len(begin)] + "\n" + body.strip() + "\n" + text[stop:])
+
+
+def check_section(readme: Path | None, name: str) -> None:
+    """Refuse before hours of work, not after, when the README has no place for the table."""
+    if readme is not None:
+        if not readme.is_file():
+            raise GeneraliseError(f"README not found: {readme}")
+        text = readme.read_text()
+        if f"<!-- generalise:{name} -->" not in text or f"<!-- /generalise:{name} -->" not in text:
+            raise GeneraliseError(f"{readme} has no <!-- generalise:{name} --> ... <!-- /generalise:{name} --> section")
+
+
+def _link(readme: Path, png: Path) -> str:
+    try:
+        return png.resolve().relative_to(readme.resolve().parent).as_posix()
+    except ValueError:
+        return png.resolve().as_posix()
+
+
+# --- robustness ---------------------------------------------------------------------------------------
+
+
+def limited(samples: list[Sample], limit: int | None, seed: int = 0) -> list[Sample]:
+    """At most `limit` photos per dataset, each label keeping its share; the same every run."""
+    if not limit:
+        return samples
+    chosen = []
+    for name in dict.fromkeys(s.dataset for s in samples):
+        inside = [s for s in samples if s.dataset == name]
+        for label in (0, 1):
+            group = sorted((s for s in inside if s.label == label), key=lambda s: s.key)
+            random.Random(f"{seed}-{name}-{label}").shuffle(group)
+            chosen += group[:round(limit * len(group) / len(inside))]
+    return chosen
+
+
+def run_robustness(args: argparse.Namespace) -> int:
+    chains = [robustness.UNPROCESSED, *(parse_chain(c).name for c in args.chains)]
+    check_section(args.readme, "robustness")
+    datasets = scan_folders(args.data)
+    sections, summaries = [], {}
+    for model in args.model:
+        info = inspect_model(model)
+        if info.kind != "onnx":
+            raise GeneraliseError(f"{model}: robustness scores whole photos through the service pipeline, so it takes an exported .onnx model")
+        notes: list[str] = []
+        chosen, split_file = choose_samples(datasets, "test", args.split_file, model, notes)
+        samples = limited([s for selected, _ in chosen.values() for s in selected], args.limit)
+        results = robustness.measure(model, samples, args.tta, chains, info.threshold)
+        png = args.out / f"robustness-{model.stem}.png"
+        robustness.plot(results, f"{model.name}: test split re-processed, threshold {info.threshold:.2f}", png)
+        worst = robustness.worst(results)
+        summaries[str(model)] = {"threshold": info.threshold, "split_file": str(split_file), "angles": list(args.tta), "limit": args.limit,
+                                 "results": results, "worst": worst}
+        print(f"\n{model} ({info.name}), threshold {info.threshold:.3f}, test split of {split_file}, angles {list(args.tta)}"
+              + (f", at most {args.limit} photos per set" if args.limit else ""))
+        print(robustness.table(results))
+        print(_worst_line(worst))
+        for note in notes:
+            print(f"note: {note}")
+        if args.readme:
+            sections.append(f"**`{model}`** (threshold {info.threshold:.3f}; cells: ROC-AUC, real photos called fake, fakes caught)\n\n"
+                            f"{robustness.markdown(results)}\n\n{_worst_line(worst)}\n\n![robustness of {model.name}]({_link(args.readme, png)})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "robustness.json").write_text(json.dumps(summaries, indent=1))
+    if args.readme:
+        write_section(args.readme, "robustness", f"`{args.command}`\n\n" + "\n\n".join(sections))
+        print(f"wrote the robustness tables into {args.readme}")
+    print(f"wrote robustness.json and {len(args.model)} PNG(s) to {args.out}")
+    return 0
+
+
+def _worst_line(worst: dict[str, Any]) -> str:
+    parts = []
+    if worst["auc_drop"] is not None:
+        parts.append(f"largest ROC-AUC drop {worst['auc_drop']:+.3f} ({worst['auc_drop_at']})")
+    if worst["real_called_fake"] is not None:
+        parts.append(f"most real photos called fake {worst['real_called_fake']:.1%} ({worst['real_called_fake_at']})")
+    return "Worst: " + "; ".join(parts) + "."
+
+
+# --- leave-one-source-out -----------------------------------------------------------------------------
+
+
+def run_loso(args: argparse.Namespace, train_options: list[str]) -> int:
+    check_section(args.readme, "loso")
+    data = [option for folder in args.data for option in ("--data", str(folder))]
+    train_argv = ["--model", args.model_name, *data, "--out", str(args.out), *LOSO_BUDGET, *train_options]
+    template = train_command.parse_args(train_argv)
+    samples = [s for _, found in scan_folders(args.data).values() for s in found]
+    template.set_weights = train_command.parse_set_weights(template.set_weight, {s.dataset for s in samples})
+    spec = train_command.preprocess_spec(template)
+    split = Split.load(args.split_file) if args.split_file else make_split(samples, seed=template.seed)
+    cache = CropCache()
+    parts = {name: cache.crop_set(split.select(samples, name), spec, template.workers, f"crops ({name})") for name in ("train", "val", "test")}
+    rows = []
+    for source in loso.sources(parts["train"]):
+        if args.only and source.name not in args.only:
+            continue
+        folder = args.out / source.name
+        row = loso.done_row(folder)
+        if row is None:
+            fold = argparse.Namespace(**vars(template))
+            fold.out, fold.spec = folder, spec
+            fold.command = f"{train_command.recorded_command(train_argv)} (fold without {source.name})"
+            folder.mkdir(parents=True, exist_ok=True)
+            logging.getLogger("training.loso").info("fold: %s held out", source.name)
+            row = loso.run_fold(source, parts, fold, args.tta)
+        rows.append(row)
+        print(loso.table([row]).splitlines()[-1])
+    png = args.out / "loso.png"
+    loso.plot(rows, f"leave one source out: {args.model_name}, {spec.input_size} px, {template.epochs} x {template.epoch_size} samples", png)
+    (args.out / "loso.json").write_text(json.dumps({"budget": LOSO_BUDGET + train_options, "rows": rows}, indent=1))
+    print("\n" + loso.table(rows))
+    if args.readme:
+        write_section(args.readme, "loso", f"`{args.command}`\n\n{loso.markdown(rows)}\n\n![leave one source out]({_link(args.readme, png)})")
+        print(f"wrote the leave-one-source-out table into {args.readme}")
+    return 0
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(prog="python -m training.generalise", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = p.add_subparsers(dest="table", required=True)
+    r = commands.add_parser("robustness", help="the test split re-processed by each chain, through the service pipeline")
+    r.add_argument("--model", type=Path, action="append", required=True, help="an exported .onnx model; repeat to compare several")
+    r.add_argument("--chains", type=lambda text: [c for c in text.split(";") if c.strip()], default=list(ROBUSTNESS_CHAINS),
+                   help=f"chains separated by ';' (default: {';'.join(ROBUSTNESS_CHAINS)})")
+    r.add_argument("--limit", type=int, help="at most this many test photos per dataset (seeded; default: all)")
+    r.add_argument("--out", type=Path, default=Path("runs/generalise"), help="where robustness.json and the PNGs go")
+    lo = commands.add_parser("loso", help="leave one source out, with a small training budget per fold; other options go to training.train")
+    lo.add_argument("--model", dest="model_name", default="efficientnet_lite0", help="the architecture (training.models)")
+    lo.add_argument("--only", action="append", help="run just this fold (e.g. sdfd-sd21-fake); repeatable")
+    lo.add_argument("--out", type=Path, default=Path("runs/loso"), help="a folder per fold, loso.json and loso.png")
+    for sub, default_tta in ((r, None), (lo, "0")):
+        sub.add_argument("--data", type=Path, action="append", required=True, help="dataset folder with real/ and/or fake/; repeat")
+        sub.add_argument("--split-file", type=Path, help="the split (robustness default: the model's own; loso default: made with --seed)")
+        sub.add_argument("--tta", type=parse_angles, default=parse_angles(default_tta) if default_tta else tuple(get_settings().tta_angles),
+                         help="test-time rotations, e.g. -15,0,15 (robustness default: the service's; loso default: 0)")
+        sub.add_argument("--readme", type=Path, help="write the table into this README's generalise section")
+    args, rest = p.parse_known_args(argv)
+    if args.table == "robustness" and rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args, rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = parse_args(argv)
+    args.command = f"python -m training.generalise {' '.join(argv)}"
+    try:
+        if args.table == "robustness":
+            return run_robustness(args)
+        return run_loso(args, rest)
+    except (GeneraliseError, ChainError, EvaluationError, DatasetError, ModelLoadError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

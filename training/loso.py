@@ -1,0 +1,128 @@
+"""Leave-one-source-out: how a training recipe judges photos from a source it never saw.
+
+A source is one dataset's real or fake photos (tpdne128's FFHQ reals and its StyleGAN2 fakes are two).
+For each source, a model is trained with the recipe on the training split of every other source, its
+threshold chosen on their validation split; then every photo of the held-out source is scored:
+
+- a fake source: the share caught at the threshold, and at the stricter threshold that calls 5% of the
+  validation reals fake; ROC-AUC of its fakes against the test reals of the sources trained on;
+- a real source: the share called fake at the threshold (and at the 5% one); ROC-AUC of the test fakes
+  against it.
+
+Each fold writes <out>/<source>/fold.json, so a re-run skips the folds already done.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from training import plots
+from training.cache import CropSet
+from training.predict import predict_probs
+from training.report import format_table
+from training.train import Trainer, finish
+
+log = logging.getLogger("training.loso")
+FALSE_POSITIVE_BUDGET = 0.05
+
+
+@dataclass(frozen=True)
+class Source:
+    dataset: str
+    label: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{'fake' if self.label else 'real'}"
+
+    def of(self, crops: CropSet) -> np.ndarray:
+        return np.array([s.dataset == self.dataset and s.label == self.label for s in crops.samples], dtype=bool)
+
+
+def sources(crops: CropSet) -> list[Source]:
+    """Fake sources first, then real ones, each in name order."""
+    return sorted({Source(s.dataset, s.label) for s in crops.samples}, key=lambda s: (-s.label, s.dataset))
+
+
+def run_fold(source: Source, parts: dict[str, CropSet], args: argparse.Namespace, angles: Sequence[float]) -> dict[str, Any]:
+    """Train without `source` (args.out is the fold's folder) and score it; returns the fold's row."""
+    train, val, test = (parts[name].where(~source.of(parts[name])) for name in ("train", "val", "test"))
+    held_out = _concat([parts[name].where(source.of(parts[name])) for name in ("train", "val", "test")])
+    if len({int(x) for x in train.labels}) < 2:
+        raise ValueError(f"without {source.name} the training split has one class only")
+    trainer = Trainer(args, train, val, args.spec)
+    trainer.run()
+    summary = finish(trainer, val)
+    model, threshold = trainer.evaluated_model, summary["threshold"]
+    score = lambda crops: predict_probs(model, crops.crops, args.spec, angles, device=trainer.device)  # noqa: E731
+    val_probs, test_probs, held_probs = score(val), score(test), score(held_out)
+    strict = float(np.quantile(val_probs[val.labels == 0], 1 - FALSE_POSITIVE_BUDGET))
+    opposite = test_probs[test.labels != source.label]
+    labels = np.r_[np.full(len(held_probs), source.label), np.full(len(opposite), 1 - source.label)]
+    row = {
+        "source": source.name, "dataset": source.dataset, "kind": "fake" if source.label else "real", "n": len(held_probs),
+        "threshold": threshold, "strict_threshold": strict,
+        "called_fake": float(np.mean(held_probs >= threshold)), "called_fake_strict": float(np.mean(held_probs >= strict)),
+        "roc_auc": float(roc_auc_score(labels, np.r_[held_probs, opposite])) if len(opposite) else None,
+        "seen_real_called_fake": float(np.mean(test_probs[test.labels == 0] >= threshold)),
+        "seen_fake_caught": float(np.mean(test_probs[test.labels == 1] >= threshold)),
+        "best_epoch": summary["best_epoch"], "epochs_run": len(trainer.history),
+    }
+    (args.out / "fold.json").write_text(json.dumps(row, indent=1))
+    for checkpoint in ("best.pt", "last.pt"):  # 2 x 14 MB per fold, not needed once the row is written
+        (args.out / checkpoint).unlink(missing_ok=True)
+    return row
+
+
+def _concat(sets: list[CropSet]) -> CropSet:
+    return CropSet([s for c in sets for s in c.samples], np.concatenate([c.crops for c in sets]), np.concatenate([c.face_found for c in sets]))
+
+
+def done_row(folder: Path) -> dict[str, Any] | None:
+    path = folder / "fold.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _auc(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+HEADER = ["held out", "photos", "held out called fake", "at 5% FPR", "ROC-AUC", "seen reals called fake", "seen fakes caught"]
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    verb = "caught" if row["kind"] == "fake" else "called fake"
+    return [row["source"], str(row["n"]), f"{_pct(row['called_fake'])} {verb}", _pct(row["called_fake_strict"]), _auc(row["roc_auc"]),
+            _pct(row["seen_real_called_fake"]), _pct(row["seen_fake_caught"])]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    return format_table(HEADER, [_cells(r) for r in rows])
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|---|" + "---:|" * (len(HEADER) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(_cells(r)) + " |" for r in rows])
+
+
+def plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
+    fakes = [r for r in rows if r["kind"] == "fake"]
+    reals = [r for r in rows if r["kind"] == "real"]
+    panels = {}
+    if fakes:
+        panels["fakes caught"] = (["at threshold", "at 5% FPR"], np.array([[r["called_fake"], r["called_fake_strict"]] for r in fakes] + [[np.nan, np.nan]] * len(reals)))
+    if reals:
+        panels["real photos called fake"] = (["at threshold", "at 5% FPR"], np.array([[np.nan, np.nan]] * len(fakes) + [[r["called_fake"], r["called_fake_strict"]] for r in reals]))
+    panels["ROC-AUC"] = (["held out vs seen"], np.array([[np.nan if r["roc_auc"] is None else r["roc_auc"]] for r in fakes + reals]))
+    plots.heatmaps(panels, [f"{r['source']} held out" for r in fakes + reals], title, path)
