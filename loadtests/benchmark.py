@@ -14,6 +14,8 @@ clients each send one image at a time, back to back. Rows:
 - TTA: the in-process pipeline with no, 3 and 5 rotations;
 - int8: where the served model has an int8 sibling (exports/<name>-int8.onnx, python -m training.quantize),
   the in-process pipeline and the service with it;
+- --compare-model PATH (repeatable): the in-process pipeline and the service (its defaults) with another
+  model, e.g. the previous default, so a new model's cost is a ratio measured in the same run;
 - classifier: ONNX Runtime (float, and int8 where present) vs PyTorch eager, crops per second at batch 3
   (one face's TTA) and 48;
 - detection: the service's detector vs facenet-pytorch's MTCNN with defaults, one image at a time and two at once.
@@ -276,6 +278,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=8, help="concurrent clients of the headline rows")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="FACECHECK_DEVICE for the service and the in-process rows")
     p.add_argument("--out", type=Path, help="report folder (default loadtests/reports/benchmark-<timestamp>)")
+    p.add_argument("--compare-model", type=Path, action="append", default=[], metavar="PATH",
+                   help="also run the in-process pipeline and the service with this exported model (repeatable)")
     return p.parse_args(argv)
 
 
@@ -313,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     if int8:
         with running_server(server_env(FACECHECK_MODEL=str(int8)), log_path=out / "server-int8.log") as url:
             note(f"service_int8_{n}", http_run(url, payloads, n, s, f"service, int8 model, {n} clients"))
+    for other in args.compare_model:
+        note(f"inprocess_model_{other.stem}_{n}", engine_run(TTA3, args.device, payloads, n, s, f"in-process, {other}, {n} clients", other))
+        with running_server(server_env(FACECHECK_MODEL=str(other.resolve())), log_path=out / f"server-{other.stem}.log") as url:
+            note(f"service_model_{other.stem}_{n}", http_run(url, payloads, n, s, f"service, {other}, {n} clients"))
 
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "command": "python -m loadtests.benchmark " + " ".join(argv or sys.argv[1:]),
               "workload": f"{args.images} single-face JPEGs, {args.size}x{args.size}, TTA -15,0,15", "classifier_crops_per_s": classifier,
@@ -346,6 +354,10 @@ def ratios(runs: dict[str, Run], classifier: dict[str, float], detection: dict[s
         rows += [(f"service, int8 model ({n} clients) / naive pipeline", rate[f"service_int8_{n}"] / rate["naive"]),
                  (f"service, int8 model ({n} clients) / in-process pipeline, int8 model ({n} clients)", rate[f"service_int8_{n}"] / rate[f"inprocess_int8_{n}"]),
                  (f"in-process pipeline: int8 / float model ({n} clients)", rate[f"inprocess_int8_{n}"] / rate[f"inprocess_{n}"])]
+    for key in (k for k in rate if k.startswith("service_model_")):
+        other = key.removeprefix("service_model_").removesuffix(f"_{n}")
+        rows += [(f"service, served model / {other} ({n} clients)", service / rate[key]),
+                 (f"in-process pipeline, served model / {other} ({n} clients)", rate[f"inprocess_{n}"] / rate[f"inprocess_model_{other}_{n}"])]
     rows += [(f"service: batching on / off, {c} client{'s' if c > 1 else ''}", rate[f"service_batching_on_{c}"] / rate[f"service_batching_off_{c}"])
              for c in sorted({1, 4, 16, n})]
     rows += [(f"classifier: ONNX Runtime / PyTorch eager, batch {b}", classifier[f"onnxruntime_batch{b}"] / classifier[f"pytorch_eager_batch{b}"]) for b in (3, 48)]

@@ -98,7 +98,7 @@ def run_robustness(args: argparse.Namespace) -> int:
         chosen, split_file = choose_samples(datasets, "test", args.split_file, model, notes)
         samples = limited([s for selected, _ in chosen.values() for s in selected], args.limit)
         results = robustness.measure(model, samples, args.tta, chains, info.threshold)
-        png = args.out / f"robustness-{model.stem}.png"
+        png = (args.figures or args.out) / f"robustness-{model.stem}.png"
         robustness.plot(results, f"{model.name}: test split re-processed, threshold {info.threshold:.2f}", png)
         worst = robustness.worst(results)
         summaries[str(model)] = {"threshold": info.threshold, "split_file": str(split_file), "angles": list(args.tta), "limit": args.limit,
@@ -159,7 +159,7 @@ def run_loso(args: argparse.Namespace, train_options: list[str]) -> int:
             row = loso.run_fold(source, parts, fold, args.tta)
         rows.append(row)
         print(loso.table([row]).splitlines()[-1])
-    png = args.out / "loso.png"
+    png = (args.figures or args.out) / "loso.png"
     loso.plot(rows, f"leave one source out: {args.model_name}, {spec.input_size} px, {template.epochs} x {template.epoch_size} samples", png)
     (args.out / "loso.json").write_text(json.dumps({"budget": LOSO_BUDGET + train_options, "rows": rows}, indent=1))
     print("\n" + loso.table(rows))
@@ -191,6 +191,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         sub.add_argument("--tta", type=parse_angles, default=parse_angles(default_tta) if default_tta else tuple(get_settings().tta_angles),
                          help="test-time rotations, e.g. -15,0,15 (robustness default: the service's; loso default: 0)")
         sub.add_argument("--readme", type=Path, help="write the table into this README's generalise section")
+        sub.add_argument("--figures", type=Path, help="where the PNGs go (default: --out), e.g. docs/generalisation for the README's links")
     args, rest = p.parse_known_args(argv)
     if args.table == "robustness" and rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
