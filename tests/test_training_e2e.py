@@ -241,6 +241,7 @@ def test_export_quantize_int8_records_its_accuracy_change(trained_cnn, tmp_path:
     assert {node.op_type for node in onnx.load(str(out / "tiny-int8.onnx")).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
     assert (out / "tiny-int8.split.json").read_text() == (out / "tiny.split.json").read_text()
     before, after = float_card["metrics"]["test"][data.name], card["metrics"]["test"][data.name]
+    assert card["quantization"]["float_test_metrics"] == float_card["metrics"]["test"]  # the float card's own figures, not measured twice
     assert card["quantization"]["test_change"][data.name]["accuracy"] == pytest.approx(after["accuracy"] - before["accuracy"], abs=1e-4)
     measured = evaluate.evaluate(out / "tiny-int8.onnx", [data], angles=(0.0,))[data.name]
     assert measured["accuracy"] == pytest.approx(after["accuracy"], abs=1e-9)
