@@ -72,7 +72,7 @@ class CalibrationError(ValueError):
 
 def image_probs(predictions: Predictions, calibration: Calibration | None = None, images: np.ndarray | None = None) -> np.ndarray:
     """Each image's probability as the service's pipeline gives it with `calibration` applied to every crop:
-    the mean over rotations, then the most-fake face. `images`: only these (indices into the samples)."""
+    the mean over rotations, then the most-fake face. `images`: only these (ascending indices into the samples)."""
     units, owners = predictions.units, predictions.owners
     if units is None or owners is None:
         raise CalibrationError("calibration needs an exported .onnx model's per-crop probabilities")
@@ -323,10 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         split_file = args.split_file or default_split_file(args.model)
         if not split_file.is_file():
             raise CalibrationError(f"split file not found: {split_file} (give --split-file)")
-        angles = parse_angles(args.tta) if args.tta is not None else tuple(card.training.get("tta_angles") or get_settings().tta_angles)
+        try:
+            angles = parse_angles(args.tta) if args.tta is not None else tuple(card.training.get("tta_angles") or get_settings().tta_angles)
+        except ValueError:
+            raise CalibrationError(f"--tta takes comma-separated degrees such as -15,0,15, got {args.tta!r}") from None
         figures = args.figures or REPO_ROOT / "runs" / f"calibrate-{args.model.stem}"
         card = calibrate_model(args.model, args.data, Split.load(split_file), angles, figures, args.precision, command)
-    except (CalibrationError, ExportError, DatasetError, ModelLoadError, GeneraliseError, ValueError) as exc:
+    except (CalibrationError, ExportError, DatasetError, ModelLoadError, GeneraliseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary(card))
