@@ -1,6 +1,7 @@
-"""A classified photo drawn for people: a box per face coloured by its label, with its fake probability,
-and a banner with the image's verdict (saying plainly when no face was found and the whole image was
-classified instead). Used by POST /annotate and by the CLI's --annotate.
+"""A classified photo drawn for people: a box per face coloured by its label (red fake, green real, amber
+uncertain), with its fake probability, and a banner with the image's verdict (saying plainly when no face
+was found and the whole image was classified instead, and what "uncertain" means). Used by POST /annotate
+and by the CLI's --annotate.
 
 The picture keeps the photo's size (EXIF orientation applied, as the boxes are); everything is drawn
 over it.
@@ -15,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from service.schemas import FaceResult, ImageResult
 
-COLOURS = {"fake": (220, 38, 38), "real": (22, 163, 74), None: (150, 150, 150)}
+COLOURS = {"fake": (220, 38, 38), "real": (22, 163, 74), "uncertain": (245, 158, 11), None: (150, 150, 150)}
 TEXT = (255, 255, 255)
 BANNER = (17, 24, 39, 200)  # dark, slightly see-through
 
@@ -48,6 +49,9 @@ def face_text(face: FaceResult) -> str:
 
 def banner_text(result: ImageResult) -> str:
     verdict = f"{result.verdict.upper()}, fake probability {result.fake_probability:.2f}"
+    if result.verdict == "uncertain" and result.model.uncertain_band is not None:
+        low, high = result.model.uncertain_band
+        verdict += f" (in the band {low:.2f}-{high:.2f}: the model is not sure)"
     if not result.face_found:
         return f"No face found; whole image classified: {verdict}"
     classified = sum(face.classified for face in result.faces)

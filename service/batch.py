@@ -1,7 +1,7 @@
 """A batch answer from its items: counts that add up, and the same rows as CSV.
 
-files == real + fake + errors; no_face counts the classified files (real or fake) in which no face was
-found, so it is part of real + fake, not beside it.
+files == real + fake + uncertain + errors; no_face counts the classified files (of any verdict) in which
+no face was found, so it is part of real + fake + uncertain, not beside it.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def summarise(items: Sequence[BatchItem]) -> BatchSummary:
         files=len(items),
         real=sum(result.verdict == "real" for result in classified),
         fake=sum(result.verdict == "fake" for result in classified),
+        uncertain=sum(result.verdict == "uncertain" for result in classified),
         no_face=sum(not result.face_found for result in classified),
         errors=sum(not item.ok for item in items),
     )

@@ -9,9 +9,11 @@ same Engine that the batch endpoints use, so a folder gets the answers /classify
 The JSON file is the batch endpoints' BatchResult and the CSV has the columns of their `csv` option.
 Files that cannot be read or decoded are reported one by one; they never stop the run.
 
-Settings not given as options (byte and pixel limits, faces per image, detection size) are the
-service's FACECHECK_* environment variables. Exit status: 0 when every file was classified, 1 when some
-could not be (see the errors listed), 2 when the command itself cannot run (bad PATH, options, model).
+Settings not given as options (byte and pixel limits, faces per image, detection size, the uncertain
+band) are the service's FACECHECK_* environment variables. Exit status: 0 when every file was classified,
+1 when some could not be (see the errors listed), 2 when the command itself cannot run (bad PATH, options,
+model). A photo whose probability lies in the model's uncertain band is answered "uncertain", counted
+apart and, with --sort, copied into OUTDIR/uncertain/.
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--recursive", action="store_true", help="include subfolders (the --sort and --annotate folders are skipped)")
     p.add_argument("--csv", type=Path, metavar="FILE", help="write one row per file as CSV (the batch endpoints' csv columns)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON (the batch endpoints' BatchResult)")
-    p.add_argument("--sort", type=Path, metavar="OUTDIR", help="copy each classified photo into OUTDIR/real/ or OUTDIR/fake/ (never overwriting)")
+    p.add_argument("--sort", type=Path, metavar="OUTDIR", help="copy each classified photo into OUTDIR/real/, OUTDIR/fake/ or OUTDIR/uncertain/ (never overwriting)")
     p.add_argument("--annotate", type=Path, metavar="OUTDIR",
                    help="write each photo with its faces boxed and labelled to OUTDIR/<its name>.png, e.g. sub/a.jpg -> OUTDIR/sub/a.jpg.png")
     p.add_argument("--model", type=Path, default=settings.model, metavar="M", help=f"exported .onnx model (default: FACECHECK_MODEL, {settings.model})")
@@ -124,7 +126,7 @@ def load_engine(model: Path, tta: Sequence[float], device: str) -> Engine:
         detector = FaceDetector(configured_detector(), device=detector_device(device))
     except (ModelLoadError, RuntimeError) as exc:
         raise CommandError(str(exc)) from None
-    pipeline = Pipeline(classifier.card, detector, tta, settings.max_faces)
+    pipeline = Pipeline(classifier.card, detector, tta, settings.max_faces, settings.band_for(classifier.card))
 
     async def classify(crops: np.ndarray) -> np.ndarray:
         return await anyio.to_thread.run_sync(classifier.predict_crops, crops)
@@ -138,7 +140,7 @@ def run(engine: Engine, files: Sequence[FolderFile], copier: SortedCopier | None
     max_bytes = engine.max_bytes
     sources = [Source(file.name, partial(file.read, max_bytes)) for file in files]
     with tqdm(total=len(sources), unit="photo", desc="classifying", file=sys.stderr, dynamic_ncols=True) as bar:
-        counts = {"real": 0, "fake": 0, "errors": 0}
+        counts = {"real": 0, "fake": 0, "uncertain": 0, "errors": 0}
 
         def done(item: BatchItem) -> None:
             counts["errors" if not item.ok else item.result.verdict] += 1
@@ -162,24 +164,33 @@ def report(answer: BatchResult, args: argparse.Namespace, out) -> None:
             if item.ok and item.result is not None:
                 result = item.result
                 faces = f"{len(result.faces)} face{'s' if len(result.faces) != 1 else ''}" if result.face_found else "no face: whole image"
-                print(f"{result.verdict:<5} {result.fake_probability:.3f}  {faces:<21} {item.file}", file=out)
+                print(f"{result.verdict:<9} {result.fake_probability:.3f}  {faces:<21} {item.file}", file=out)
             elif item.result is not None:  # classified, but its sorted copy or annotated picture failed
-                print(f"{item.result.verdict:<5} {item.result.fake_probability:.3f}  {'(output failed)':<21} {item.file}", file=out)
+                print(f"{item.result.verdict:<9} {item.result.fake_probability:.3f}  {'(output failed)':<21} {item.file}", file=out)
             else:
-                print(f"error {item.error.status:<5}  {item.error.reason:<21} {item.file}", file=out)
+                print(f"{'error':<9} {item.error.status:<5}  {item.error.reason:<21} {item.file}", file=out)
     s = answer.summary
     no_face = f" ({s.no_face} with no face found: the whole image was classified)" if s.no_face else ""
-    print(f"{s.files} file{'s' if s.files != 1 else ''}: {s.real} real, {s.fake} fake{no_face}, {s.errors} error{'s' if s.errors != 1 else ''}", file=out)
+    print(f"{s.files} file{'s' if s.files != 1 else ''}: {s.real} real, {s.fake} fake, {s.uncertain} uncertain{no_face}, "
+          f"{s.errors} error{'s' if s.errors != 1 else ''}", file=out)
+    if s.uncertain:
+        print(f"  uncertain: the fake probability lies in the model's uncertain band {band_text(answer)}, where it is not sure; "
+              "have a person look", file=out)
     for item in answer.results:
         if item.error is not None:
             print(f"  error: {item.file}: {item.error.error} ({item.error.status} {item.error.reason})", file=out)
     written = [f"{label} {path}" for label, path in (("CSV", args.csv), ("JSON", args.json)) if path]
     if args.sort:
-        written.append(f"sorted copies under {args.sort}/real and {args.sort}/fake")
+        written.append(f"sorted copies under {args.sort}/real, {args.sort}/fake and {args.sort}/uncertain")
     if args.annotate:
         written.append(f"annotated pictures under {args.annotate}")
     if written:
         print("wrote " + "; ".join(written), file=out)
+
+
+def band_text(answer: BatchResult) -> str:
+    band = next(item.result.model.uncertain_band for item in answer.results if item.result is not None)
+    return f"[{band[0]:.3f}, {band[1]:.3f})" if band else ""
 
 
 if __name__ == "__main__":

@@ -4,10 +4,15 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.calibration import UncertainBand
+
+if TYPE_CHECKING:
+    from service.contract import ModelCard
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "exports" / "default.onnx"
@@ -18,6 +23,9 @@ class Settings(BaseSettings):
 
     model: Path = Field(DEFAULT_MODEL, description="Exported .onnx model to serve.")
     tta_angles: Annotated[tuple[float, ...], NoDecode] = Field((-15.0, 0.0, 15.0), description="Test-time rotations in degrees; empty disables.")
+    uncertain_band: Annotated[Literal["card", "off"] | tuple[float, float], NoDecode] = Field(
+        "card", description="Calibrated fake probabilities answered 'uncertain': card (the model card's band; none if it has none), "
+                            "off (every answer real or fake), or LOW,HIGH for [LOW, HIGH).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted upload, in bytes.")
     max_pixels: int = Field(40_000_000, gt=0, description="Largest accepted image, in pixels (checked before decoding).")
@@ -45,10 +53,29 @@ class Settings(BaseSettings):
     def _parse_angles(cls, value: object) -> object:
         return parse_angles(value) if isinstance(value, str) else value
 
+    @field_validator("uncertain_band", mode="before")
+    @classmethod
+    def _parse_band(cls, value: object) -> object:
+        if isinstance(value, (tuple, list)):
+            value = ",".join(map(str, value))
+        try:
+            return parse_band(value) if isinstance(value, str) else value
+        except ValueError as exc:
+            raise ValueError(f"FACECHECK_UNCERTAIN_BAND: {exc}") from None
+
     @field_validator("batch_size", mode="before")
     @classmethod
     def _parse_batch_size(cls, value: object) -> object:
         return None if isinstance(value, str) and value.strip().lower() in ("", "auto") else value
+
+    def band_for(self, card: ModelCard) -> UncertainBand | None:
+        """The uncertain band in force for a model: its card's, none (off), or FACECHECK_UNCERTAIN_BAND's edges."""
+        if self.uncertain_band == "card":
+            return card.uncertain_band
+        if self.uncertain_band == "off":
+            return None
+        low, high = self.uncertain_band
+        return UncertainBand(low=low, high=high, rule="FACECHECK_UNCERTAIN_BAND")
 
     @property
     def adaptive_batch_size(self) -> int:
@@ -78,6 +105,25 @@ def parse_angles(text: str) -> tuple[float, ...]:
 
     Raises ValueError for anything else."""
     return tuple(float(part) for part in text.replace(" ", "").split(",") if part)
+
+
+def parse_band(text: str) -> Literal["card", "off"] | tuple[float, float]:
+    """FACECHECK_UNCERTAIN_BAND: "card" (or empty), "off", or "LOW,HIGH" with 0 <= LOW <= HIGH <= 1.
+
+    Raises ValueError, saying what is accepted, for anything else."""
+    value = text.strip().lower()
+    if value in ("", "card"):
+        return "card"
+    if value == "off":
+        return "off"
+    parts = value.replace(" ", "").split(",")
+    try:
+        low, high = (float(part) for part in parts)
+    except ValueError:
+        raise ValueError(f"the uncertain band must be card, off or LOW,HIGH such as 0.45,0.7; got {text!r}") from None
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"the uncertain band LOW,HIGH needs 0 <= LOW <= HIGH <= 1; got {text!r}")
+    return low, high
 
 
 @lru_cache(maxsize=1)

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from service.calibration import Calibration, UncertainBand
 from service.preprocess import PreprocessSpec
 
 CARD_KEY = "facecheck.card"
@@ -25,8 +26,13 @@ class ModelCard(BaseModel):
     preprocess: PreprocessSpec
     class_names: tuple[str, str] = CLASS_NAMES
     output: str = "probability that the face is fake (sigmoid applied inside the graph)"
-    threshold: float = Field(0.5, ge=0.0, le=1.0, description="fake_probability at or above this is called fake")
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="fake_probability (calibrated) at or above this is called fake, "
+                             "outside the uncertain band")
     threshold_rule: str = ""
+    calibration: Calibration = Field(default_factory=Calibration, description="the map from the network's probability to a calibrated one, "
+                                     "applied per crop before anything else reads it; none for an export that was never calibrated")
+    uncertain_band: UncertainBand | None = Field(None, description="calibrated probabilities in [low, high) are answered uncertain; "
+                                                 "none: every answer is real or fake")
     training: dict[str, Any] = Field(default_factory=dict, description="datasets, split sizes, seed, command")
     metrics: dict[str, Any] = Field(default_factory=dict, description="test metrics per dataset")
     quantization: dict[str, Any] = Field(default_factory=dict, description="how an int8 model was made from its float model, and the accuracy change")

@@ -3,7 +3,8 @@
 A folder named by a client is a path relative to the data root. Nothing outside that root is ever
 read: `..`, absolute paths and symlinks that lead out are refused, and only regular files are opened
 (a FIFO or a device would block or never end). Sorted copies go to <output root>/real|fake/, never
-overwrite a file, and are never written outside the output root.
+overwrite a file, and are never written outside the output root; a photo answered "uncertain" goes to
+<output root>/uncertain/.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Iterable
 
 from service.errors import ServiceError, bad_field
 
-LABELS = ("real", "fake")
+LABELS = ("real", "fake", "uncertain")
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def safe_name(filename: str, fallback: str = "upload") -> str:
 
 
 class SortedCopier:
-    """Copies classified files into <root>/real/ and <root>/fake/ without ever overwriting a file."""
+    """Copies classified files into <root>/real/, <root>/fake/ or <root>/uncertain/ without ever overwriting a file."""
 
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -1,17 +1,20 @@
-"""One image's way through the model: faces -> crops -> rotations -> probabilities -> a result.
+"""One image's way through the model: faces -> crops -> rotations -> probabilities -> calibration -> labels -> a result.
 
 `prepare` and `assemble` are split so the service can send the crops of many requests to one batched
 ONNX Runtime call in between; `run` joins them for in-process callers (CLI, evaluation, benchmarks).
+`assemble` is where the card's calibration is applied (service/calibration.py), to each crop's
+probability as ONNX Runtime gave it, for every caller alike, and where faces and the image get their labels.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 from PIL import Image
 
+from service.calibration import UncertainBand, label, verdict
 from service.contract import ModelCard
 from service.faces import Face, FaceDetector
 from service.preprocess import crop_face, rotate, stack_crops
@@ -31,12 +34,19 @@ class Prepared:
 
 
 class Pipeline:
-    def __init__(self, card: ModelCard, detector: FaceDetector, angles: Sequence[float] = (-15.0, 0.0, 15.0), max_faces: int = 20) -> None:
+    def __init__(self, card: ModelCard, detector: FaceDetector, angles: Sequence[float] = (-15.0, 0.0, 15.0), max_faces: int = 20,
+                 band: UncertainBand | None | Literal["card"] = "card", calibrated: bool = True) -> None:
+        """`band`: the uncertain band in force ("card": the card's; None: none, every answer real or fake);
+        `calibrated`: False leaves the network's probabilities as they are (to fit a calibration on them)."""
         self.card = card
         self.detector = detector
         self.angles = tuple(angles) or (0.0,)
         self.max_faces = max_faces
-        self.model_info = ModelInfo(name=card.name, version=card.version, architecture=card.architecture, threshold=card.threshold)
+        self.band = card.uncertain_band if band == "card" else band
+        self.calibration = card.calibration if calibrated else None
+        self.model_info = ModelInfo(name=card.name, version=card.version, architecture=card.architecture, threshold=card.threshold,
+                                    calibration=card.calibration.method if calibrated else "none",
+                                    uncertain_band=self.band.edges if self.band is not None else None)
 
     def prepare(self, image: Image.Image, file: str = "", timings_ms: dict[str, float] | None = None) -> Prepared:
         timings = dict(timings_ms or {})
@@ -51,13 +61,16 @@ class Pipeline:
 
     def assemble(self, prepared: Prepared, probs: np.ndarray, classify_ms: float = 0.0) -> ImageResult:
         per_unit = np.asarray(probs, dtype=np.float64).reshape(-1, len(self.angles))
+        if self.calibration is not None:
+            per_unit = self.calibration.apply(per_unit)
         tta = [{f"{angle:g}": float(p) for angle, p in zip(self.angles, row)} for row in per_unit]
         means = per_unit.mean(axis=1)
         faces = [self._face(face, index, means, tta) for index, face in enumerate(prepared.faces)]
         image_probability = float(means.max())
+        labels = [face.label for face in faces if face.classified] if prepared.faces else [self._label(image_probability)]
         return ImageResult(
             file=prepared.file,
-            verdict=self._label(image_probability),
+            verdict=verdict(labels),
             fake_probability=image_probability,
             face_found=bool(prepared.faces),
             faces=faces,
@@ -80,7 +93,7 @@ class Pipeline:
         return FaceResult(box=face.box, detection_score=face.score, fake_probability=probability, label=self._label(probability), tta=tta[index])
 
     def _label(self, probability: float) -> str:
-        return "fake" if probability >= self.card.threshold else "real"
+        return label(probability, self.card.threshold, self.band)
 
 
 def ms_since(started: float) -> float:

@@ -5,7 +5,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Label = Literal["real", "fake"]
+from service.calibration import Label
+
+# Written for clients that knew only "real" and "fake": where a model (or FACECHECK_UNCERTAIN_BAND) sets an
+# uncertain band, a third value comes back.
+UNCERTAIN_NOTE = ('"uncertain" when the calibrated fake probability lies in model.uncertain_band [low, high): the model does not '
+                  'know, have a person look. A client that reads only "real" and "fake" must treat "uncertain" as neither, not as real. '
+                  'Never sent when the model has no band (model.uncertain_band is null).')
 # OpenAPI 3.0 marks a field that may be null with `nullable`; BentoML's document keeps only the first
 # branch of pydantic's anyOf [type, null], so optional fields say so here.
 NULLABLE = {"nullable": True}
@@ -14,9 +20,10 @@ NULLABLE = {"nullable": True}
 class FaceResult(BaseModel):
     box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in the image's pixels (EXIF orientation applied)")
     detection_score: float
-    fake_probability: float | None = Field(description="mean over the test-time rotations; null when not classified", json_schema_extra=NULLABLE)
-    label: Label | None = Field(json_schema_extra=NULLABLE)
-    tta: dict[str, float] = Field(default_factory=dict, description="fake probability per rotation angle (degrees)")
+    fake_probability: float | None = Field(description="mean over the test-time rotations of their calibrated probabilities; null when not classified",
+                                           json_schema_extra=NULLABLE)
+    label: Label | None = Field(description=f"real, fake or uncertain; null when not classified. {UNCERTAIN_NOTE}", json_schema_extra=NULLABLE)
+    tta: dict[str, float] = Field(default_factory=dict, description="calibrated fake probability per rotation angle (degrees)")
     classified: bool = True
 
 
@@ -24,17 +31,21 @@ class ModelInfo(BaseModel):
     name: str
     version: str
     architecture: str
-    threshold: float
+    threshold: float = Field(description="a calibrated fake probability at or above this is fake, outside the uncertain band")
+    calibration: Literal["none", "temperature", "isotonic"] = Field("none", description="how the model's probabilities were calibrated on validation")
+    uncertain_band: tuple[float, float] | None = Field(None, description="[low, high): calibrated fake probabilities answered uncertain; "
+                                                       "null: every answer is real or fake", json_schema_extra=NULLABLE)
 
 
 class ImageResult(BaseModel):
     file: str
-    verdict: Label
-    fake_probability: float = Field(description="the most-fake face's probability, or the whole image's when no face was found")
+    verdict: Label = Field(description="fake when one face is fake, else uncertain when one face is, else real; with no face found, the "
+                                       f"whole image's label. {UNCERTAIN_NOTE}")
+    fake_probability: float = Field(description="the most-fake face's calibrated probability, or the whole image's when no face was found")
     face_found: bool
     faces: list[FaceResult] = Field(description="every detected face, most confident detection first; [] when none was found")
     faces_unclassified: int = Field(0, description="faces beyond FACECHECK_MAX_FACES, listed but not classified")
-    whole_image: dict[str, float] | None = Field(None, description="when no face was found: the whole image's TTA probabilities",
+    whole_image: dict[str, float] | None = Field(None, description="when no face was found: the whole image's calibrated TTA probabilities",
                                                  json_schema_extra=NULLABLE)
     model: ModelInfo
     timings_ms: dict[str, float]
@@ -56,9 +67,12 @@ class BatchItem(BaseModel):
 
 
 class BatchSummary(BaseModel):
+    """files == real + fake + uncertain + errors; no_face counts the classified files (of any verdict) in which no face was found."""
+
     files: int
     real: int
     fake: int
+    uncertain: int = Field(description="files answered uncertain (see ImageResult.verdict)")
     no_face: int
     errors: int
 

@@ -114,7 +114,7 @@ class FaceCheck:
         self.metrics = get_metrics()
         start_trimming()
         detector = FaceDetector(configured_detector(), device=detector_device(settings.device))
-        self.pipeline = Pipeline(CARD, detector, settings.tta_angles, settings.max_faces)
+        self.pipeline = Pipeline(CARD, detector, settings.tta_angles, settings.max_faces, settings.band_for(CARD))
         self.engine = Engine(self.pipeline, self._classify, settings.max_bytes, settings.max_pixels, self.metrics)
         log.info("face detector on %s; model card %s %s", detector.device, self.pipeline.card.name, self.pipeline.card.version)
 
@@ -136,7 +136,7 @@ class FaceCheck:
 
     @bentoml.api(route="/annotate", input_spec=ClassifyInput)
     async def annotate(self, request: Request) -> Annotated[Path, ContentType("image/png")]:
-        """The photo as a PNG of its own size: each face boxed (red fake, green real) with its fake probability,
+        """The photo as a PNG of its own size: each face boxed (red fake, green real, amber uncertain) with its fake probability,
         and a banner with the image's verdict, saying so when no face was found. Same input as /classify;
         the verdict also comes in the X-Facecheck-Verdict and X-Facecheck-Fake-Probability headers."""
         async def work() -> Response:

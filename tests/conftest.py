@@ -61,6 +61,41 @@ def batched_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
         yield server
 
 
+@dataclass(frozen=True)
+class Known:
+    """Photos whose fake probability under the served model was worked out in this process, and a band around one."""
+
+    inside: bytes  # a drawn face whose probability lies inside `band`
+    outside: bytes  # a face-less ramp whose probability does not
+    probabilities: tuple[float, float]
+    band: tuple[float, float]
+
+
+@pytest.fixture(scope="session")
+def known() -> Known:
+    """The drawn face of seed 7 and a ramp, classified by the service's own Engine in this process (service.cli's,
+    with this process's settings, as the servers have them), and the band of +-0.02 around the face's probability."""
+    import asyncio
+
+    from service.cli import load_engine
+    from service.config import get_settings
+    from service_fixtures import gradient, synthetic_face
+
+    settings = get_settings()
+    engine = load_engine(settings.model, settings.tta_angles, settings.device)
+    inside, outside = encode(synthetic_face(seed=7)), encode(gradient(), "PNG")
+    p_in, p_out = (asyncio.run(engine.classify_bytes(data, "photo")).fake_probability for data in (inside, outside))
+    band = (round(max(0.0, p_in - 0.02), 4), round(min(1.0, p_in + 0.02), 4))
+    assert not band[0] <= p_out < band[1], f"the ramp ({p_out}) and the face ({p_in}) are too close for a band around one alone"
+    return Known(inside, outside, (p_in, p_out), band)
+
+
+@pytest.fixture(scope="session")
+def banded_server(tmp_path_factory: pytest.TempPathFactory, known: Known) -> Server:
+    """A server whose uncertain band, set with FACECHECK_UNCERTAIN_BAND, holds `known.inside`'s probability."""
+    yield from serve(tmp_path_factory.mktemp("service-banded"), FACECHECK_UNCERTAIN_BAND=",".join(map(str, known.band)), FACECHECK_API_WORKERS="1")
+
+
 def serve(base: Path, **settings: str) -> Iterator[Server]:
     data_root = base / "data"
     data_root.mkdir()

@@ -91,23 +91,35 @@ def shared_images(subset: str, count: int) -> list[Path]:
     return files
 
 
+SEVERITY = {"real": 0, "uncertain": 1, "fake": 2}
+
+
+def expected_label(probability: float, model: dict) -> str:
+    """The label the service promises for a probability: uncertain inside the model's band [low, high), else fake at the threshold."""
+    band = model["uncertain_band"]
+    if band is not None and band[0] <= probability < band[1]:
+        return "uncertain"
+    return "fake" if probability >= model["threshold"] else "real"
+
+
 def assert_consistent(result: dict) -> None:
     """What every ImageResult promises, whatever the model says."""
-    threshold = result["model"]["threshold"]
     assert 0.0 <= result["fake_probability"] <= 1.0
-    assert result["verdict"] == ("fake" if result["fake_probability"] >= threshold else "real")
     assert result["face_found"] == bool(result["faces"])
     assert set(result["timings_ms"]) >= {"decode", "detect", "crop", "classify"}
     classified = [face for face in result["faces"] if face["classified"]]
     if classified:
         assert result["fake_probability"] == pytest.approx(max(face["fake_probability"] for face in classified), abs=1e-12)
         for face in classified:
-            assert face["label"] == ("fake" if face["fake_probability"] >= threshold else "real")
+            assert face["label"] == expected_label(face["fake_probability"], result["model"])
             assert set(face["tta"]) == ANGLE_KEYS
             assert face["fake_probability"] == pytest.approx(sum(face["tta"].values()) / len(ANGLE_KEYS), abs=1e-9)
     else:
         assert set(result["whole_image"]) == ANGLE_KEYS
         assert result["fake_probability"] == pytest.approx(sum(result["whole_image"].values()) / len(ANGLE_KEYS), abs=1e-9)
+    # fake when one face is fake, else uncertain when one is, else real; the whole image's label when no face was found
+    labels = [face["label"] for face in classified] or [expected_label(result["fake_probability"], result["model"])]
+    assert result["verdict"] == max(labels, key=SEVERITY.__getitem__)
 
 
 def assert_error(response: requests.Response, status: int, reason: str | None = None) -> None:
@@ -122,9 +134,10 @@ def assert_error(response: requests.Response, status: int, reason: str | None = 
 
 def assert_summary_adds_up(body: dict) -> None:
     summary, results = body["summary"], body["results"]
-    assert summary["files"] == len(results) == summary["real"] + summary["fake"] + summary["errors"]
+    assert summary["files"] == len(results) == summary["real"] + summary["fake"] + summary["uncertain"] + summary["errors"]
     assert summary["errors"] == sum(not item["ok"] for item in results)
-    assert summary["fake"] == sum(item["ok"] and item["result"]["verdict"] == "fake" for item in results)
+    for verdict in ("fake", "uncertain"):
+        assert summary[verdict] == sum(item["ok"] and item["result"]["verdict"] == verdict for item in results)
     assert summary["no_face"] == sum(item["ok"] and not item["result"]["face_found"] for item in results)
     for item in results:
         assert (item["result"] is not None) == item["ok"]

@@ -24,8 +24,8 @@ from service_fixtures import SHARED_DATA, encode, gradient, synthetic_face
 TTA = ",".join(f"{angle:g}" for angle in get_settings().tta_angles)  # the server's angles, e.g. -15,0,15
 
 
-def run_cli(*args: str | Path, max_bytes: int | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+def run_cli(*args: str | Path, max_bytes: int | None = None, **settings: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ) | settings
     if max_bytes is not None:
         env["FACECHECK_MAX_BYTES"] = str(max_bytes)
     return subprocess.run([sys.executable, "-m", "service.cli", "classify", *map(str, args)], cwd=REPO_ROOT, env=env,
@@ -59,7 +59,7 @@ def test_cli_answers_as_the_folder_endpoint_does(server, tmp_path):
 
     assert [f"{name}/{item['file']}" for item in local["results"]] == [item["file"] for item in served["results"]]
     assert local["summary"] == served["summary"] == {"files": 6, "real": local["summary"]["real"], "fake": local["summary"]["fake"],
-                                                     "no_face": 1, "errors": 3}
+                                                     "uncertain": local["summary"]["uncertain"], "no_face": 1, "errors": 3}
     for mine, theirs in zip(local["results"], served["results"]):
         assert mine["ok"] == theirs["ok"], mine["file"]
         if not mine["ok"]:
@@ -94,10 +94,32 @@ def test_cli_answers_as_the_folder_endpoint_does(server, tmp_path):
                {k: v for k, v in b.items() if k not in ("file", "fake_probability", "sorted_to")}
 
     summary = done.stdout.splitlines()
-    assert f"6 files: {local['summary']['real']} real, {local['summary']['fake']} fake (1 with no face found: the whole image was classified), 3 errors" in summary
+    counts = local["summary"]
+    assert (f"6 files: {counts['real']} real, {counts['fake']} fake, {counts['uncertain']} uncertain (1 with no face found: the whole image "
+            "was classified), 3 errors") in summary
     for file in by_reason:
         assert any(line.startswith(f"  error: {file}: ") for line in summary), file
     assert "classifying" in done.stderr  # the progress bar
+
+
+def test_cli_says_uncertain_inside_the_band_and_sorts_it_apart(known, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "face.jpg").write_bytes(known.inside)
+    (folder / "ramp.png").write_bytes(known.outside)
+    band = ",".join(map(str, known.band))
+    done = run_cli(folder, "--sort", tmp_path / "sorted", "--csv", tmp_path / "r.csv", "--tta", TTA, FACECHECK_UNCERTAIN_BAND=band)
+    assert done.returncode == 0, done.stderr
+    rows = {row["file"]: row for row in csv.DictReader(io.StringIO((tmp_path / "r.csv").read_text()))}
+    assert rows["face.jpg"]["verdict"] == "uncertain" and rows["face.jpg"]["sorted_to"] == "uncertain/face.jpg"
+    assert (tmp_path / "sorted" / "uncertain" / "face.jpg").read_bytes() == known.inside
+    ramp = rows["ramp.png"]["verdict"]
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("uncertain ") and line.endswith(" face.jpg") for line in lines)
+    assert f"2 files: {int(ramp == 'real')} real, {int(ramp == 'fake')} fake, 1 uncertain (1 with no face found: the whole image was classified), 0 errors" in lines
+    assert any(line.startswith(f"  uncertain: the fake probability lies in the model's uncertain band [{known.band[0]:.3f}, ") for line in lines)
+    off = run_cli(folder, "--tta", TTA, "-q", FACECHECK_UNCERTAIN_BAND="off")
+    assert off.returncode == 0 and off.stdout.startswith("2 files: ") and " 0 uncertain " in off.stdout, off.stdout + off.stderr
 
 
 def test_cli_one_photo_sorts_without_overwriting(tmp_path):

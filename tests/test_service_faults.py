@@ -224,3 +224,13 @@ def test_bad_model_stops_the_server_with_a_clear_message(tmp_path, fault):
     text = log.read_text()
     assert "ModelLoadError" in text and message in text, text[-3000:]
     assert str(model) in text
+
+
+def test_a_malformed_uncertain_band_stops_the_server_with_a_clear_message(tmp_path):
+    log = tmp_path / "serve.log"
+    env = server_env(tmp_path, FACECHECK_UNCERTAIN_BAND="0.7,0.4")
+    with pytest.raises(RuntimeError, match="exited with code 1 before it was ready"):
+        with running_server(env, timeout_s=120, log_path=log):
+            pass  # /readyz answered 200: the server came up with a band it cannot mean
+    text = log.read_text()
+    assert "FACECHECK_UNCERTAIN_BAND" in text and "needs 0 <= LOW <= HIGH <= 1; got '0.7,0.4'" in text, text[-3000:]

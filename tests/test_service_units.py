@@ -78,7 +78,9 @@ def test_sorted_copies_never_overwrite(tmp_path):
     assert copier.copy(b"1", "face.jpg", "fake") == "fake/face.jpg"
     assert copier.copy(b"2", "dir/face.jpg", "fake") == "fake/face-1.jpg"
     assert copier.copy(b"3", "face.jpg", "real") == "real/face.jpg"
-    assert [(tmp_path / "sorted" / name).read_bytes() for name in ("fake/face.jpg", "fake/face-1.jpg", "real/face.jpg")] == [b"1", b"2", b"3"]
+    assert copier.copy(b"4", "face.jpg", "uncertain") == "uncertain/face.jpg"
+    assert [(tmp_path / "sorted" / name).read_bytes() for name in ("fake/face.jpg", "fake/face-1.jpg", "real/face.jpg", "uncertain/face.jpg")] == [
+        b"1", b"2", b"3", b"4"]
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "sorted2").mkdir()
     (tmp_path / "sorted2" / "real").symlink_to(tmp_path / "elsewhere")
@@ -111,10 +113,14 @@ def test_batch_summary_and_csv():
              BatchItem(file="b", ok=True, result=_result("b", "real", False)),
              BatchItem(file="c", ok=False, error=FileError(file="c", status=400, error="bad", reason="corrupt"))]
     answer = batch_result(items, with_csv=True)
-    assert answer.summary.model_dump() == {"files": 3, "real": 1, "fake": 1, "no_face": 1, "errors": 1}
+    assert answer.summary.model_dump() == {"files": 3, "real": 1, "fake": 1, "uncertain": 0, "no_face": 1, "errors": 1}
     rows = list(csv.DictReader(io.StringIO(answer.csv)))
     assert [(r["file"], r["ok"], r["verdict"], r["sorted_to"], r["reason"]) for r in rows] == [
         ("a", "True", "fake", "fake/a", ""), ("b", "True", "real", "", ""), ("c", "False", "", "", "corrupt")]
+    items.append(BatchItem(file="d", ok=True, result=_result("d", "uncertain", False), sorted_to="uncertain/d"))
+    answer = batch_result(items, with_csv=True)
+    assert answer.summary.model_dump() == {"files": 4, "real": 1, "fake": 1, "uncertain": 1, "no_face": 2, "errors": 1}
+    assert list(csv.DictReader(io.StringIO(answer.csv)))[3]["verdict"] == "uncertain"
     assert batch_result(items).csv is None
 
 

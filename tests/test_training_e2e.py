@@ -18,7 +18,7 @@ from PIL import Image
 from training import baselines, evaluate, export, report, scoring, train
 from training.cache import CropCache
 from training.chains import ROBUSTNESS_CHAINS
-from training.data import Split
+from training.data import Split, scan_dataset
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY = ["--epochs", "1", "--epoch-size", "16", "--batch-size", "8", "--crop-mode", "whole", "--workers", "1"]
@@ -215,15 +215,67 @@ def test_export_with_data_records_threshold_and_metrics_that_evaluate_reproduces
     assert export.main(["--checkpoint", str(run / "best.pt"), "--name", "tiny", "--out", str(out), "--data", str(data), "--tta", "0"]) == 0
     card = json.loads((out / "tiny.json").read_text())
     assert card["threshold_rule"].startswith("maximises balanced accuracy on the validation split")
+    assert card["threshold_rule"].endswith("on the calibrated probabilities")
     assert (out / "tiny.split.json").read_text() == (run / "split.json").read_text()
     recorded = card["metrics"]["test"][data.name]
     chains = card["metrics"]["robustness"]["chains"]
     assert list(chains) == list(ROBUSTNESS_CHAINS)
     assert all(chains[chain][data.name]["n"] == recorded["n"] > 0 for chain in chains)
+    # calibrated on validation, with a band around the threshold, and the test split's figures both sides of the band
+    assert card["calibration"]["method"] in ("temperature", "isotonic") and "validation split" in card["calibration"]["rule"]
+    band = card["uncertain_band"]
+    assert band["low"] <= card["threshold"] <= band["high"] and "95% precise" in band["rule"]
+    calibrated = card["metrics"]["calibration"]["test"][data.name]
+    assert calibrated["n"] == recorded["n"] and calibrated["ece_after"] == pytest.approx(recorded["ece"], abs=1e-9)
+    assert calibrated["uncertain_share"] + calibrated["confident_share"] == pytest.approx(1.0)
+    assert (run / "calibration" / f"reliability_{data.name}.png").is_file()
     measured = evaluate.evaluate(out / "tiny.onnx", [data], angles=(0.0,))[data.name]
     assert measured["n"] == recorded["n"]
-    for key in ("accuracy", "roc_auc", "f1", "false_positive_rate"):
+    for key in ("accuracy", "roc_auc", "f1", "false_positive_rate", "ece"):
         assert measured[key] == pytest.approx(recorded[key], abs=1e-9), key
+    for key in ("uncertain", "confident_accuracy"):
+        assert measured[key] == calibrated[key], key
+
+
+@pytest.mark.slow
+def test_calibrate_rewrites_an_exports_card_and_the_cli_applies_it(trained_cnn, tmp_path: Path, monkeypatch) -> None:
+    """training.calibrate on an export: the card's calibration and band, its figures and README table; then
+    the service's own code (the CLI) answers with calibrated probabilities and the card's band."""
+    from service import cli
+    from service.calibration import label
+    from service.onnx_model import read_card
+    from training import calibrate
+
+    run, data = trained_cnn
+    monkeypatch.setattr(export, "CropCache", partial(CropCache, tmp_path / "cache"))
+    out = tmp_path / "exports"
+    assert export.main(["--checkpoint", str(run / "best.pt"), "--name", "tiny", "--out", str(out), "--data", str(data), "--tta=-15,0,15"]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- generalise:calibration -->\nSTALE\n<!-- /generalise:calibration -->\nafter\n")
+    figures = tmp_path / "figures"
+    assert calibrate.main(["--model", str(out / "tiny.onnx"), "--data", str(data), "--precision", "0.9", "--figures", str(figures),
+                           "--readme", str(readme)]) == 0
+    card = read_card(out / "tiny.onnx")
+    assert json.loads((out / "tiny.json").read_text())["uncertain_band"] == card.uncertain_band.model_dump()
+    assert "at least 90% precise" in card.uncertain_band.rule and card.training["tta_angles"] == [-15.0, 0.0, 15.0]
+    assert card.metrics["calibration"]["command"].startswith("python -m training.calibrate --model")
+    text = readme.read_text()
+    assert text.startswith("before\n<!-- generalise:calibration -->\n`python -m training.calibrate") and "STALE" not in text
+    assert "| gen |" in text and "(figures/reliability_gen.png)" in text and (figures / "reliability_gen.png").is_file()
+
+    test = Split.load(out / "tiny.split.json").select(scan_dataset(data), "test")
+    raw = scoring.predict_onnx(out / "tiny.onnx", test, (-15.0, 0.0, 15.0), device="cpu", calibrated=False)
+    expected = dict(zip((s.path.name for s in raw.samples), calibrate.image_probs(raw, card.calibration)))
+    answer = tmp_path / "answer.json"
+    assert cli.main(["classify", str(data), "--recursive", "--tta", "-15,0,15", "--device", "cpu", "--json", str(answer), "-q"]
+                    + ["--model", str(out / "tiny.onnx")]) in (0, 1)  # 1: the broken file
+    results = {Path(item["file"]).name: item["result"] for item in json.loads(answer.read_text())["results"] if item["ok"]}
+    assert set(expected) <= set(results)
+    for name, probability in expected.items():
+        result = results[name]
+        assert result["fake_probability"] == pytest.approx(probability, abs=1e-6)
+        assert result["verdict"] == label(result["fake_probability"], card.threshold, card.uncertain_band)
+        assert result["model"]["calibration"] == card.calibration.method and result["model"]["uncertain_band"] == list(card.uncertain_band.edges)
 
 
 @pytest.mark.slow

@@ -112,6 +112,15 @@ def test_banner_says_when_no_face_was_found():
     assert banner_text(_result([face, face])) == "FAKE, fake probability 0.90 (most-fake of 2 faces)"
 
 
+def test_an_uncertain_face_is_amber_and_the_banner_says_what_uncertain_means():
+    face = FaceResult(box=(10.0, 10.0, 60.0, 70.0), detection_score=0.99, fake_probability=0.55, label="uncertain", tta={"0": 0.55})
+    result = _result([face], "uncertain", 0.55)
+    result.model.uncertain_band = (0.45, 0.7)
+    assert banner_text(result) == "UNCERTAIN, fake probability 0.55 (in the band 0.45-0.70: the model is not sure) (1 face)"
+    drawn = np.asarray(annotate(Image.new("RGB", (200, 160), (255, 255, 255)), result))
+    assert tuple(drawn[40, 10]) == COLOURS["uncertain"]  # the box's left edge
+
+
 def test_annotation_writer_keeps_the_folder_layout(tmp_path):
     writer = AnnotationWriter(tmp_path / "out")
     assert writer.path_for("sub/a.jpg") == tmp_path / "out" / "sub" / "a.jpg.png"

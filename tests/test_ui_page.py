@@ -150,3 +150,22 @@ def test_page_in_a_browser_shows_boxes_verdicts_and_errors(server, browser, tmp_
     assert not card_for(browser, ramp.name).find_elements(By.CSS_SELECTOR, ".face-box")
     error = card_for(browser, junk.name).find_element(By.CSS_SELECTOR, ".error")
     assert "400" in error.text and "not_an_image" in error.text
+
+
+def test_page_shows_an_uncertain_answer_in_amber_and_says_what_it_means(browser, banded_server, known, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{banded_server.url}/ui")
+    photo = tmp_path / "face.jpg"
+    photo.write_bytes(known.inside)
+    upload(browser, [photo])
+    card = card_for(browser, photo.name)
+    verdict = card.find_element(By.CSS_SELECTOR, ".verdict")
+    assert verdict.get_attribute("data-verdict") == "uncertain" and verdict.text.startswith("UNCERTAIN")
+    note = card.find_element(By.CSS_SELECTOR, ".uncertain-note")
+    assert f"({known.band[0]:.2f} to {known.band[1]:.2f})" in note.text and "have a person look" in note.text
+    amber = "rgb(245, 158, 11)"
+    assert browser.execute_script("return getComputedStyle(arguments[0]).borderTopColor", note) == amber
+    (box,) = card.find_elements(By.CSS_SELECTOR, ".face-box")
+    assert "uncertain" in box.get_attribute("class").split() and box.find_element(By.CSS_SELECTOR, ".face-tag").text.startswith("uncertain ")
+    assert browser.execute_script("return getComputedStyle(arguments[0]).borderTopColor", box) == amber

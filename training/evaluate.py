@@ -8,11 +8,14 @@ with the model (`split.json` beside a checkpoint, `<name>.split.json` beside an 
 split file does not know (your own folder) is evaluated in full, and a note says so.
 
 An .onnx model goes through the service's own pipeline (decode, MTCNN faces, crops, rotations,
-ONNX Runtime, most-fake face), so its numbers are the service's numbers. A checkpoint is scored on the
-cached crop of each image's best face, exactly as in training.
+ONNX Runtime, the card's calibration, most-fake face), so its numbers are the service's numbers. A
+checkpoint is scored on the cached crop of each image's best face, exactly as in training.
 
 Prints a table per dataset (and one per TTA angle set with --tta-sets) and writes metrics.json, roc.png,
-confusion_<dataset>.png and wrong_<dataset>.png (the most confidently wrong faces) to --out.
+confusion_<dataset>.png, reliability_<dataset>.png and wrong_<dataset>.png (the most confidently wrong
+faces) to --out. Where the model's card has an uncertain band, the table also gives the share of photos
+in it and the accuracy of the confident answers alone, next to the accuracy of every answer forced to real
+or fake at the threshold.
 """
 from __future__ import annotations
 
@@ -25,13 +28,14 @@ import numpy as np
 import torch
 
 from service.argv import join_option_values
+from service.calibration import UncertainBand
 from service.config import get_settings
 from service.config import parse_angles as parse_comma_angles
 from service.contract import ModelLoadError
 from training import baselines
 from training.chains import reencode_chain
 from training.data import SPLITS, DatasetError, Sample, Split, scan_dataset
-from training.metrics import binary_metrics
+from training.metrics import binary_metrics, uncertain_metrics
 from training.models import UnknownModel
 from training.report import DatasetResult, Report, print_report, write_outputs
 from training.scoring import (AngleSet, EvaluationError, Predictions, Reencode, angle_key, angle_label, default_out, default_split_file,
@@ -112,7 +116,7 @@ def run_evaluation(model_path: Path, folders: Sequence[Path], split: str = "test
     for name, (_, selection) in chosen.items():
         per_set = {s: _only(p, name) for s, p in by_set.items()}
         predictions = per_set[main_key]
-        metrics = describe(predictions, cutoff)
+        metrics = describe(predictions, cutoff, info.uncertain_band)
         metrics.update(folder=str(datasets[name][0]), selection=selection, angles=list(main_key))
         if not metrics["n"]:
             notes.append(f"{name}: no readable image to evaluate")
@@ -141,9 +145,9 @@ def _only(predictions: Predictions, dataset: str) -> Predictions:
                        predictions.threshold, [(s, e) for s, e in predictions.unreadable if s.dataset == dataset])
 
 
-def describe(predictions: Predictions, threshold: float) -> dict:
-    """binary_metrics plus what happened on the way: faces found, files that could not be read."""
-    metrics = binary_metrics(predictions.labels, predictions.probs, threshold)
+def describe(predictions: Predictions, threshold: float, band: UncertainBand | None = None) -> dict:
+    """binary_metrics and uncertain_metrics, plus what happened on the way: faces found, files that could not be read."""
+    metrics = binary_metrics(predictions.labels, predictions.probs, threshold) | uncertain_metrics(predictions.labels, predictions.probs, threshold, band)
     metrics["faces_found"] = int(np.sum(predictions.face_found))
     metrics["no_face"] = int(len(predictions.samples) - metrics["faces_found"])
     metrics["unreadable"] = [{"file": str(sample.path), "error": error} for sample, error in predictions.unreadable]

@@ -4,9 +4,11 @@
         --data ../shared/data/tpdne128 --data ../shared/data/rff --data ../shared/data/utk-real
 
 Writes exports/<name>.onnx (dynamic batch axis, NCHW float32 in, probability of fake out), the model
-card exports/<name>.json and, when data is given, exports/<name>.split.json. With data, the threshold
-is chosen on the validation split and the card records test metrics per dataset, both measured through
-the service's own pipeline with its default test-time rotations.
+card exports/<name>.json and, when data is given, exports/<name>.split.json. With data, the export is
+then calibrated (training/calibrate.py): its probabilities calibrated and its uncertain band chosen on
+the validation split, its threshold chosen on the calibrated validation probabilities, and the card
+records test metrics per dataset, all measured through the service's own pipeline with its default
+test-time rotations; the reliability diagrams go to calibration/ in the checkpoint's run folder.
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ from service.onnx_model import OnnxClassifier
 from service.preprocess import PreprocessSpec, to_input
 from training.cache import CropCache
 from training import robustness
-from training.card import ExportError, attach_card, evaluate_through_service, robustness_results, service_threshold_rule, write_card_json
+from training.calibrate import CalibrationError, calibrate_model
+from training.calibrate import table as calibration_table
+from training.card import ExportError, attach_card, robustness_results, write_card_json
 from training.data import DatasetError, Split, scan_dataset
 from training.models import MODELS
 from training.quantize import quantize_export
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args.command = "python -m training.export " + shlex.join(argv)
     try:
         return _export(args)
-    except (ExportError, DatasetError, FileNotFoundError) as exc:
+    except (ExportError, CalibrationError, DatasetError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -156,12 +160,8 @@ def _export(args: argparse.Namespace) -> int:
         card.training["split_sizes"] = split.sizes()
     path = export_model(model, card, args.out, real_crops)
     if args.data:
-        angles = parse_angles(args.tta)
-        threshold, metrics = evaluate_through_service(path, split, args.data, angles)
-        card = card.model_copy(update={"threshold": threshold, "metrics": metrics, "threshold_rule": service_threshold_rule(angles)})
-        card.training["tta_angles"] = list(angles)
-        path = export_model(model, card, args.out, real_crops)
         split.save(args.out / f"{args.name}.split.json")
+        card = calibrate_model(path, args.data, split, parse_angles(args.tta), args.checkpoint.parent / "calibration", command=args.command)
         _print_metrics(card)
     if args.quantize:
         print(quantize_export(path, args.data, None, 256, args.tta, args.command + " (its int8 step)"))
@@ -187,6 +187,8 @@ def _print_metrics(card: ModelCard) -> None:
         print(f"{name:<28} {m['n']:>5} {m['accuracy']:>6.4f} {auc:>6} {m['f1']:>6.4f} {fpr:>6}")
     print("\nre-processed test photos (ROC-AUC, real photos called fake, fakes caught):")
     print(robustness.table(robustness_results(card.metrics)))
+    print(f"\ncalibration: {card.calibration.method}; uncertain band [{card.uncertain_band.low:.4f}, {card.uncertain_band.high:.4f})")
+    print(calibration_table(card))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from service.calibration import UncertainBand
+
 
 def confusion(labels: np.ndarray, predicted: np.ndarray) -> list[list[int]]:
     """[[real called real, real called fake], [fake called real, fake called fake]]."""
@@ -90,3 +92,24 @@ def balanced_accuracy_threshold(labels: np.ndarray, probs: np.ndarray, datasets:
                 below = np.searchsorted(group, candidates, side="left") / len(group)  # share under each threshold
                 recalls.append(below if label == 0 else 1.0 - below)
     return float(candidates[int(np.argmax(np.mean(recalls, axis=0)))])
+
+
+def uncertain_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, band: UncertainBand | None) -> dict:
+    """What answering "uncertain" inside `band` does to a set of images, both sides of it: the share answered
+    uncertain, and the accuracy of the confident answers alone, next to `accuracy`, every answer forced to
+    real or fake at the threshold (binary_metrics). Confident accuracy is None where nothing is confident.
+
+    An image's probability is its most-fake face's; with a band that contains the threshold (every band
+    training.calibrate chooses does), that probability's label is the image's verdict."""
+    labels, probs = np.asarray(labels, dtype=int), np.asarray(probs, dtype=float)
+    inside = np.zeros(len(probs), dtype=bool) if band is None else np.asarray(band.contains(probs), dtype=bool)
+    confident = ~inside
+    correct = (probs >= threshold).astype(int) == labels
+    return {
+        "uncertain_band": None if band is None else list(band.edges),
+        "uncertain": int(inside.sum()),
+        "uncertain_share": _safe_div(inside.sum(), len(probs)),
+        "confident_share": _safe_div(confident.sum(), len(probs)),
+        "confident_accuracy": _safe_div(correct[confident].sum(), confident.sum()) if confident.any() else None,
+        "accuracy": _safe_div(correct.sum(), len(probs)),
+    }

@@ -1,4 +1,4 @@
-"""PNG pictures of training and evaluation: curves, ROC, confusion matrix, the most confidently wrong faces."""
+"""PNG pictures of training and evaluation: curves, ROC, confusion matrix, the most confidently wrong faces, reliability diagrams."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -70,6 +70,40 @@ def confidently_wrong(crops: np.ndarray, labels: np.ndarray, probs: np.ndarray, 
         ax.imshow(crops[i])
         truth = "fake" if labels[i] else "real"
         ax.set_title(f"{truth}, p(fake)={probs[i]:.2f}\n{names[i][-28:]}", fontsize=7)
+    _save(fig, path)
+
+
+def reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path: Path, bins: int = 10,
+                band: tuple[float, float] | None = None) -> None:
+    """A reliability diagram: {legend: (labels, fake probabilities)}, each bin of predicted probability (equal
+    width) at its mean prediction against the share of fakes in it; a calibrated model lies on the diagonal.
+    Below, how many photos each bin holds. `band` shades the uncertain band."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.0, 6.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for ax in (top, bottom):
+        if band is not None and band[1] > band[0]:
+            ax.axvspan(band[0], band[1], color="#f59e0b", alpha=0.18, lw=0, label="uncertain band" if ax is top else None)
+    top.plot([0, 1], [0, 1], "k--", lw=0.8, label="calibrated")
+    for name, (labels, probs) in curves.items():
+        labels, probs = np.asarray(labels, dtype=float), np.asarray(probs, dtype=float)
+        which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
+        counts = np.bincount(which, minlength=bins)
+        filled = counts > 0
+        predicted = np.bincount(which, weights=probs, minlength=bins)[filled] / counts[filled]
+        observed = np.bincount(which, weights=labels, minlength=bins)[filled] / counts[filled]
+        line = top.plot(predicted, observed, marker="o", label=name)[0]
+        bottom.step(edges, np.append(counts, counts[-1]), where="post", color=line.get_color())
+    top.set_ylabel("share of fakes")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_title(title, fontsize=9)
+    top.legend(loc="upper left", fontsize=7)
+    top.grid(alpha=0.3)
+    bottom.set_yscale("symlog", linthresh=1)
+    bottom.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    bottom.set_xlabel("predicted fake probability")
+    bottom.set_ylabel("photos")
+    bottom.grid(alpha=0.3)
     _save(fig, path)
 
 

@@ -137,7 +137,9 @@ def quantize_export(model: Path, folders: Sequence[Path], split_file: Path | Non
             "threshold_rule": service_threshold_rule(angles),
             "quantization": {"method": "ONNX Runtime static quantization: QDQ, int8 weights per channel, uint8 activations, MinMax",
                              "calibration_crops": calibration, "float_model": {"name": card.name, "sha256": hashlib.sha256(model.read_bytes()).hexdigest()},
-                             "float_test_metrics": float_metrics["test"], "test_change": metric_changes(float_metrics, metrics)}})
+                             "float_test_metrics": float_metrics["test"], "test_change": metric_changes(float_metrics, metrics),
+                             "probability_calibration": "the float model's calibration and uncertain band, kept as they are (the threshold "
+                                                        "is the int8 model's own); python -m training.calibrate refits both on the int8 model"}})
         attach_card(staged, int8_card)
         shutil.move(staged, target)
     write_card_json(target, int8_card)

@@ -44,6 +44,7 @@ class Report:
         return {
             "model": str(self.model.path), "model_name": self.model.name, "kind": self.model.kind,
             "threshold": self.threshold, "threshold_source": self.threshold_source,
+            "uncertain_band": self.model.uncertain_band.model_dump() if self.model.uncertain_band else None,
             "split": self.split, "split_file": str(self.split_file) if self.split_file else None,
             "angles": list(self.angles), "preprocess": self.model.preprocess.model_dump(),
             "reencoded": {"size": self.reencoded[0], "jpeg_quality": self.reencoded[1]} if self.reencoded else None,
@@ -57,7 +58,8 @@ class Report:
 # --- output -------------------------------------------------------------------------------------------
 
 COLUMNS = [("n", "n"), ("accuracy", "acc"), ("balanced_accuracy", "bal acc"), ("precision", "prec"), ("recall", "recall"),
-           ("f1", "F1"), ("macro_f1", "macro F1"), ("roc_auc", "ROC-AUC"), ("false_positive_rate", "FPR real"), ("ece", "ECE")]
+           ("f1", "F1"), ("macro_f1", "macro F1"), ("roc_auc", "ROC-AUC"), ("false_positive_rate", "FPR real"), ("ece", "ECE"),
+           ("uncertain_share", "uncertain"), ("confident_accuracy", "conf acc")]
 
 
 def _cell(value: object) -> str:
@@ -69,8 +71,11 @@ def _cell(value: object) -> str:
 
 
 def _shown(metrics: dict, key: str) -> object:
-    """A metric for the table: precision, recall and F1 of "fake" mean nothing on a folder without fakes."""
+    """A metric for the table: precision, recall and F1 of "fake" mean nothing on a folder without fakes, nor the
+    band's columns for a model without an uncertain band."""
     if key in ("precision", "recall", "f1") and metrics["per_class"]["fake"]["support"] == 0:
+        return None
+    if key in ("uncertain_share", "confident_accuracy") and metrics.get("uncertain_band") is None:
         return None
     return metrics[key]
 
@@ -102,7 +107,12 @@ def write_outputs(report: Report, out: Path) -> list[Path]:
     if any(len(set(labels.tolist())) == 2 for labels, _ in curves.values()):
         plots.roc(curves, out / "roc.png")
         written.append(out / "roc.png")
+    band = report.model.uncertain_band
     for name, r in report.datasets.items():
+        plots.reliability({f"{name} (ECE {r.metrics['ece']:.3f})": (r.predictions.labels, r.predictions.probs)},
+                          f"{report.model.name} on {name}: {r.selection}, {r.metrics['n']} photos", out / f"reliability_{name}.png",
+                          band=band.edges if band is not None else None)
+        written.append(out / f"reliability_{name}.png")
         plots.confusion_matrix(r.metrics["confusion"], f"{name} ({r.metrics['n']} images, t={report.threshold:.2f})", out / f"confusion_{name}.png")
         written.append(out / f"confusion_{name}.png")
         if _wrong_faces(r, report.model.preprocess, report.threshold, out / f"wrong_{name}.png"):
@@ -134,6 +144,10 @@ def print_report(report: Report) -> None:
     print(f"\nmodel {model.path} ({model.name}), threshold {report.threshold:.3f}, split: {report.split}"
           + (f" (from {report.split_file})" if report.split_file else "") + f", angles {angle_label(report.angles)}"
           + (f", images re-encoded as {report.reencoded[0]}px JPEG q{report.reencoded[1]}" if report.reencoded else ""))
+    if model.uncertain_band is not None:
+        band = model.uncertain_band
+        print(f"uncertain band [{band.low:.3f}, {band.high:.3f}) from the model card: 'uncertain' is the share of photos in it, "
+              "'conf acc' the accuracy of the answers outside it ('acc': every answer forced to real or fake)")
     print(metrics_table(report))
     for name, r in report.datasets.items():
         m = r.metrics

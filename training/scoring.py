@@ -1,7 +1,7 @@
 """What a model says about images, and what a model file is: the predictions behind `python -m training.evaluate`.
 
 An .onnx model is scored through the service's own pipeline (decode, MTCNN faces, crops, rotations, ONNX Runtime,
-most-fake face); a checkpoint on the cached crop of each image's best face, as in training. Each set of test-time
+the card's calibration, most-fake face); a checkpoint on the cached crop of each image's best face, as in training. Each set of test-time
 rotations is recombined from one pass over every distinct angle.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from service.calibration import UncertainBand
 from service.config import REPO_ROOT, get_settings
 from service.imaging import ImageError, read_image_file
 from service.onnx_model import OnnxClassifier
@@ -43,6 +44,10 @@ class Predictions:
     face_found: np.ndarray
     threshold: float
     unreadable: list[tuple[Sample, str]] = field(default_factory=list)
+    # .onnx only: each classified face (or faceless whole image) of every sample, one row of per-angle
+    # probabilities (U, angles), and the index in `samples` of the image it belongs to (U,)
+    units: np.ndarray | None = None
+    owners: np.ndarray | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -66,24 +71,27 @@ def angle_label(angles: Sequence[float]) -> str:
 
 
 def predict_onnx(model_path: Path, samples: Sequence[Sample], angles: Sequence[float], device: str = "auto", desc: str = "evaluate",
-                 chain: Chain | None = None) -> Predictions:
+                 chain: Chain | None = None, calibrated: bool = True) -> Predictions:
     key = angle_key(angles)
-    return predict_onnx_sets(model_path, samples, [key], device, desc, chain)[key]
+    return predict_onnx_sets(model_path, samples, [key], device, desc, chain, calibrated)[key]
 
 
 def predict_onnx_sets(model_path: Path, samples: Sequence[Sample], angle_sets: Sequence[Sequence[float]], device: str = "auto",
-                      desc: str = "evaluate", chain: Chain | None = None) -> dict[AngleSet, Predictions]:
+                      desc: str = "evaluate", chain: Chain | None = None, calibrated: bool = True) -> dict[AngleSet, Predictions]:
     """The service pipeline once with every angle of every set; each set's score is recombined from the
     per-face, per-angle probabilities exactly as the pipeline would: mean over angles, most-fake face.
 
-    `chain` first re-processes every image (training/chains.py), as a photo is on its way to a user."""
+    `chain` first re-processes every image (training/chains.py), as a photo is on its way to a user.
+    `calibrated` False scores with the network's own probabilities, ignoring the card's calibration
+    (training/calibrate.py fits one on them)."""
     sets = list(dict.fromkeys(angle_key(a) for a in angle_sets))
     union = tuple(sorted({a for s in sets for a in s}))
     classifier = OnnxClassifier(model_path, device)
     settings = get_settings()
-    pipeline = Pipeline(classifier.card, CachingDetector(), union, settings.max_faces)
-    kept, found, unreadable = [], [], []
+    pipeline = Pipeline(classifier.card, CachingDetector(), union, settings.max_faces, calibrated=calibrated)
+    kept, found, unreadable, owners = [], [], [], []
     probs: dict[AngleSet, list[float]] = {s: [] for s in sets}
+    units: dict[AngleSet, list[list[float]]] = {s: [] for s in sets}
     for sample in tqdm(samples, desc=desc, unit="img", mininterval=2):
         try:
             image = read_image_file(str(sample.path), settings.max_bytes, settings.max_pixels)
@@ -93,13 +101,17 @@ def predict_onnx_sets(model_path: Path, samples: Sequence[Sample], angle_sets: S
         if chain is not None:
             image = chain(image)
         result = pipeline.run(image, classifier.predict_crops, file=str(sample.path))
-        units = [face.tta for face in result.faces if face.classified] or [result.whole_image or {}]
+        ttas = [face.tta for face in result.faces if face.classified] or [result.whole_image or {}]
         for angle_set in sets:
-            probs[angle_set].append(max(float(np.mean([unit[f"{a:g}"] for a in angle_set])) for unit in units))
+            rows = [[tta[f"{a:g}"] for a in angle_set] for tta in ttas]
+            probs[angle_set].append(max(float(np.mean(row)) for row in rows))
+            units[angle_set].extend(rows)
+        owners.extend([len(kept)] * len(ttas))
         kept.append(sample)
         found.append(result.face_found)
     threshold = classifier.card.threshold
-    return {s: Predictions(kept, np.array(probs[s], dtype=np.float64), np.array(found, dtype=bool), threshold, unreadable) for s in sets}
+    return {s: Predictions(kept, np.array(probs[s], dtype=np.float64), np.array(found, dtype=bool), threshold, unreadable,
+                           np.array(units[s], dtype=np.float64).reshape(-1, len(s)), np.array(owners, dtype=np.int64)) for s in sets}
 
 
 def load_state(path: Path, device: torch.device | str = "cpu") -> dict:
@@ -186,6 +198,7 @@ class ModelInfo:
     preprocess: PreprocessSpec
     threshold: float
     threshold_rule: str
+    uncertain_band: UncertainBand | None = None  # an export's, from its card; a checkpoint has none
 
 
 def inspect_model(model_path: Path) -> ModelInfo:
@@ -203,7 +216,7 @@ def inspect_model(model_path: Path) -> ModelInfo:
         except Exception as exc:  # noqa: BLE001 - onnx raises several types for a non-ONNX file
             raise EvaluationError(f"{path} is not a loadable ONNX model ({exc.__class__.__name__})") from exc
         card = card_from_metadata(metadata, path)
-        return ModelInfo(path, "onnx", card.name, card.preprocess, card.threshold, card.threshold_rule or "from the model card")
+        return ModelInfo(path, "onnx", card.name, card.preprocess, card.threshold, card.threshold_rule or "from the model card", card.uncertain_band)
     if path.suffix not in CHECKPOINT_SUFFIXES:
         raise EvaluationError(f"unknown model file {path}: expected a training checkpoint (.pt) or an exported model (.onnx)")
     state = load_state(path)
