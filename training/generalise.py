@@ -124,7 +124,7 @@ def run_robustness(args: argparse.Namespace) -> int:
 def _worst_line(worst: dict[str, Any]) -> str:
     parts = []
     if worst["auc_drop"] is not None:
-        parts.append(f"largest ROC-AUC drop {worst['auc_drop']:+.3f} ({worst['auc_drop_at']})")
+        parts.append(f"largest ROC-AUC drop {worst['auc_drop']:.3f} ({worst['auc_drop_at']})")
     if worst["real_called_fake"] is not None:
         parts.append(f"most real photos called fake {worst['real_called_fake']:.1%} ({worst['real_called_fake_at']})")
     return "Worst: " + "; ".join(parts) + "."
