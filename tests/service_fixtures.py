@@ -12,7 +12,10 @@ import pytest
 import requests
 from PIL import Image, ImageDraw, ImageFilter
 
+from service.calibration import Calibration
 from service.config import get_settings
+from service.contract import ModelCard
+from service.onnx_model import read_card
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # The test server runs with this process's FACECHECK_* settings (data root and limits aside), so the
@@ -42,6 +45,12 @@ def synthetic_face(size: int = 256, seed: int = 0, skin: tuple[int, int, int] = 
     image = image.filter(ImageFilter.GaussianBlur(2 * s))
     noise = np.random.default_rng(seed).normal(0, 4, (size, size, 3))
     return Image.fromarray(np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+
+
+def uncalibrated_card() -> ModelCard:
+    """The shipped model's card without calibration or uncertain band, as every card was before they
+    existed: for tests that feed the pipeline fixed probabilities and check what comes out by hand."""
+    return read_card(get_settings().model).model_copy(update={"calibration": Calibration(), "uncertain_band": None})
 
 
 def gradient(width: int = 320, height: int = 240) -> Image.Image:

@@ -19,7 +19,7 @@ from service.batch import CSV_COLUMNS
 from service.cli import build_parser, main
 from service.config import REPO_ROOT, get_settings
 from service.schemas import BatchResult
-from service_fixtures import SHARED_DATA, encode, gradient, synthetic_face
+from service_fixtures import SHARED_DATA, encode, gradient, synthetic_face, uncalibrated_card
 
 TTA = ",".join(f"{angle:g}" for angle in get_settings().tta_angles)  # the server's angles, e.g. -15,0,15
 
@@ -162,7 +162,6 @@ def test_a_failing_output_is_that_files_error_not_a_crash(tmp_path):
     from service.engine import Engine, Source
     from service.folders import SortedCopier
     from service.metrics import get_metrics
-    from service.onnx_model import read_card
     from service.pipeline import Pipeline
 
     class NoFaces:
@@ -173,7 +172,7 @@ def test_a_failing_output_is_that_files_error_not_a_crash(tmp_path):
         return np.full(len(crops), 0.2, dtype=np.float32)
 
     settings = get_settings()
-    engine = Engine(Pipeline(read_card(settings.model), NoFaces(), (0.0,)), fixed, settings.max_bytes, settings.max_pixels, get_metrics())
+    engine = Engine(Pipeline(uncalibrated_card(), NoFaces(), (0.0,)), fixed, settings.max_bytes, settings.max_pixels, get_metrics())
     (tmp_path / "blocked").write_text("a file where the output folder should be")
     ramp = encode(gradient(), "PNG")
     items = asyncio.run(engine.classify_sources([Source("a.png", lambda: ramp)], SortedCopier(tmp_path / "sorted"),

@@ -15,11 +15,10 @@ from service.engine import Engine, Source
 from service.errors import ServiceError
 from service.folders import SortedCopier, list_files, resolve_folder, safe_name
 from service.metrics import get_metrics
-from service.onnx_model import read_card
 from service.pipeline import Pipeline
 from service.schemas import BatchItem, FileError, ImageResult, ModelInfo
 from service.uploads import parse_bool
-from service_fixtures import encode, gradient
+from service_fixtures import encode, gradient, uncalibrated_card
 
 
 @pytest.fixture()
@@ -131,7 +130,7 @@ class _NoFaces:
 
 def _engine(classify) -> Engine:
     settings = get_settings()
-    pipeline = Pipeline(read_card(settings.model), _NoFaces(), (-15.0, 0.0, 15.0))
+    pipeline = Pipeline(uncalibrated_card(), _NoFaces(), (-15.0, 0.0, 15.0))
     return Engine(pipeline, classify, settings.max_bytes, settings.max_pixels, get_metrics())
 
 
