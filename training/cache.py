@@ -21,7 +21,7 @@ from service.config import get_settings
 from service.faces import DetectorSettings, Face, FaceDetector, configured_detector
 from service.imaging import ImageError, decode_image
 from service.preprocess import PreprocessSpec, crop_face
-from training.data import Sample
+from training.data import Labelled, Sample
 
 DEFAULT_CACHE = Path(os.environ.get("FACECHECK_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
 
@@ -49,21 +49,13 @@ class CachingDetector:
 
 
 @dataclass
-class CropSet:
+class CropSet(Labelled):
     """Crops of the best face of each readable image, in sample order."""
 
     samples: list[Sample]
     crops: np.ndarray  # uint8 NHWC
     face_found: np.ndarray  # bool
     unreadable: list[tuple[Sample, str]] = field(default_factory=list)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return np.array([s.label for s in self.samples], dtype=np.int64)
-
-    @property
-    def datasets(self) -> list[str]:
-        return [s.dataset for s in self.samples]
 
     def where(self, keep: np.ndarray) -> "CropSet":
         """The readable samples where `keep` (a bool per sample) holds; unreadable ones are dropped."""

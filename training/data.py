@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -32,6 +33,20 @@ class Sample:
         parts = self.path.parts
         index = max(i for i, part in enumerate(parts) if part in LABELS)
         return "/".join(parts[index + 1:])
+
+
+class Labelled:
+    """The labels and dataset names of a sequence of samples in order (predictions, crop sets)."""
+
+    samples: list[Sample]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    @property
+    def datasets(self) -> list[str]:
+        return [s.dataset for s in self.samples]
 
 
 def list_images(folder: Path) -> list[Path]:

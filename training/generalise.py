@@ -106,12 +106,12 @@ def run_robustness(args: argparse.Namespace) -> int:
         print(f"\n{model} ({info.name}), threshold {info.threshold:.3f}, test split of {split_file}, angles {list(args.tta)}"
               + (f", at most {args.limit} photos per set" if args.limit else ""))
         print(robustness.table(results))
-        print(_worst_line(worst))
+        print(robustness.worst_line(worst))
         for note in notes:
             print(f"note: {note}")
         if args.readme:
             sections.append(f"**`{model}`** (threshold {info.threshold:.3f}; cells: ROC-AUC, real photos called fake, fakes caught)\n\n"
-                            f"{robustness.markdown(results)}\n\n{_worst_line(worst)}\n\n![robustness of {model.name}]({_link(args.readme, png)})")
+                            f"{robustness.markdown(results)}\n\n{robustness.worst_line(worst)}\n\n![robustness of {model.name}]({_link(args.readme, png)})")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "robustness.json").write_text(json.dumps(summaries, indent=1))
     if args.readme:
@@ -119,15 +119,6 @@ def run_robustness(args: argparse.Namespace) -> int:
         print(f"wrote the robustness tables into {args.readme}")
     print(f"wrote robustness.json and {len(args.model)} PNG(s) to {args.out}")
     return 0
-
-
-def _worst_line(worst: dict[str, Any]) -> str:
-    parts = []
-    if worst["auc_drop"] is not None:
-        parts.append(f"largest ROC-AUC drop {worst['auc_drop']:.3f} ({worst['auc_drop_at']})")
-    if worst["real_called_fake"] is not None:
-        parts.append(f"most real photos called fake {worst['real_called_fake']:.1%} ({worst['real_called_fake_at']})")
-    return "Worst: " + "; ".join(parts) + "."
 
 
 # --- leave-one-source-out -----------------------------------------------------------------------------

@@ -77,6 +77,15 @@ def worst(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
             "real_called_fake": fpr[0], "real_called_fake_at": f"{fpr[2]}, {fpr[1]}" if fpr[0] is not None else None}
 
 
+def worst_line(worst: dict[str, Any]) -> str:
+    parts = []
+    if worst["auc_drop"] is not None:
+        parts.append(f"largest ROC-AUC drop {worst['auc_drop']:.3f} ({worst['auc_drop_at']})")
+    if worst["real_called_fake"] is not None:
+        parts.append(f"most real photos called fake {worst['real_called_fake']:.1%} ({worst['real_called_fake_at']})")
+    return "Worst: " + "; ".join(parts) + "."
+
+
 def plot(results: dict[str, dict[str, dict[str, Any]]], title: str, path: Path) -> None:
     chains, names = list(results), list(results[UNPROCESSED])
     panels = {}

@@ -23,7 +23,7 @@ from service.preprocess import PreprocessSpec
 from training import baselines
 from training.chains import Chain
 from training.cache import CachingDetector, CropCache
-from training.data import Sample
+from training.data import Labelled, Sample
 from training.models import create_model
 from training.predict import device_for, predict_probs
 
@@ -38,7 +38,7 @@ class EvaluationError(ValueError):
 
 
 @dataclass
-class Predictions:
+class Predictions(Labelled):
     samples: list[Sample]
     probs: np.ndarray
     face_found: np.ndarray
@@ -48,14 +48,6 @@ class Predictions:
     # probabilities (U, angles), and the index in `samples` of the image it belongs to (U,)
     units: np.ndarray | None = None
     owners: np.ndarray | None = None
-
-    @property
-    def labels(self) -> np.ndarray:
-        return np.array([s.label for s in self.samples], dtype=np.int64)
-
-    @property
-    def datasets(self) -> list[str]:
-        return [s.dataset for s in self.samples]
 
 
 def angle_key(angles: Sequence[float]) -> AngleSet:
