@@ -21,7 +21,7 @@ import logging
 import random
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from service.config import get_settings
 from service.contract import ModelLoadError
