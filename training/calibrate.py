@@ -51,6 +51,7 @@ from training.card import ExportError, attach_card, evaluate_through_service, se
 from training.chains import ROBUSTNESS_CHAINS
 from training.data import DatasetError, Split, scan_dataset
 from training.metrics import expected_calibration_error, uncertain_metrics
+from training.readme import SectionError, check_section, write_section
 from training.report import format_table
 from training.scoring import Predictions, default_split_file, predict_onnx
 
@@ -307,10 +308,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # the README's marked sections are training.generalise's; imported here, so that export, which calls
-    # calibrate_model, does not load the generalisation commands
-    from training.generalise import GeneraliseError, check_section, write_section
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -329,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             raise CalibrationError(f"--tta takes comma-separated degrees such as -15,0,15, got {args.tta!r}") from None
         figures = args.figures or REPO_ROOT / "runs" / f"calibrate-{args.model.stem}"
         card = calibrate_model(args.model, args.data, Split.load(split_file), angles, figures, args.precision, command)
-    except (CalibrationError, ExportError, DatasetError, ModelLoadError, GeneraliseError) as exc:
+    except (CalibrationError, ExportError, DatasetError, ModelLoadError, SectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary(card))

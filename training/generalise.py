@@ -31,6 +31,7 @@ from training.cache import CropCache
 from training.chains import ROBUSTNESS_CHAINS, ChainError, parse_chain
 from training.data import DatasetError, Sample, Split, make_split
 from training.evaluate import choose_samples, parse_angles, scan_folders
+from training.readme import SectionError, check_section, write_section
 from training.scoring import EvaluationError, inspect_model
 
 # The LOSO training budget: the full recipe's data, sampling and augmentation, from ImageNet weights, at
@@ -40,25 +41,6 @@ LOSO_BUDGET = ["--input-size", "128", "--epochs", "2", "--epoch-size", "3072", "
 
 class GeneraliseError(ValueError):
     """A request that cannot be carried out, with a one-line reason."""
-
-
-def write_section(readme: Path, name: str, body: str) -> None:
-    begin, end = f"<!-- generalise:{name} -->", f"<!-- /generalise:{name} -->"
-    text = readme.read_text()
-    start, stop = text.find(begin), text.find(end)
-    if start < 0 or stop < start:
-        raise GeneraliseError(f"{readme} has no {begin} ... {end} section to write the {name} table into")
-    readme.write_text(text[:start + len(begin)] + "\n" + body.strip() + "\n" + text[stop:])
-
-
-def check_section(readme: Path | None, name: str) -> None:
-    """Refuse before hours of work, not after, when the README has no place for the table."""
-    if readme is not None:
-        if not readme.is_file():
-            raise GeneraliseError(f"README not found: {readme}")
-        text = readme.read_text()
-        if f"<!-- generalise:{name} -->" not in text or f"<!-- /generalise:{name} -->" not in text:
-            raise GeneraliseError(f"{readme} has no <!-- generalise:{name} --> ... <!-- /generalise:{name} --> section")
 
 
 def _link(readme: Path, png: Path) -> str:
@@ -198,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.table == "robustness":
             return run_robustness(args)
         return run_loso(args, rest)
-    except (GeneraliseError, ChainError, EvaluationError, DatasetError, ModelLoadError, ValueError) as exc:
+    except (GeneraliseError, SectionError, ChainError, EvaluationError, DatasetError, ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
