@@ -19,6 +19,8 @@ from training import baselines, evaluate, export, report, scoring, train
 from training.cache import CropCache
 from training.chains import ROBUSTNESS_CHAINS
 from training.data import Split, scan_dataset
+from service.onnx_model import OnnxClassifier
+from service.preprocess import to_input
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY = ["--epochs", "1", "--epoch-size", "16", "--batch-size", "8", "--crop-mode", "whole", "--workers", "1"]
@@ -337,3 +339,48 @@ def test_a_bad_set_weight_is_a_clear_error_before_any_work(weight: str, message:
     assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--set-weight", weight]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_an_ensemble_answers_its_most_fake_member(trained_cnn, tmp_path: Path, monkeypatch) -> None:
+    """Two exports at different input sizes become one model that the service loads as any other: its
+    answer is the larger member's, or the smaller one's on the same crop resized in the graph, whichever is more fake."""
+    from training import ensemble
+
+    run, data = trained_cnn
+    for module in (train, export, scoring, report):
+        monkeypatch.setattr(module, "CropCache", partial(CropCache, tmp_path / "cache"))
+    small_run = tmp_path / "small"
+    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(small_run), "--pretrained", "none", "--split", str(run / "split.json"),
+                       "--input-size", "64", *TINY]) == 0
+    out = tmp_path / "exports"
+    for name, checkpoint in (("big", run / "best.pt"), ("small", small_run / "best.pt")):
+        assert export.main(["--checkpoint", str(checkpoint), "--name", name, "--out", str(out)]) == 0
+        Split.load(run / "split.json").save(out / f"{name}.split.json")
+    assert ensemble.main(["--member", str(out / "small.onnx"), "--member", str(out / "big.onnx"), "--name", "both", "--out", str(out),
+                          "--data", str(data), "--tta", "0", "--figures", str(tmp_path / "figures")]) == 0
+    both, big, small = (OnnxClassifier(out / f"{name}.onnx", device="cpu") for name in ("both", "big", "small"))
+    assert both.card.preprocess.input_size == big.card.preprocess.input_size == 128
+    assert [m["name"] for m in both.card.training["members"]] == ["small", "big"] and both.card.metrics["test"][data.name]["n"] > 0
+    crops = np.random.default_rng(1).integers(0, 256, (4, 128, 128, 3), dtype=np.uint8)
+    resized = np.stack([np.asarray(Image.fromarray(c).resize((64, 64), Image.Resampling.BICUBIC)) for c in crops])
+    expected = np.maximum(big.predict_crops(crops), small.predict_crops(resized))
+    np.testing.assert_allclose(both.predict(to_input(crops, both.card.preprocess)), expected, atol=0.05)
+    assert (both.predict(to_input(crops, both.card.preprocess)) >= big.predict_crops(crops) - 1e-6).all()
+
+
+def test_an_ensemble_refuses_members_that_preprocess_differently(trained_cnn, tmp_path: Path, monkeypatch, capsys) -> None:
+    from training import ensemble
+    from training.card import attach_card
+
+    run, data = trained_cnn
+    monkeypatch.setattr(export, "CropCache", partial(CropCache, tmp_path / "cache"))
+    out = tmp_path / "exports"
+    assert export.main(["--checkpoint", str(run / "best.pt"), "--name", "one", "--out", str(out)]) == 0
+    other = out / "other.onnx"
+    other.write_bytes((out / "one.onnx").read_bytes())
+    card = OnnxClassifier(other, device="cpu").card
+    attach_card(other, card.model_copy(update={"preprocess": card.preprocess.model_copy(update={"margin": 0.5})}))
+    Split.load(run / "split.json").save(out / "one.split.json")
+    assert ensemble.main(["--member", str(out / "one.onnx"), "--member", str(other), "--name", "both", "--out", str(out), "--data", str(data)]) == 2
+    assert "preprocesses faces differently" in capsys.readouterr().err and not (out / "both.onnx").exists()

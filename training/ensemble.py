@@ -1,0 +1,148 @@
+"""Combine exported models into one: each member scores the face crop at its own size, and the answer is
+the most-fake member's probability. The service loads it as it loads any export.
+
+    python -m training.ensemble --member exports/default224.onnx --member exports/general160.onnx --name default \
+        --data ../shared/data/tpdne128 --data ../shared/data/rff --data ../shared/data/utk-real \
+        --data ../shared/data/lfw-real --data ../shared/data/sdfd-sd21
+
+The ensemble takes crops at its largest member's input size; a smaller member gets them resized inside the
+graph (ONNX Resize: cubic, antialiased, as PIL's bicubic downscale). Members must agree on every other part
+of the preprocessing contract (mean, std, margin, crop mode, class order). The split is the first member's
+(<name>.split.json beside it); every member must have been trained on its training part only. The new
+card is measured and calibrated as training.export does: threshold on validation, the test split and its
+re-processing chains through the service pipeline, then calibration and the uncertain band
+(training/calibrate.py) on the raw maximum.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import onnx
+from onnx import TensorProto, compose, helper
+
+from service.config import get_settings, parse_angles
+from service.contract import ModelCard, ModelLoadError
+from service.onnx_model import read_card
+from training.calibrate import CalibrationError, calibrate_model
+from training.card import ExportError, attach_card
+from training.data import DatasetError, Split
+from training.scoring import default_split_file
+
+OUTPUT = "fake_probability"
+INPUT = "input"
+
+
+def check_members(cards: Sequence[ModelCard]) -> None:
+    """Refuses members whose preprocessing differs in anything but the input size."""
+    first = cards[0].preprocess.model_dump(exclude={"input_size"})
+    for card in cards[1:]:
+        if card.preprocess.model_dump(exclude={"input_size"}) != first or card.class_names != cards[0].class_names:
+            raise ExportError(f"{card.name} {card.version} preprocesses faces differently from {cards[0].name}: members must differ only in input size")
+
+
+def check_splits(paths: Sequence[Path], split: Split) -> None:
+    """Refuses a member that trained on a photo of the ensemble's validation or test split."""
+    held_out = {(name, key) for name, parts in split.datasets.items() for part in ("val", "test") for key in parts[part]}
+    for path in paths[1:]:
+        trained = {(name, key) for name, parts in Split.load(default_split_file(path)).datasets.items() for key in parts["train"]}
+        if trained & held_out:
+            raise ExportError(f"{path} was trained on {len(trained & held_out)} photos of {paths[0]}'s validation or test split")
+
+
+def member_graph(path: Path, prefix: str, size: int, ensemble_size: int) -> tuple[onnx.GraphProto, list[onnx.NodeProto]]:
+    """The member's graph with its names prefixed, and the nodes that feed it the ensemble's input at its own size."""
+    graph = compose.add_prefix(onnx.load(str(path)), prefix).graph
+    if size == ensemble_size:
+        return graph, [helper.make_node("Identity", [INPUT], [prefix + INPUT])]
+    sizes = helper.make_tensor(prefix + "sizes", TensorProto.INT64, [2], [size, size])
+    graph.initializer.append(sizes)
+    resize = helper.make_node("Resize", [INPUT, "", "", prefix + "sizes"], [prefix + INPUT], mode="cubic", antialias=1,
+                              cubic_coeff_a=-0.5, axes=[2, 3], coordinate_transformation_mode="half_pixel")
+    return graph, [resize]
+
+
+def combined_model(paths: Sequence[Path], cards: Sequence[ModelCard]) -> onnx.ModelProto:
+    size = max(card.preprocess.input_size for card in cards)
+    nodes, initializers, outputs = [], [], []
+    for index, (path, card) in enumerate(zip(paths, cards)):
+        prefix = f"m{index}_"
+        graph, feed = member_graph(path, prefix, card.preprocess.input_size, size)
+        nodes += feed + list(graph.node)
+        initializers += list(graph.initializer)
+        outputs.append(prefix + OUTPUT)
+    nodes.append(helper.make_node("Max", outputs, [OUTPUT]))
+    graph = helper.make_graph(
+        nodes, "facecheck_ensemble",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch"])], initializer=initializers)
+    opset = max(op.version for model in map(lambda p: onnx.load(str(p), load_external_data=False), paths) for op in model.opset_import if op.domain == "")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, 18))], producer_name="facecheck training.ensemble")
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def ensemble_card(name: str, paths: Sequence[Path], cards: Sequence[ModelCard], digest: str, command: str) -> ModelCard:
+    big = max(cards, key=lambda card: card.preprocess.input_size)
+    members = [{"name": card.name, "version": card.version, "architecture": card.architecture, "input_size": card.preprocess.input_size,
+                "file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "training": card.training} for path, card in zip(paths, cards)]
+    datasets = list(dict.fromkeys(d for card in cards for d in card.training.get("datasets", [])))
+    return ModelCard(
+        name=name, architecture="ensemble: the most-fake of " + " and ".join(f"{c.architecture} at {c.preprocess.input_size} px" for c in cards),
+        version=f"{dt.date.today():%Y.%m.%d}-{digest[:8]}", created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        preprocess=big.preprocess, training={"datasets": datasets, "members": members, "split_sizes": cards[0].training.get("split_sizes")},
+        command=command)
+
+
+def build(paths: Sequence[Path], name: str, out: Path, command: str) -> tuple[Path, Split]:
+    cards = [read_card(path) for path in paths]
+    check_members(cards)
+    split = Split.load(default_split_file(paths[0]))
+    check_splits(paths, split)
+    model = combined_model(paths, cards)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{name}.onnx"
+    onnx.save(model, str(target))
+    digest = hashlib.sha256(b"".join(hashlib.sha256(p.read_bytes()).digest() for p in paths)).hexdigest()
+    attach_card(target, ensemble_card(name, paths, cards, digest, command))
+    split.save(default_split_file(target))
+    return target, split
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.ensemble", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--member", type=Path, action="append", required=True, help="an export of python -m training.export (repeat; two or more)")
+    p.add_argument("--name", required=True, help="the ensemble's name: <out>/<name>.onnx")
+    p.add_argument("--out", type=Path, default=Path("exports"))
+    p.add_argument("--data", type=Path, action="append", required=True, help="the dataset folders of the split (repeat)")
+    p.add_argument("--tta", default=",".join(f"{a:g}" for a in get_settings().tta_angles), help="rotations for threshold and metrics (the service's default)")
+    p.add_argument("--figures", type=Path, help="reliability diagrams folder (default: runs/ensemble-<name>/calibration)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    command = "python -m training.ensemble " + shlex.join(argv)
+    try:
+        if len(args.member) < 2:
+            raise ExportError("an ensemble needs two or more --member models")
+        path, split = build(args.member, args.name, args.out, command)
+        card = calibrate_model(path, args.data, split, parse_angles(args.tta), args.figures or Path("runs") / f"ensemble-{args.name}" / "calibration", command=command)
+    except (ExportError, CalibrationError, DatasetError, ModelLoadError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{path}: threshold {card.threshold:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
