@@ -278,6 +278,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=8, help="concurrent clients of the headline rows")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="FACECHECK_DEVICE for the service and the in-process rows")
     p.add_argument("--out", type=Path, help="report folder (default loadtests/reports/benchmark-<timestamp>)")
+    p.add_argument("--quick", action="store_true",
+                   help="only the in-process and service rows (batching on and off, int8) and the classifier's rates: about 3 minutes, for a lent GPU")
     p.add_argument("--compare-model", type=Path, action="append", default=[], metavar="PATH",
                    help="also run the in-process pipeline and the service with this exported model (repeatable)")
     return p.parse_args(argv)
@@ -298,25 +300,31 @@ def main(argv: list[str] | None = None) -> int:
 
     print("classifier and detection ...", flush=True)
     classifier = classifier_rates(args.device, s)
-    detection = detection_rates(payloads, s)
+    detection = {} if args.quick else detection_rates(payloads, s)
     print(json.dumps({**classifier, **detection}, indent=1), flush=True)
     print("pipelines ...", flush=True)
-    note("naive", naive_run(payloads, s))
-    note(f"inprocess_{n}", engine_run(TTA3, args.device, payloads, n, s, f"in-process, {n} clients"))
-    note("inprocess_tta0", engine_run((), args.device, payloads, n, s, "in-process, no TTA"))
-    note("inprocess_tta5", engine_run(TTA5, args.device, payloads, n, s, "in-process, TTA 5"))
+    if not args.quick:
+        note("naive", naive_run(payloads, s))
+    headline = sorted({n, 16})  # the service's gap to the in-process pipeline is measured at both
+    for clients in headline:
+        note(f"inprocess_{clients}", engine_run(TTA3, args.device, payloads, clients, s, f"in-process, {clients} clients"))
+    if not args.quick:
+        note("inprocess_tta0", engine_run((), args.device, payloads, n, s, "in-process, no TTA"))
+        note("inprocess_tta5", engine_run(TTA5, args.device, payloads, n, s, "in-process, TTA 5"))
     int8 = int8_sibling()
-    if int8:
-        note(f"inprocess_int8_{n}", engine_run(TTA3, args.device, payloads, n, s, f"in-process, int8 model, {n} clients", int8))
+    for clients in headline if int8 else ():
+        note(f"inprocess_int8_{clients}", engine_run(TTA3, args.device, payloads, clients, s, f"in-process, int8 model, {clients} clients", int8))
     for batching, size in (("on", "64"), ("off", "1")):
         with running_server(server_env(FACECHECK_BATCH_SIZE=size), log_path=out / f"server-batching-{batching}.log") as url:
-            for clients in sorted({1, 4, 16, n}):
+            for clients in sorted({1, 16, n} if args.quick else {1, 4, 16, n}):
                 note(f"service_batching_{batching}_{clients}", http_run(url, payloads, clients, s, f"service, batching {batching}, {clients} clients"))
-    with running_server(server_env(FACECHECK_API_WORKERS="1"), log_path=out / "server-api-workers-1.log") as url:
-        note(f"service_api_workers1_{n}", http_run(url, payloads, n, s, f"service, 1 API worker, {n} clients"))
+    if not args.quick:
+        with running_server(server_env(FACECHECK_API_WORKERS="1"), log_path=out / "server-api-workers-1.log") as url:
+            note(f"service_api_workers1_{n}", http_run(url, payloads, n, s, f"service, 1 API worker, {n} clients"))
     if int8:
         with running_server(server_env(FACECHECK_MODEL=str(int8)), log_path=out / "server-int8.log") as url:
-            note(f"service_int8_{n}", http_run(url, payloads, n, s, f"service, int8 model, {n} clients"))
+            for clients in headline:
+                note(f"service_int8_{clients}", http_run(url, payloads, clients, s, f"service, int8 model, {clients} clients"))
     for other in args.compare_model:
         note(f"inprocess_model_{other.stem}_{n}", engine_run(TTA3, args.device, payloads, n, s, f"in-process, {other}, {n} clients", other))
         with running_server(server_env(FACECHECK_MODEL=str(other.resolve())), log_path=out / f"server-{other.stem}.log") as url:
@@ -342,32 +350,36 @@ def default_batching() -> str:
 
 
 def ratios(runs: dict[str, Run], classifier: dict[str, float], detection: dict[str, dict[str, float]], n: int, batching: str) -> list[tuple[str, float]]:
+    """Each comparison whose rows ran (--quick leaves some out)."""
     rate = {k: r.per_s for k, r in runs.items()}
-    service = rate[f"service_batching_{batching}_{n}"]  # the service with its defaults
-    rows = [
-        (f"service, defaults (batching {batching}) ({n} clients) / in-process pipeline ({n} clients)", service / rate[f"inprocess_{n}"]),
-        (f"service, defaults ({n} clients) / naive pipeline", service / rate["naive"]),
-        (f"service, 2 API workers (the default) / 1 API worker ({n} clients)", service / rate[f"service_api_workers1_{n}"]),
-        (f"in-process pipeline ({n} clients) / naive pipeline", rate[f"inprocess_{n}"] / rate["naive"]),
+    service = f"service_batching_{batching}_{n}"  # the service with its defaults
+    pairs = [(f"service, defaults (batching {batching}) ({c} clients) / in-process pipeline ({c} clients)", f"service_batching_{batching}_{c}", f"inprocess_{c}")
+             for c in sorted({n, 16})]
+    pairs += [(f"service, int8 model ({c} clients) / in-process pipeline, int8 model ({c} clients)", f"service_int8_{c}", f"inprocess_int8_{c}")
+              for c in sorted({n, 16})]
+    pairs += [
+        (f"service, defaults ({n} clients) / naive pipeline", service, "naive"),
+        (f"service, 2 API workers (the default) / 1 API worker ({n} clients)", service, f"service_api_workers1_{n}"),
+        (f"in-process pipeline ({n} clients) / naive pipeline", f"inprocess_{n}", "naive"),
+        (f"service, int8 model ({n} clients) / naive pipeline", f"service_int8_{n}", "naive"),
+        (f"in-process pipeline: int8 / float model ({n} clients)", f"inprocess_int8_{n}", f"inprocess_{n}"),
     ]
-    if f"service_int8_{n}" in rate:
-        rows += [(f"service, int8 model ({n} clients) / naive pipeline", rate[f"service_int8_{n}"] / rate["naive"]),
-                 (f"service, int8 model ({n} clients) / in-process pipeline, int8 model ({n} clients)", rate[f"service_int8_{n}"] / rate[f"inprocess_int8_{n}"]),
-                 (f"in-process pipeline: int8 / float model ({n} clients)", rate[f"inprocess_int8_{n}"] / rate[f"inprocess_{n}"])]
     for key in (k for k in rate if k.startswith("service_model_")):
         other = key.removeprefix("service_model_").removesuffix(f"_{n}")
-        rows += [(f"service, served model / {other} ({n} clients)", service / rate[key]),
-                 (f"in-process pipeline, served model / {other} ({n} clients)", rate[f"inprocess_{n}"] / rate[f"inprocess_model_{other}_{n}"])]
-    rows += [(f"service: batching on / off, {c} client{'s' if c > 1 else ''}", rate[f"service_batching_on_{c}"] / rate[f"service_batching_off_{c}"])
-             for c in sorted({1, 4, 16, n})]
+        pairs += [(f"service, served model / {other} ({n} clients)", service, key),
+                  (f"in-process pipeline, served model / {other} ({n} clients)", f"inprocess_{n}", f"inprocess_model_{other}_{n}")]
+    pairs += [(f"service: batching on / off, {c} client{'s' if c > 1 else ''}", f"service_batching_on_{c}", f"service_batching_off_{c}")
+              for c in sorted({1, 4, 16, n})]
+    pairs += [("TTA: no rotation / 3 rotations (in-process)", "inprocess_tta0", f"inprocess_{n}"),
+              ("TTA: 5 rotations / 3 rotations (in-process)", "inprocess_tta5", f"inprocess_{n}")]
+    rows = [(label, rate[a] / rate[b]) for label, a, b in pairs if a in rate and b in rate]
     rows += [(f"classifier: ONNX Runtime / PyTorch eager, batch {b}", classifier[f"onnxruntime_batch{b}"] / classifier[f"pytorch_eager_batch{b}"]) for b in (3, 48)]
     rows += [(f"classifier: ONNX Runtime int8 / float, batch {b}", classifier[f"onnxruntime_int8_batch{b}"] / classifier[f"onnxruntime_batch{b}"])
              for b in (3, 48) if f"onnxruntime_int8_batch{b}" in classifier]
-    rows += [("TTA: no rotation / 3 rotations (in-process)", rate["inprocess_tta0"] / rate[f"inprocess_{n}"]),
-             ("TTA: 5 rotations / 3 rotations (in-process)", rate["inprocess_tta5"] / rate[f"inprocess_{n}"])]
-    reference = detection["facenet_defaults"]
-    rows += [(f"detection: facenet-pytorch defaults / {name.replace('_', ' ')}, {at_once} image{'s' if at_once != '1' else ''} at once",
-              reference[at_once] / ms) for name, timings in detection.items() if name != "facenet_defaults" for at_once, ms in timings.items()]
+    if "facenet_defaults" in detection:
+        reference = detection["facenet_defaults"]
+        rows += [(f"detection: facenet-pytorch defaults / {name.replace('_', ' ')}, {at_once} image{'s' if at_once != '1' else ''} at once",
+                  reference[at_once] / ms) for name, timings in detection.items() if name != "facenet_defaults" for at_once, ms in timings.items()]
     return [(label, round(value, 2)) for label, value in rows]
 
 

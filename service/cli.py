@@ -24,15 +24,12 @@ from functools import partial
 from pathlib import Path
 from typing import Sequence
 
-import anyio.to_thread
-import numpy as np
-
 from service.annotate import AnnotationWriter
 from service.argv import join_option_values
 from service.batch import batch_result, to_csv
 from service.config import get_settings, parse_angles
 from service.contract import ModelLoadError
-from service.engine import Engine, Source
+from service.engine import Engine, Source, local_classifier
 from service.errors import ServiceError
 from service.folders import FolderFile, SortedCopier, list_files, resolve_folder
 from service.metrics import get_metrics
@@ -127,11 +124,8 @@ def load_engine(model: Path, tta: Sequence[float], device: str) -> Engine:
     except (ModelLoadError, RuntimeError) as exc:
         raise CommandError(str(exc)) from None
     pipeline = Pipeline(classifier.card, detector, tta, settings.max_faces, settings.band_for(classifier.card))
-
-    async def classify(crops: np.ndarray) -> np.ndarray:
-        return await anyio.to_thread.run_sync(classifier.predict_crops, crops)
-
-    return Engine(pipeline, classify, settings.max_bytes, settings.max_pixels, get_metrics())
+    metrics = get_metrics()
+    return Engine(pipeline, local_classifier(classifier, metrics), settings.max_bytes, settings.max_pixels, metrics)
 
 
 def run(engine: Engine, files: Sequence[FolderFile], copier: SortedCopier | None, annotator: AnnotationWriter | None) -> list[BatchItem]:

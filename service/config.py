@@ -42,10 +42,10 @@ class Settings(BaseSettings):
     detect_max_side: int = Field(640, ge=64, description="Detection runs on a copy no longer than this.")
     min_face_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Smallest face searched for, as a fraction of the detection copy's "
                                      "shorter side; 0 searches down to 20 px, as MTCNN does. Higher is faster and misses small faces.")
-    api_workers: int = Field(2, ge=1, le=64, description="Processes that decode, detect and crop (the FaceCheck service); the Classifier keeps one. "
-                             "One is GIL-bound at about 1.3 cores.")
-    classifier_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime threads of the Classifier on CPU; "
-                                    "0: the cores the API workers leave, at least 1.")
+    api_workers: int = Field(2, ge=1, le=64, description="Processes that decode, detect, crop and (without adaptive batching) classify: "
+                             "the FaceCheck service. One is GIL-bound at about 1.3 cores.")
+    classifier_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime threads of the classifier on CPU; 0: without adaptive batching, "
+                                    "the cores over the API workers (at least 1 each); with it, the cores the API workers leave to the Classifier.")
     request_timeout_s: int = Field(300, gt=0, description="Longest a request may run; a folder of 500 photos takes about 2 minutes on 2 CPU cores.")
 
     @field_validator("tta_angles", mode="before")
@@ -87,13 +87,22 @@ class Settings(BaseSettings):
         return 64 if providers_for(self.device)[0] == "CUDAExecutionProvider" else 1
 
     @property
+    def inline_classifier(self) -> bool:
+        """Without adaptive batching, each API worker runs the classifier itself: no Classifier service and no hop to it."""
+        return self.adaptive_batch_size <= 1
+
+    @property
     def classifier_cpu_threads(self) -> int:
-        return self.classifier_threads or max(1, len(os.sched_getaffinity(0)) - self.api_workers)
+        cores = len(os.sched_getaffinity(0))
+        if self.classifier_threads:
+            return self.classifier_threads
+        return max(1, cores // self.api_workers if self.inline_classifier else cores - self.api_workers)
 
     @property
     def classifier_calls_at_once(self) -> int:
-        """Unbatched classifier calls run side by side: as many as the cores hold at classifier_cpu_threads each."""
-        return max(1, len(os.sched_getaffinity(0)) // self.classifier_cpu_threads)
+        """Unbatched classifier calls of one API worker run side by side: as many as its share of the cores holds."""
+        cores = len(os.sched_getaffinity(0))
+        return max(1, (cores // self.api_workers) // self.classifier_cpu_threads)
 
     @property
     def sorted_root(self) -> Path:

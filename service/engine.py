@@ -1,14 +1,15 @@
 """The service's work for one image or many, independent of BentoML.
 
 An image is decoded, its faces found and cropped (in a worker thread: that is CPU or GPU work), then its
-crops are awaited from `classify`: in the service, the Classifier dependency, whose adaptive batching
-groups the crops of concurrent images into one ONNX Runtime call; in the CLI (service.cli), ONNX Runtime
-in this process. Client errors come out as ServiceError; per-file errors of a batch become items of the
+crops are awaited from `classify`: ONNX Runtime in this process (`local_classifier`: the CLI, and the
+service's API workers on CPU), or the service's Classifier dependency, whose adaptive batching groups
+the crops of concurrent images into one ONNX Runtime call (on a GPU). Client errors come out as ServiceError; per-file errors of a batch become items of the
 answer.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -19,11 +20,13 @@ import anyio.to_thread
 import numpy as np
 from PIL import Image
 
+from service.admission import Admission
 from service.annotate import AnnotationWriter, annotated_png
 from service.errors import ServiceError, classifier_disconnected, from_classifier_error, from_image_error
 from service.folders import SortedCopier
 from service.imaging import ImageError, decode_image
 from service.metrics import Metrics
+from service.onnx_model import OnnxClassifier
 from service.pipeline import Pipeline, Prepared, ms_since
 from service.schemas import BatchItem, ImageResult
 
@@ -38,6 +41,19 @@ BATCH_CONCURRENCY = 8
 # Tries of one classifier call whose connection breaks (its worker died): a call in flight on the dead
 # worker fails, and may meet one more of its stale pooled connections, before it reaches the new worker.
 CLASSIFY_ATTEMPTS = 3
+
+
+def local_classifier(model: OnnxClassifier, metrics: Metrics, admission: Admission | None = None) -> Classify:
+    """`model` run on a photo's crops in a worker thread of this process, holding one of `admission`'s
+    slots where given (it sheds load with a 503 once a call has waited its whole budget)."""
+    slot = admission.slot if admission is not None else contextlib.nullcontext
+
+    async def classify(crops: np.ndarray) -> np.ndarray:
+        metrics.batch_size.observe(len(crops))
+        async with slot():
+            return await anyio.to_thread.run_sync(model.predict_crops, crops)
+
+    return classify
 
 
 @dataclass(frozen=True)

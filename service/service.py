@@ -1,17 +1,18 @@
 """The BentoML service: `bentoml serve` from the repository root serves FaceCheck (see bentofile.yaml).
 
-Two services, as BentoML's adaptive batching wants them. FaceCheck (the API) decodes, finds faces and
-crops; Classifier runs the ONNX model in its own worker with one batchable method. FaceCheck reaches it
-through `bentoml.depends`, so each call goes over HTTP to the Classifier, where (on a GPU, by default)
-the batching dispatcher groups the crops of concurrent requests into one ONNX Runtime call. A photo's
-crops, every face with its TTA rotations, always travel together in one call. The logic lives in plain
+FaceCheck (the API) decodes, finds faces and crops. With adaptive batching (by default on a GPU), the
+ONNX model runs in a second service, as BentoML's batching wants it: Classifier, one batchable method in
+its own worker, which FaceCheck reaches through `bentoml.depends`, so each call goes over HTTP to the
+batching dispatcher that groups the crops of concurrent requests into one ONNX Runtime call. Without it
+(by default on CPU), each API worker runs the model itself: the hop to a Classifier cost a third of the
+service's throughput (docs/benchmarks.md). A photo's crops, every face with its TTA rotations, always
+travel together in one call. The logic lives in plain
 modules: engine (the work), uploads (request parsing), folders, batch, annotate (the drawn picture),
 errors and metrics. For people rather than programs, GET /ui serves one static page
 (service/static/index.html) that uploads photos to /classify and draws the answer.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -28,12 +29,12 @@ from starlette.routing import Route
 from service.admission import Admission
 from service.batch import batch_result
 from service.config import get_settings
-from service.engine import Engine, Source
+from service.engine import Classify, Engine, Source, local_classifier
 from service.errors import ServiceError, document_errors
 from service.faces import FaceDetector, configured_detector, detector_device
 from service.folders import SortedCopier, list_files, resolve_folder
 from service.memory import start_trimming
-from service.metrics import get_metrics
+from service.metrics import Metrics, get_metrics
 from service.onnx_model import OnnxClassifier, read_card
 from service.pipeline import Pipeline
 from service.schemas import BatchResult, ImageResult
@@ -69,21 +70,17 @@ CLASSIFIER_TIMEOUT_S = min(60, settings.request_timeout_s)
 # Adaptive batching pays where the classifier runs on a GPU. On CPU, ONNX Runtime runs 48 crops no faster
 # per crop than 3, and BentoML's dispatcher runs one batch at a time: off by default (docs/benchmarks.md).
 BATCH_SIZE = settings.adaptive_batch_size
-BATCHING = BATCH_SIZE > 1
+BATCHING = not settings.inline_classifier
 
 
 @bentoml.service(traffic={"timeout": CLASSIFIER_TIMEOUT_S}, envs=MALLOC_ENVS,
                  runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9})
 class Classifier:
     def __init__(self) -> None:
-        self.model = OnnxClassifier(settings.model, settings.device, settings.classifier_cpu_threads)
-        self.model.warm_up()  # before /readyz says ready, and before adaptive batching times its first calls
-        self.metrics = get_metrics()
-        # Without adaptive batching, calls run side by side, as many as the cores hold; BentoML's dispatcher,
-        # when batching, runs one batch at a time and sheds by itself.
-        self.slot = contextlib.nullcontext if BATCHING else Admission(settings.classifier_calls_at_once, settings.batch_latency_ms / 1000.0).slot
-        log.info("classifier %s %s on %s, adaptive batching %s", self.model.card.name, self.model.card.version, self.model.provider,
-                 f"up to {BATCH_SIZE} crops" if BATCHING else "off")
+        self.model = loaded_classifier()
+        # BentoML's dispatcher runs one batch at a time and sheds load by itself.
+        self.classify = local_classifier(self.model, get_metrics())
+        log.info("classifier %s %s on %s, adaptive batching up to %d crops", self.model.card.name, self.model.card.version, self.model.provider, BATCH_SIZE)
 
     def __is_ready__(self) -> bool:
         return self.model is not None
@@ -92,9 +89,21 @@ class Classifier:
     @bentoml.api(batchable=BATCHING, max_batch_size=max(2, BATCH_SIZE), max_latency_ms=settings.batch_latency_ms)
     async def predict(self, crops: np.ndarray) -> np.ndarray:
         """Fake probabilities (N,) for face crops (N, H, W, 3) uint8."""
-        self.metrics.batch_size.observe(len(crops))
-        async with self.slot():
-            return await anyio.to_thread.run_sync(self.model.predict_crops, crops)
+        return await self.classify(crops)
+
+
+def loaded_classifier() -> OnnxClassifier:
+    model = OnnxClassifier(settings.model, settings.device, settings.classifier_cpu_threads)
+    model.warm_up()  # before /readyz says ready, and before adaptive batching times its first calls
+    return model
+
+
+def inline_classifier(metrics: Metrics) -> Classify:
+    """The model in this API worker, with calls past what its share of the cores holds shed as 503 (service.admission)."""
+    model = loaded_classifier()
+    log.info("classifier %s %s on %s in the API worker, %d ONNX Runtime threads, adaptive batching off",
+             model.card.name, model.card.version, model.provider, settings.classifier_cpu_threads)
+    return local_classifier(model, metrics, Admission(settings.classifier_calls_at_once, settings.batch_latency_ms / 1000.0))
 
 
 async def _docs(_: Request) -> RedirectResponse:
@@ -108,18 +117,20 @@ async def _page(_: Request) -> HTMLResponse:
 @bentoml.service(traffic={"timeout": settings.request_timeout_s}, envs=MALLOC_ENVS, workers=settings.api_workers)
 @bentoml.asgi_app(Starlette(routes=[Route("/docs", _docs), Route("/ui", _page)]))
 class FaceCheck:
-    classifier = bentoml.depends(Classifier)
+    if BATCHING:
+        classifier = bentoml.depends(Classifier)
 
     def __init__(self) -> None:
         self.metrics = get_metrics()
         start_trimming()
         detector = FaceDetector(configured_detector(), device=detector_device(settings.device))
         self.pipeline = Pipeline(CARD, detector, settings.tta_angles, settings.max_faces, settings.band_for(CARD))
-        self.engine = Engine(self.pipeline, self._classify, settings.max_bytes, settings.max_pixels, self.metrics)
+        classify = self._classify if BATCHING else inline_classifier(self.metrics)
+        self.engine = Engine(self.pipeline, classify, settings.max_bytes, settings.max_pixels, self.metrics)
         log.info("face detector on %s; model card %s %s", detector.device, self.pipeline.card.name, self.pipeline.card.version)
 
     def __is_ready__(self) -> bool:
-        # Also /readyz asks the Classifier's own /readyz (BentoML's runner probe).
+        # With a Classifier, /readyz also asks its own /readyz (BentoML's runner probe).
         return self.engine is not None
 
     async def _classify(self, crops: np.ndarray) -> np.ndarray:

@@ -5,7 +5,8 @@
 - a missing, corrupt or wrong model stops `bentoml serve` at once, its log naming the problem;
 - a worker killed with SIGKILL is replaced by BentoML's supervisor; calls in flight on a killed
   classifier are sent again, and later requests succeed.
-- several API workers (FACECHECK_API_WORKERS) share the one Classifier and answer every request.
+- several API workers (FACECHECK_API_WORKERS) answer every request: on CPU each with the classifier in
+  its own process, with adaptive batching all through the one Classifier.
 """
 from __future__ import annotations
 
@@ -116,6 +117,8 @@ def test_classifier_killed_mid_run(busy_server):
     The calls the dead worker had taken are sent again and wait for its replacement, so none is answered
     "classifier_unavailable"; a 503 here is only the classifier shedding load."""
     url, log = busy_server
+    if not workers(url, "Classifier"):
+        pytest.skip("without adaptive batching the API workers run the classifier themselves: test_api_worker_killed")
     (victim,) = workers(url, "Classifier")
 
     def send(index: int) -> tuple[int, str]:
@@ -170,11 +173,13 @@ def test_request_timeout_is_504(tmp_path):
         assert post(url).status_code == 200  # and the server still answers
 
 
-def test_api_workers_share_one_classifier(tmp_path):
-    """FACECHECK_API_WORKERS=3: three FaceCheck processes on the one socket, one Classifier, every request answered."""
+@pytest.mark.parametrize("batch_size, classifiers", [("1", 0), ("64", 1)], ids=["inline", "batching"])
+def test_several_api_workers_answer_every_request(tmp_path, batch_size, classifiers):
+    """FACECHECK_API_WORKERS=3: three FaceCheck processes on the one socket, every request answered; each runs
+    the classifier itself without adaptive batching, and all share one Classifier with it."""
     log = tmp_path / "serve.log"
-    with running_server(server_env(tmp_path, FACECHECK_API_WORKERS="3"), timeout_s=240, log_path=log) as url:
-        assert (len(workers(url, "FaceCheck")), len(workers(url, "Classifier"))) == (3, 1)
+    with running_server(server_env(tmp_path, FACECHECK_API_WORKERS="3", FACECHECK_BATCH_SIZE=batch_size), timeout_s=240, log_path=log) as url:
+        assert (len(workers(url, "FaceCheck")), len(workers(url, "Classifier"))) == (3, classifiers)
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(lambda _: post(url, FACE, "image/jpeg"), range(12)))
         assert [a.status_code for a in answers] == [200] * 12

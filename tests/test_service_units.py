@@ -183,19 +183,25 @@ def test_cuda_present_agrees_with_torch():
     assert cuda_present() == torch.cuda.is_available()
 
 
-def test_classifier_threads_default_to_the_cores_the_api_workers_leave():
+def test_classifier_threads_share_the_cores_with_the_api_workers(monkeypatch):
     import os
 
     from service.config import Settings
 
     cores = len(os.sched_getaffinity(0))
-    assert Settings(api_workers=2).classifier_cpu_threads == max(1, cores - 2)
+    monkeypatch.setenv("FACECHECK_BATCH_SIZE", "1")  # the classifier in each API worker: the cores split between them
+    assert Settings(api_workers=2).inline_classifier
+    assert Settings(api_workers=2).classifier_cpu_threads == max(1, cores // 2)
     assert Settings(api_workers=cores + 3).classifier_cpu_threads == 1
     assert Settings(api_workers=2, classifier_threads=5).classifier_cpu_threads == 5
-    # unbatched calls side by side: never more ONNX Runtime threads than cores, at least one call
-    assert Settings(api_workers=2, classifier_threads=1).classifier_calls_at_once == cores
+    # unbatched calls side by side in a worker: never more ONNX Runtime threads than its share of the cores, at least one call
+    assert Settings(api_workers=1, classifier_threads=1).classifier_calls_at_once == cores
     assert Settings(api_workers=2, classifier_threads=cores).classifier_calls_at_once == 1
     assert Settings(api_workers=2, classifier_threads=cores + 5).classifier_calls_at_once == 1
+    monkeypatch.setenv("FACECHECK_BATCH_SIZE", "64")  # a Classifier service: the cores the API workers leave
+    assert not Settings(api_workers=2).inline_classifier
+    assert Settings(api_workers=2).classifier_cpu_threads == max(1, cores - 2)
+    assert Settings(api_workers=cores + 3).classifier_cpu_threads == 1
 
 
 def test_adaptive_batching_defaults_to_on_with_cuda_and_off_on_cpu(monkeypatch):

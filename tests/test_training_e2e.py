@@ -299,6 +299,22 @@ def test_export_quantize_int8_records_its_accuracy_change(trained_cnn, tmp_path:
     assert card["quantization"]["test_change"][data.name]["accuracy"] == pytest.approx(after["accuracy"] - before["accuracy"], abs=1e-4)
     measured = evaluate.evaluate(out / "tiny-int8.onnx", [data], angles=(0.0,))[data.name]
     assert measured["accuracy"] == pytest.approx(after["accuracy"], abs=1e-9)
+    check = card["quantization"]["cpu_default"]
+    assert check == quantize.cpu_default_check(float_card["metrics"], card["metrics"])
+    assert quantize.main(["--model", str(out / "tiny.onnx"), "--check"]) == (0 if check["holds"] else 1)
+
+
+def test_the_cpu_default_rule_finds_the_largest_change_over_splits_and_chains() -> None:
+    from training.quantize import cpu_default_check
+
+    def metrics(auc: float, fpr: float, chain_fpr: float) -> dict:
+        return {"test": {"a": {"roc_auc": auc, "false_positive_rate": fpr}, "reals": {"roc_auc": None, "false_positive_rate": fpr}},
+                "robustness": {"chains": {"jpeg60": {"a": {"roc_auc": auc, "false_positive_rate": chain_fpr}}}}}
+
+    same = cpu_default_check(metrics(0.9, 0.1, 0.1), metrics(0.904, 0.103, 0.1))
+    assert same["holds"] and same["figures"]["roc_auc"]["where"] == "test a"
+    worse = cpu_default_check(metrics(0.9, 0.1, 0.1), metrics(0.9, 0.1, 0.12))
+    assert not worse["holds"] and worse["figures"]["false_positive_rate"] == {"largest_change": 0.02, "where": "jpeg60 a", "limit": 0.005, "holds": False}
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from training.data import DatasetError, Split, scan_dataset
 from training.scoring import default_split_file
 
 COMPARED = ("roc_auc", "accuracy", "f1", "false_positive_rate")
+# The int8 copy may serve by default on CPU only where, on every test split and re-processing chain, it
+# ranks as well as the float model and calls as many real photos fake: the largest change allowed.
+CPU_DEFAULT_RULE = {"roc_auc": 0.005, "false_positive_rate": 0.005}
 
 
 def quantize_int8(source: Path, target: Path, calibration: np.ndarray) -> None:
@@ -84,6 +87,29 @@ def metric_changes(float_metrics: dict[str, Any], int8_metrics: dict[str, Any]) 
     return changes
 
 
+def paired(float_metrics: dict[str, Any], int8_metrics: dict[str, Any], key: str) -> Iterator[tuple[str, float | None, float | None]]:
+    """(where, float figure, int8 figure) of `key` for each test split and each chain's split."""
+    for name, before in float_metrics["test"].items():
+        yield f"test {name}", before.get(key), int8_metrics["test"][name].get(key)
+    int8_chains = int8_metrics.get("robustness", {}).get("chains", {})
+    for chain, sets in float_metrics.get("robustness", {}).get("chains", {}).items():
+        for name, before in sets.items():
+            yield f"{chain} {name}", before.get(key), int8_chains.get(chain, {}).get(name, {}).get(key)
+
+
+def cpu_default_check(float_metrics: dict[str, Any], int8_metrics: dict[str, Any]) -> dict[str, Any]:
+    """CPU_DEFAULT_RULE applied: the largest |int8 - float| of each ruled figure, where it is, and whether the rule holds."""
+    figures = {}
+    for key, limit in CPU_DEFAULT_RULE.items():
+        changes = [(abs(after - before), where) for where, before, after in paired(float_metrics, int8_metrics, key)
+                   if before is not None and after is not None]
+        largest, where = max(changes, default=(0.0, "-"))
+        figures[key] = {"largest_change": round(largest, 4), "where": where, "limit": limit, "holds": largest <= limit}
+    return {"rule": "the int8 copy serves by default on CPU if, on every test split and re-processing chain, its ROC-AUC is within "
+                    f"{CPU_DEFAULT_RULE['roc_auc']} of the float model's and its share of real photos called fake within "
+                    f"{CPU_DEFAULT_RULE['false_positive_rate'] * 100:g} points", "figures": figures, "holds": all(f["holds"] for f in figures.values())}
+
+
 def float_card_metrics(model: Path, card: ModelCard, split_file: Path, angles: Sequence[float]) -> dict[str, Any] | None:
     """The float model's own card figures where they were measured as the int8 model's will be: on the
     split file the export wrote beside it, with the same rotations and chains. Measuring again gives the same."""
@@ -97,7 +123,8 @@ def float_card_metrics(model: Path, card: ModelCard, split_file: Path, angles: S
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.quantize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True, help="an export of python -m training.export (exports/<name>.onnx)")
-    p.add_argument("--data", type=Path, action="append", default=[], required=True, help="the dataset folders of the model's split (repeat)")
+    p.add_argument("--data", type=Path, action="append", default=[], help="the dataset folders of the model's split (repeat; required to quantize)")
+    p.add_argument("--check", action="store_true", help="quantize nothing: apply the CPU default rule to the cards of --model and its -int8 copy")
     p.add_argument("--split-file", type=Path, help="the model's split (default: <name>.split.json beside the model)")
     p.add_argument("--calibration", type=int, default=256, help="training crops that calibrate the activation ranges")
     p.add_argument("--tta", default=",".join(f"{a:g}" for a in get_settings().tta_angles), help="rotations for threshold and metrics (the service's default)")
@@ -108,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.check:
+        return check_cards(args.model)
+    if not args.data:
+        print("error: --data is required to quantize (repeat it for each dataset of the model's split)", file=sys.stderr)
+        return 2
     try:
         print(quantize_export(args.model, args.data, args.split_file, args.calibration, args.tta,
                               "python -m training.quantize " + shlex.join(argv)))
@@ -115,6 +147,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, DatasetError, ModelLoadError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def check_cards(model: Path) -> int:
+    """Prints CPU_DEFAULT_RULE applied to the measured figures of `model` and its int8 copy; 0 where it holds, 1 where not."""
+    int8 = model.with_name(f"{model.stem}-int8.onnx")
+    try:
+        check = cpu_default_check(read_card(model).metrics, read_card(int8).metrics)
+    except (ModelLoadError, KeyError) as exc:
+        print(f"error: cannot compare {model} with {int8}: {exc}", file=sys.stderr)
+        return 2
+    print(cpu_default_lines(check))
+    return 0 if check["holds"] else 1
 
 
 def quantize_export(model: Path, folders: Sequence[Path], split_file: Path | None, calibration: int, tta: str, command: str) -> Path:
@@ -138,6 +182,7 @@ def quantize_export(model: Path, folders: Sequence[Path], split_file: Path | Non
             "quantization": {"method": "ONNX Runtime static quantization: QDQ, int8 weights per channel, uint8 activations, MinMax",
                              "calibration_crops": calibration, "float_model": {"name": card.name, "sha256": hashlib.sha256(model.read_bytes()).hexdigest()},
                              "float_test_metrics": float_metrics["test"], "test_change": metric_changes(float_metrics, metrics),
+                             "cpu_default": cpu_default_check(float_metrics, metrics),
                              "probability_calibration": "the float model's calibration and uncertain band, kept as they are (the threshold "
                                                         "is the int8 model's own); python -m training.calibrate refits both on the int8 model"}})
         attach_card(staged, int8_card)
@@ -153,6 +198,14 @@ def _print_changes(card: ModelCard) -> None:
     print(f"{'dataset':<12} " + " ".join(f"{key:>20}" for key in COMPARED))
     for name, change in card.quantization["test_change"].items():
         print(f"{name:<12} " + " ".join(f"{'-' if change[k] is None else f'{change[k]:+.4f}':>20}" for k in COMPARED))
+    print(cpu_default_lines(card.quantization["cpu_default"]))
+
+
+def cpu_default_lines(check: dict[str, Any]) -> str:
+    lines = [f"{check['rule']}: {'holds' if check['holds'] else 'does not hold'}"]
+    lines += [f"  {key}: largest change {f['largest_change']:.4f} ({f['where']}), limit {f['limit']}: {'holds' if f['holds'] else 'fails'}"
+              for key, f in check["figures"].items()]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,178 @@
+"""Where a photo's time goes: the service against the in-process pipeline, under the benchmark's load.
+
+    .venv/bin/pip install py-spy                      # optional: the per-stage split of each process
+    .venv/bin/python -m loadtests.profile             # about 2 minutes on 2 CPU cores
+
+Runs the in-process Engine, then a real `bentoml serve` with its defaults, each with --clients clients
+for --seconds on the benchmark's photos. For each process it counts CPU time per photo answered
+(psutil), and, where py-spy is installed, samples its Python threads and sorts the samples into stages
+(decode, detection, crops, ONNX Runtime, HTTP and framework). Writes profile.json and profile.md into
+loadtests/reports/profile-<timestamp>/, with py-spy's flame graphs (SVG) beside them.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterator
+
+import psutil
+
+from loadtests.benchmark import TTA3, Run, engine_run, http_run, server_env
+from loadtests.images import single_face_payloads
+from loadtests.server import REPO, running_server, serve_process
+
+# The first stage whose marker appears in a sampled stack (innermost frame last) takes the sample.
+STAGES: list[tuple[str, tuple[str, ...]]] = [
+    ("ONNX Runtime (classifier)", ("predict_crops", "onnx_model.py")),
+    ("face detection", ("mtcnn.py", "faces.py:detect", "detect (service/faces.py")),
+    ("crops and TTA rotations", ("preprocess.py", "pipeline.py")),
+    ("decode", ("imaging.py",)),
+    ("request parsing and answer (ours)", ("uploads.py", "schemas.py", "engine.py", "service.py")),
+]
+OTHER = "HTTP, serialization, BentoML and the event loop"
+
+
+def stage_of(stack: str) -> str:
+    frames = stack.split(";")
+    for name, markers in STAGES:
+        if any(marker in frame for frame in frames for marker in markers):
+            return name
+    return OTHER
+
+
+def stages(raw: Path) -> dict[str, int]:
+    """Samples per stage from py-spy's collapsed-stack output ("frame;frame;... count" per line)."""
+    counts: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            counts[stage_of(stack)] += int(count)
+    return dict(counts)
+
+
+@contextlib.contextmanager
+def sampled(process: psutil.Process, out: Path, seconds: float) -> Iterator[None]:
+    """py-spy records `process` for `seconds` (raw stacks and a flame graph) while the block runs."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        yield
+        return
+    procs = [subprocess.Popen([spy, "record", "--pid", str(process.pid), "--duration", str(int(seconds)), "--rate", "50", "--nonblocking",
+                               "--format", fmt, "--output", str(out.with_suffix(suffix))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for fmt, suffix in (("raw", ".txt"), ("flamegraph", ".svg"))]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.wait(timeout=seconds + 60)
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """User and system CPU of a process and its threads (ONNX Runtime's pools included)."""
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def measured(processes: dict[str, psutil.Process], run: Callable[[], Run], out: Path, seconds: float) -> tuple[Run, dict[str, dict]]:
+    """`run` while each process's CPU is counted and its threads sampled; CPU ms per photo and stage shares per process."""
+    before = {name: cpu_seconds(p) for name, p in processes.items()}
+    with contextlib.ExitStack() as stack:
+        for name, process in processes.items():
+            stack.enter_context(sampled(process, out / name, seconds))
+        result = run()
+    report = {}
+    for name, process in processes.items():
+        per_photo_ms = (cpu_seconds(process) - before[name]) * 1000.0 / max(1, result.images)
+        raw = out / f"{name}.txt"
+        report[name] = {"cpu_ms_per_photo": round(per_photo_ms, 1), "stages": stages(raw) if raw.exists() else {}}
+    return result, report
+
+
+def server_processes(url: str) -> dict[str, psutil.Process]:
+    """The server's worker processes by service, numbered where a service has several."""
+    found: dict[str, psutil.Process] = {}
+    for child in serve_process(url).children():
+        line = " ".join(child.cmdline())
+        if "--service-name" in line:
+            service = line.split("--service-name ", 1)[1].split()[0]
+            found[f"{service}-{sum(k.startswith(service) for k in found) + 1}"] = child
+    return found
+
+
+def in_process(payloads, clients: int, seconds: float, out: Path) -> tuple[Run, dict[str, dict]]:
+    me = psutil.Process()
+    holder: dict[str, Run] = {}
+
+    def run() -> Run:
+        holder["run"] = engine_run(TTA3, os.environ.get("FACECHECK_DEVICE", "auto"), payloads, clients, seconds, f"in-process, {clients} clients")
+        return holder["run"]
+
+    # py-spy samples this process from outside; the engine's warm-up calls run inside the sampled window.
+    return measured({"in-process": me}, run, out, seconds + 10)
+
+
+def through_service(payloads, clients: int, seconds: float, out: Path, env: dict[str, str]) -> tuple[Run, dict[str, dict]]:
+    with running_server(env, log_path=out / "server.log") as url:
+        http_run(url, payloads, clients, 3, "warm-up")
+        return measured(server_processes(url), lambda: http_run(url, payloads, clients, seconds, f"service, {clients} clients"), out, seconds)
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Run {report['date']}: `{report['command']}`, {report['clients']} clients, {report['seconds']:.0f} s per row.", "",
+             "| row | photos/s | process | CPU ms per photo | " + " | ".join(name for name, _ in STAGES) + f" | {OTHER} |",
+             "|---|---:|---|---:|" + "---:|" * (len(STAGES) + 1)]
+    for row in report["rows"]:
+        for process, figures in row["processes"].items():
+            total = sum(figures["stages"].values()) or 1
+            shares = [f"{100.0 * figures['stages'].get(name, 0) / total:.0f}%" if figures["stages"] else "-" for name, _ in STAGES + [(OTHER, ())]]
+            lines.append(f"| {row['name']} | {row['photos_per_s']:.1f} | {process} | {figures['cpu_ms_per_photo']:.0f} | " + " | ".join(shares) + " |")
+    lines += ["", "Stage shares are of each process's sampled Python-thread time (py-spy, idle excluded); "
+              "ONNX Runtime's own pool threads are counted in CPU ms, not in the shares."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m loadtests.profile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=20.0, help="measured time per row")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--model", type=Path, help="FACECHECK_MODEL for both rows (default: the served default)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="a setting for the service row, e.g. FACECHECK_API_WORKERS=1 (repeatable)")
+    p.add_argument("--out", type=Path, help="report folder (default loadtests/reports/profile-<timestamp>)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.model:
+        os.environ["FACECHECK_MODEL"] = str(args.model.resolve())
+    out = args.out or REPO / "loadtests" / "reports" / time.strftime("profile-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    payloads = single_face_payloads(400, 40)
+    rows = []
+    for name, measure in (("in-process", lambda: in_process(payloads, args.clients, args.seconds, out / "in-process")),
+                          ("service", lambda: through_service(payloads, args.clients, args.seconds, out / "service",
+                                                             server_env(**dict(kv.split("=", 1) for kv in args.env))))):
+        (out / name).mkdir(exist_ok=True)
+        run, processes = measure()
+        rows.append({"name": run.name, "photos_per_s": round(run.per_s, 2), "failures": run.failures, "processes": processes})
+        print(f"  {run.name}: {run.per_s:.1f} photos/s, " + ", ".join(f"{p} {f['cpu_ms_per_photo']:.0f} CPU ms/photo" for p, f in processes.items()), flush=True)
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "python -m loadtests.profile " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "clients": args.clients, "seconds": args.seconds, "rows": rows}
+    (out / "profile.json").write_text(json.dumps(report, indent=1))
+    (out / "profile.md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"reports in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
