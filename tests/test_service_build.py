@@ -1,4 +1,5 @@
-"""bentofile.yaml: every setting listed with its default, and `bentoml build` makes a bento with a Dockerfile."""
+"""bentofile.yaml: every setting listed with its default, `bentoml build` makes a bento with a Dockerfile, and
+`make container` says so where podman is missing. (`make container-test` runs the image.)"""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deploy.container import BASE_IMAGE
 from service.config import REPO_ROOT, Settings
 
 BENTOFILE = REPO_ROOT / "bentofile.yaml"
@@ -55,7 +57,7 @@ def test_bentoml_build_makes_a_bento_with_a_dockerfile(tmp_path):
     for pin in ("onnxruntime-gpu==1.31.1", "torch==2.14.1", "torchvision==0.29.1", "facenet-pytorch==2.5.3", "uvloop>=0.21", "httptools>=0.6"):
         assert pin in requirements
     dockerfile = (bento / "env/docker/Dockerfile").read_text()
-    assert "python:3.11" in dockerfile and "ENTRYPOINT" in dockerfile
+    assert f"FROM {BASE_IMAGE} AS base-container" in dockerfile and "ENTRYPOINT" in dockerfile
     for env_name, value in bento_envs().items():
         assert f"ENV {env_name}=${env_name}" in dockerfile and f"ARG {env_name}=" in dockerfile
     assert f"ARG FACECHECK_MODEL={IMAGE_SRC}/exports/default.onnx" in dockerfile
@@ -67,3 +69,10 @@ def test_service_imports_without_training(module):
     code = f"import sys, {module}; bad = [m for m in sys.modules if m == 'training' or m.startswith('training.')]; sys.exit(bool(bad))"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("command", ["build", "test"])
+def test_container_commands_say_when_podman_is_missing(command):
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    done = subprocess.run([sys.executable, "-m", "deploy.container", command], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "podman is not installed" in done.stderr, done.stderr
