@@ -34,6 +34,7 @@ CONTAINERS_CONF = Path(__file__).with_name("containers.conf")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_PHOTO = REPO.parent / "shared" / "data" / "lfw-real" / "real" / "Aaron_Eckhart_0001.jpg"
+TORCH_STACK = ("torch", "torchvision", "facenet_pytorch", "timm")
 READY_TIMEOUT_S = 300
 PROBABILITY_TOLERANCE = 1e-3
 
@@ -145,6 +146,14 @@ def check_not_an_image(url: str) -> str:
     return f"a non-image: 400 {body}"
 
 
+def check_no_torch(engine: str, name: str) -> str:
+    code = f"import importlib.util as u; print(*[m for m in {TORCH_STACK!r} if u.find_spec(m)])"
+    found = subprocess.run([engine, "exec", name, "python", "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    if found:
+        raise CommandError(f"the image installs {found}: the service needs none of them")
+    return f"none of {', '.join(TORCH_STACK)} is installed in the image"
+
+
 def check_cpu_fallback(log: Path) -> str:
     text = log.read_text(errors="replace")
     if "on CPUExecutionProvider" not in text or "face detector on cpu" not in text:
@@ -170,7 +179,7 @@ def test(image: str, photo: Path) -> None:
         wait_ready(url, container, READY_TIMEOUT_S)
         print(f"ok  /readyz 200 after {time.monotonic() - started:.0f} s", flush=True)
         for check in (lambda: check_classify(url, photo), lambda: check_metrics(url), lambda: check_not_an_image(url),
-                      lambda: check_cpu_fallback(log)):
+                      lambda: check_no_torch(engine, name), lambda: check_cpu_fallback(log)):
             print("ok ", check(), flush=True)
     except (CommandError, RuntimeError, TimeoutError, requests.RequestException) as exc:
         print(log.read_text(errors="replace")[-4000:], file=sys.stderr)
