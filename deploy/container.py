@@ -81,7 +81,8 @@ def make_base_image(engine: str) -> None:
                    # uv trusts its own built-in roots unless told; this is Debian's bundle, the one pip uses.
                    f"ENV SSL_CERT_FILE={CA_BUNDLE}", "CMD [\"/bin/bash\"]"]
         tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
-        run([engine, "import", *(arg for change in changes for arg in ("--change", change)), "-", BASE_IMAGE], stdin=tar.stdout, stdout=subprocess.DEVNULL)
+        with tar.stdout:
+            run([engine, "import", *(arg for change in changes for arg in ("--change", change)), "-", BASE_IMAGE], stdin=tar.stdout, stdout=subprocess.DEVNULL)
         if tar.wait() != 0:
             raise CommandError("tar of the debootstrapped system failed")
 
@@ -205,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{parser.prog} {args.command}: {exc}", file=sys.stderr)
         return 2
     except subprocess.CalledProcessError as exc:
-        print(f"{parser.prog} {args.command}: {exc}", file=sys.stderr)
+        print(exc.stderr or "", f"{parser.prog} {args.command}: {exc}", sep="", file=sys.stderr)
         return 1
     return 0
 
