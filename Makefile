@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 CHROMEDRIVER ?= /usr/bin/chromedriver
 
-.PHONY: setup serve test fuzz clean browser
+.PHONY: setup serve test fuzz clean browser container container-test
 
 setup: $(STAMP)
 
@@ -31,6 +31,17 @@ test: setup browser
 FUZZ_EXAMPLES ?= 2000
 fuzz: setup
 	FACECHECK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/test_fuzz.py $(PYTEST_ARGS)
+
+# The bento's container image, built and run with podman (deploy/container.py); minutes, so not part of
+# `make test`. `container` makes the base image from Debian's packages when it is missing (root and
+# debootstrap), then `bentoml build` and `bentoml containerize`; `container-test` runs IMAGE on a loopback
+# port and checks its answers against this checkout's engine, on PHOTO (default: a face of ../shared/data).
+IMAGE ?= facecheck:latest
+container: setup
+	$(BIN)/python -m deploy.container build
+
+container-test: setup
+	$(BIN)/python -m deploy.container test --image $(IMAGE) $(if $(PHOTO),--photo $(PHOTO))
 
 # The page's end-to-end test drives Debian's headless Chromium. Where it is missing, try to install it
 # (as root, with apt-get: CI); this never fails the build: without a browser that one test skips.

@@ -23,6 +23,9 @@ def providers_for(device: str) -> list[str]:
         raise ModelLoadError(f"FACECHECK_DEVICE=cuda but this onnxruntime offers only {available}")
     if device == "auto" and not cuda_present():
         return ["CPUExecutionProvider"]
+    # The CUDA and cuDNN libraries of NVIDIA's wheels (onnxruntime-gpu[cuda,cudnn]): nothing else loads them
+    # where torch is not imported first, as in the served image.
+    ort.preload_dlls()
     wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return [p for p in wanted if p in available]
 

@@ -1,4 +1,5 @@
-"""bentofile.yaml: every setting listed with its default, and `bentoml build` makes a bento with a Dockerfile."""
+"""bentofile.yaml: every setting listed with its default, `bentoml build` makes a bento with a Dockerfile, the served
+processes need no torch, and `make container` says so where podman is missing. (`make container-test` runs the image.)"""
 from __future__ import annotations
 
 import os
@@ -7,9 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
+from deploy.container import BASE_IMAGE, TORCH_STACK
+from loadtests.server import serve_process
 from service.config import REPO_ROOT, Settings, get_settings
+from service_fixtures import encode, synthetic_face
 
 BENTOFILE = REPO_ROOT / "bentofile.yaml"
 IMAGE_SRC = Path("/home/bentoml/bento/src")  # where the repository root lies inside the image
@@ -53,10 +58,11 @@ def test_bentoml_build_makes_a_bento_with_a_dockerfile(tmp_path):
     assert not list((bento / "src").glob("training/**/*.py")) and not (bento / "src" / "tests").exists()
     assert (bento / "src/exports/default.onnx").read_bytes() == (REPO_ROOT / "exports/default.onnx").read_bytes()
     requirements = (bento / "env/python/requirements.txt").read_text().splitlines()
-    for pin in ("onnxruntime-gpu==1.31.1", "torch==2.14.1", "torchvision==0.29.1", "facenet-pytorch==2.5.3", "uvloop>=0.21", "httptools>=0.6"):
+    for pin in ("onnxruntime-gpu[cuda,cudnn]==1.31.1", "uvloop>=0.21", "httptools>=0.6"):
         assert pin in requirements
+    assert not [line for line in requirements if line.split("=")[0].replace("-", "_") in TORCH_STACK], "the served processes need ONNX Runtime only"
     dockerfile = (bento / "env/docker/Dockerfile").read_text()
-    assert "python:3.11" in dockerfile and "ENTRYPOINT" in dockerfile
+    assert f"FROM {BASE_IMAGE} AS base-container" in dockerfile and "ENTRYPOINT" in dockerfile
     for env_name, value in bento_envs().items():
         assert f"ENV {env_name}=${env_name}" in dockerfile and f"ARG {env_name}=" in dockerfile
     assert f"ARG FACECHECK_MODEL={IMAGE_SRC}/exports/default.onnx" in dockerfile
@@ -68,3 +74,20 @@ def test_service_imports_without_training(module):
     code = f"import sys, {module}; bad = [m for m in sys.modules if m == 'training' or m.startswith('training.')]; sys.exit(bool(bad))"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_served_processes_do_not_load_torch(server):
+    """The image installs no torch: the API workers and the classifier run without it (ONNX Runtime's MTCNN and model)."""
+    import psutil
+
+    processes = [serve_process(server.url), *serve_process(server.url).children(recursive=True)]
+    requests.post(f"{server.url}/classify", data=encode(synthetic_face(seed=3)), headers={"Content-Type": "image/jpeg"}, timeout=60).raise_for_status()
+    loaded = {process.pid: [m.path for m in process.memory_maps() if "/torch/" in m.path] for process in processes if process.is_running()}
+    assert len(loaded) >= 3 and not any(loaded.values()), loaded
+
+
+@pytest.mark.parametrize("command", ["build", "test"])
+def test_container_commands_say_when_podman_is_missing(command):
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    done = subprocess.run([sys.executable, "-m", "deploy.container", command], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "podman is not installed" in done.stderr, done.stderr
