@@ -51,6 +51,10 @@ def test_robustness_scores_each_chain_and_writes_json_png_and_readme(exported, t
     assert text.startswith("# facecheck\n\nbefore\n") and text.endswith("between\n<!-- generalise:loso -->\n<!-- /generalise:loso -->\nafter\n")
     assert generalise.main(argv) == 0  # a second run replaces the section, it does not add one
     assert readme.read_text().count("| `x0.5` |") == 1
+    carded = tmp_path / "carded"
+    assert generalise.main([*argv[:-4], "--out", str(carded), "--from-card"]) == 0  # the export measured the same chains on the same split
+    assert json.loads((carded / "robustness.json").read_text())[str(model)]["results"] == summary["results"]
+    assert generalise.main([*argv[:-4], "--out", str(carded), "--from-card", "--chains", "x0.5;jpeg61"]) == 2  # a chain no card records
 
 
 @pytest.mark.slow

@@ -25,9 +25,11 @@ from typing import Sequence
 
 from service.config import get_settings
 from service.contract import ModelLoadError
+from service.onnx_model import read_card
 from training import loso, robustness
 from training import train as train_command
 from training.cache import CropCache
+from training.card import robustness_results
 from training.chains import ROBUSTNESS_CHAINS, ChainError, parse_chain
 from training.data import DatasetError, Sample, Split, make_split
 from training.evaluate import choose_samples, parse_angles, scan_folders
@@ -78,8 +80,11 @@ def run_robustness(args: argparse.Namespace) -> int:
             raise GeneraliseError(f"{model}: robustness scores whole photos through the service pipeline, so it takes an exported .onnx model")
         notes: list[str] = []
         chosen, split_file = choose_samples(datasets, "test", args.split_file, model, notes)
-        samples = limited([s for selected, _ in chosen.values() for s in selected], args.limit)
-        results = robustness.measure(model, samples, args.tta, chains, info.threshold)
+        if args.from_card:
+            results = card_results(model, chains, args.tta)
+        else:
+            samples = limited([s for selected, _ in chosen.values() for s in selected], args.limit)
+            results = robustness.measure(model, samples, args.tta, chains, info.threshold)
         png = (args.figures or args.out) / f"robustness-{model.stem}.png"
         robustness.plot(results, f"{model.name}: test split re-processed, threshold {info.threshold:.2f}", png)
         worst = robustness.worst(results)
@@ -101,6 +106,16 @@ def run_robustness(args: argparse.Namespace) -> int:
         print(f"wrote the robustness tables into {args.readme}")
     print(f"wrote robustness.json and {len(args.model)} PNG(s) to {args.out}")
     return 0
+
+
+def card_results(model: Path, chains: Sequence[str], angles: Sequence[float]) -> dict[str, dict[str, dict]]:
+    """The figures the model's card recorded at export (training.card), where it measured these chains with these rotations."""
+    metrics = read_card(model).metrics
+    recorded = robustness_results(metrics) if metrics.get("test") else {}
+    missing = [chain for chain in chains if chain not in recorded]
+    if missing or metrics.get("robustness", {}).get("angles") != list(angles):
+        raise GeneraliseError(f"{model}'s card has no figures for {', '.join(missing) or 'these rotations'}: measure them (leave out --from-card)")
+    return {chain: recorded[chain] for chain in chains}
 
 
 # --- leave-one-source-out -----------------------------------------------------------------------------
@@ -154,6 +169,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                    help=f"chains separated by ';' (default: {';'.join(ROBUSTNESS_CHAINS)})")
     r.add_argument("--limit", type=int, help="at most this many test photos per dataset (seeded; default: all)")
     r.add_argument("--out", type=Path, default=Path("runs/generalise"), help="where robustness.json and the PNGs go")
+    r.add_argument("--from-card", action="store_true", help="the figures the model's card recorded at export, measured on its whole test split, instead of measuring again")
     lo = commands.add_parser("loso", help="leave one source out, with a small training budget per fold; other options go to training.train")
     lo.add_argument("--model", dest="model_name", default="efficientnet_lite0", help="the architecture (training.models)")
     lo.add_argument("--only", action="append", help="run just this fold (e.g. sdfd-sd21-fake); repeatable")
