@@ -1,9 +1,12 @@
 """What the HTTP endpoints accept, parsed by us rather than by BentoML.
 
 BentoML's own input parsing answers bad input on its own terms (a 400 with its own body for a field,
-a 500 for bytes that PIL cannot open). The endpoints therefore take the Starlette request as it came
-(`RequestInput`) and parse it here, so every refusal is a ServiceError with our JSON body. The
-`*Form` models exist for the OpenAPI document only.
+a 500 for bytes that PIL cannot open), reads a whole body or uploaded file into memory whatever its size,
+and knows neither raw `image/*` bodies nor query parameters. The endpoints therefore take the Starlette
+request as it came (`RequestInput`) and parse it here, so every refusal is a ServiceError with our JSON
+body and an oversized upload is refused early. The `*Form` models are the typed contract, in BentoML's
+own types: the OpenAPI document and /schema.json show them, and BentoML's clients build their requests
+from them (a multipart upload for the file fields), which this module parses like any other.
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from bentoml._internal.service.openapi.specification import Schema
+from bentoml.validators import ContentType
+from pydantic import ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -24,10 +29,11 @@ from service.errors import ServiceError, bad_field
 FORM_OVERHEAD = 1024 * 1024  # multipart boundaries and text fields around one image
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"", "0", "false", "no", "off"}
-ImageFile = Annotated[bytes, Field(json_schema_extra={"format": "binary"})]
+# A file field to BentoML: /schema.json says `"type": "file"`, so its clients send it as a multipart file.
+ImageFile = Annotated[Path, ContentType("image/*")]
 
 
-class ClassifyForm(BaseModel):
+class ClassifyForm(bentoml.IODescriptor):
     """One image, as the multipart field `image`, or as the whole request body with Content-Type image/*
     (or application/octet-stream). `reject_no_face` is also accepted as a query parameter."""
 
@@ -35,7 +41,7 @@ class ClassifyForm(BaseModel):
     reject_no_face: bool = Field(False, description="answer 422 when no face is found, instead of classifying the whole image")
 
 
-class BatchForm(BaseModel):
+class BatchForm(bentoml.IODescriptor):
     """Many images in one multipart request, one `images` part per file. `sort` and `csv` are also
     accepted as query parameters."""
 
@@ -44,7 +50,7 @@ class BatchForm(BaseModel):
     csv: bool = Field(False, description="also return the results as CSV text")
 
 
-class FolderRequest(BaseModel):
+class FolderRequest(bentoml.IODescriptor):
     """A folder of images under the server's data root (FACECHECK_DATA_ROOT)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -57,13 +63,14 @@ class FolderRequest(BaseModel):
 class RequestInput(bentoml.IODescriptor):
     """A BentoML input spec that hands the API function the Starlette request, unparsed.
 
-    Subclasses name the model that documents the body (`documented_by`) and its media type; the OpenAPI
-    document and /schema.json show that model.
+    Subclasses name the typed model of the body (`documented_by`) and its media type; the OpenAPI
+    document and /schema.json show that model, and a client that knows the service builds its request
+    from it.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     request: Request
-    documented_by: ClassVar[type[BaseModel]]
+    documented_by: ClassVar[type[bentoml.IODescriptor]]
     media_type: ClassVar[str | None] = "application/json"
 
     @classmethod
@@ -79,6 +86,20 @@ class RequestInput(bentoml.IODescriptor):
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return cls.documented_by.model_json_schema(*args, **kwargs)
+
+    @classmethod
+    def openapi_components(cls, name: str) -> dict[str, Schema]:
+        """As BentoML's, but in serialization mode: OpenAPI has no `file` type, and shows a file as a binary string."""
+        from _bentoml_sdk.service.openapi import REF_TEMPLATE
+
+        schema = cls.model_json_schema(ref_template=REF_TEMPLATE, mode="serialization")
+        defs = schema.pop("$defs", {})
+        return {cls.__name__: Schema(**{**schema, "title": cls.__name__}), **{key: Schema(**value) for key, value in defs.items()}}
+
+    @classmethod
+    def from_inputs(cls, *args: Any, **kwargs: Any) -> bentoml.IODescriptor:
+        """The client's side (bentoml.depends, or a client given the service): the typed body to send."""
+        return cls.documented_by.from_inputs(*args, **kwargs)
 
 
 class ClassifyInput(RequestInput):
