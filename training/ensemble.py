@@ -61,10 +61,12 @@ def member_graph(path: Path, prefix: str, size: int, ensemble_size: int) -> tupl
     graph = compose.add_prefix(onnx.load(str(path)), prefix).graph
     if size == ensemble_size:
         return graph, [helper.make_node("Identity", [INPUT], [prefix + INPUT])]
-    sizes = helper.make_tensor(prefix + "sizes", TensorProto.INT64, [2], [size, size])
-    graph.initializer.append(sizes)
-    resize = helper.make_node("Resize", [INPUT, "", "", prefix + "sizes"], [prefix + INPUT], mode="cubic", antialias=1,
-                              cubic_coeff_a=-0.5, axes=[2, 3], coordinate_transformation_mode="half_pixel")
+    # Scales, not sizes with `axes`: ONNX Runtime's symbolic shape inference (which int8 quantization runs)
+    # follows only these. The output side is floor(side * scale), exact here in float32.
+    scales = helper.make_tensor(prefix + "scales", TensorProto.FLOAT, [4], [1.0, 1.0, size / ensemble_size, size / ensemble_size])
+    graph.initializer.append(scales)
+    resize = helper.make_node("Resize", [INPUT, "", prefix + "scales"], [prefix + INPUT], mode="cubic", antialias=1,
+                              cubic_coeff_a=-0.5, coordinate_transformation_mode="half_pixel")
     return graph, [resize]
 
 

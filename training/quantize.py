@@ -63,7 +63,10 @@ def quantize_int8(source: Path, target: Path, calibration: np.ndarray) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             prepared = Path(tmp) / "prepared.onnx"
-            quant_pre_process(str(source), str(prepared))
+            try:
+                quant_pre_process(str(source), str(prepared))
+            except Exception:  # noqa: BLE001 - its symbolic shape inference gives up on some graphs (an ensemble's Resize branch)
+                quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             quantize_static(str(prepared), str(target), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
     finally:
