@@ -371,4 +371,5 @@ def read_rows(filesystem: fs.FileSystem, path: str, setup: str) -> tuple[dict[st
 
 def print_outcome(outcome: Outcome, out: str, stream=sys.stdout) -> None:
     dropped = f"; {len(outcome.dropped_parts)} unreadable Parquet files of a killed run removed and redone" if outcome.dropped_parts else ""
-    print(f"ray: {outcome.classified} files classified now, {outcome.resumed} already done under {out}{dropped}", file=stream)
+    files = f"{outcome.classified} file{'s' if outcome.classified != 1 else ''}"
+    print(f"ray: {files} classified now, {outcome.resumed} already done under {out}{dropped}", file=stream)
