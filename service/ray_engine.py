@@ -310,6 +310,9 @@ def dataset(inputs: Sequence[Input], config: JobConfig, options: RayOptions):
     # Where the cluster has GPUs, each actor takes one; otherwise it asks for no CPU of its own and shares
     # them with the prepare tasks (a photo's classification costs about a third of its detection's CPU time).
     classifier_resources = {"num_gpus": 1} if gpus else {"num_cpus": 0}
+    # Ray Data holds back part of the CPUs for each operator by default; here every stage but prepare is light,
+    # and with that reservation a 2-CPU node ran one prepare task at a time (docs/benchmarks.md).
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     rows = [{"file": i.name, "source": i.source, "refusal": i.refusal.model_dump_json() if i.refusal else ""} for i in inputs]
     blocks = max(1, min(len(rows) // PREPARE_BATCH, 10_000))
     return (ray.data.from_items(rows, override_num_blocks=blocks)
