@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "default: start a local Ray")
     ray.add_argument("--cpus", type=positive, metavar="N", help="CPUs of the local Ray (default: all of this machine's)")
     ray.add_argument("--workers", type=positive, metavar="N", help="files read, decoded and searched for faces at once (default: one per CPU)")
-    ray.add_argument("--classifiers", type=positive, metavar="N", help="classifier actors (default: one per GPU, or one per 4 CPUs)")
+    ray.add_argument("--classifiers", type=positive, metavar="N", help="classifier actors (default: one per GPU, or one per 2 CPUs)")
     return parser
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -100,7 +99,7 @@ class RayOptions(BaseModel):
     address: str | None = None  # None: start a local Ray with `cpus` CPUs
     cpus: int | None = None
     workers: int | None = None  # prepare tasks at once; None: as many as the CPUs allow
-    classifiers: int | None = None  # classifier actors; None: one per GPU, or one per 4 CPUs without GPUs
+    classifiers: int | None = None  # classifier actors; None: one per GPU, or one per 2 CPUs without GPUs
     device: str = "auto"  # the classifier's: auto (GPUs where the cluster has them), cpu, cuda
 
 
@@ -189,7 +188,6 @@ class Classifier:
     def __init__(self, config: JobConfig, device: str) -> None:
         from service.onnx_model import OnnxClassifier
 
-        # on CPU the actor shares the cores with the prepare tasks, as ONNX Runtime does in the in-process CLI
         self.model = OnnxClassifier(config.model, device, threads=1 if device == "cpu" else 0)
         self.side = self.model.card.preprocess.input_size
         self.model.warm_up()
@@ -306,10 +304,13 @@ def dataset(inputs: Sequence[Input], config: JobConfig, options: RayOptions):
     if options.device == "cuda" and not gpus:
         raise ValueError("--device cuda, but the Ray cluster has no GPU")
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    classifiers = options.classifiers or gpus or max(1, math.ceil(cpus / 4))
-    # Where the cluster has GPUs, each actor takes one; otherwise it asks for no CPU of its own and shares
-    # them with the prepare tasks (a photo's classification costs about a third of its detection's CPU time).
-    classifier_resources = {"num_gpus": 1} if gpus else {"num_cpus": 0}
+    # On CPUs a photo's classification costs about 0.7x its reading and detection (docs/benchmarks.md): an
+    # actor, one ONNX Runtime thread, keeps up with about two CPUs of prepare tasks.
+    classifiers = options.classifiers or gpus or max(1, cpus // 2)
+    # Where the cluster has GPUs, each actor takes one. Without, on a cluster it takes the CPU it keeps busy,
+    # which also keeps it off a head node started with no CPUs; on the local Ray it shares the cores with the
+    # prepare tasks, as ONNX Runtime shares them with detection in the in-process CLI.
+    classifier_resources = {"num_gpus": 1} if gpus else {"num_cpus": 0 if options.address is None else 1}
     # Ray Data holds back part of the CPUs for each operator by default; here every stage but prepare is light,
     # and with that reservation a 2-CPU node ran one prepare task at a time (docs/benchmarks.md).
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
