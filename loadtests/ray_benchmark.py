@@ -11,9 +11,12 @@ from start to exit:
   the classifier actor sharing the cores);
 - ray, 1 CPU worker: the same with `--workers 1`.
 The rows run in turn, in a different order each round, so a drift of the shared machine falls on all of
-them; the ratios are of the medians. Ray's rows also give the job alone (Ray Data's "execution finished
-in"), without the start of Ray and of its workers. Writes ray-benchmark.json and ray-benchmark.md
-into loadtests/reports/ray-benchmark-<timestamp>/.
+them; the ratios are of the medians. Each row also gives the CPU time of the command's whole process
+tree (Ray's daemons and workers included), which other work on a shared machine does not inflate as it
+does wall time, and Ray's rows the job alone (Ray Data's "execution finished in"), without the start of
+Ray and of its workers. Last, the stages: the same job once more in this process, and Ray Data's own
+CPU time of each stage per photo, which is what decides how many CPUs a GPU keeps busy. Writes
+ray-benchmark.json and ray-benchmark.md into loadtests/reports/ray-benchmark-<timestamp>/.
 """
 from __future__ import annotations
 
@@ -111,19 +114,52 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 runs[name].append(timed(name, folder, Path(tmp)))
                 print(f"  round {round_ + 1} {name:22} {runs[name][-1]}", flush=True)
-    summaries = {name: {"wall_s": statistics.median(r["wall_s"] for r in rs), "photos_per_s": photos / statistics.median(r["wall_s"] for r in rs),
-                        "job_s": statistics.median(r["job_s"] for r in rs) if rs[0]["job_s"] is not None else None, "runs": rs}
-                 for name, rs in runs.items()}
+        stages = stage_costs(folder, photos)
+    summaries = summarise(runs, photos)
     if any(r["verdicts"] != runs["in-process"][0]["verdicts"] for rs in runs.values() for r in rs):
         raise RuntimeError("the rows disagree on the verdicts: " + json.dumps({n: [r["verdicts"] for r in rs] for n, rs in runs.items()}))
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "photos": photos, "rounds": args.rounds,
               "command": "python -m loadtests.ray_benchmark " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "rows": summaries, "ratios": ratios(summaries, photos)}
+              "rows": summaries, "ratios": ratios(summaries, photos), "stage_cpu_ms_per_photo": stages}
     (out / "ray-benchmark.json").write_text(json.dumps(report, indent=1))
     (out / "ray-benchmark.md").write_text(markdown(report))
     print(markdown(report))
     print(f"reports in {out}")
     return 0
+
+
+STAGE = re.compile(r"Operator \d+ (?:MapBatches\()?(\w+)\)?:.*?Remote cpu time: .*?, ([0-9.]+)(us|ms|s) total", re.S)
+
+
+def stage_costs(folder: Path, photos: int) -> dict[str, float]:
+    """CPU milliseconds per photo of each stage of the job, from Ray Data's statistics of one run in this process."""
+    import ray
+
+    from service.cli import find_files
+    from service.config import get_settings
+    from service.faces import configured_detector
+    from service.onnx_model import read_card
+    from service.ray_engine import JobConfig, RayOptions, dataset, from_folder
+
+    settings = get_settings()
+    card = read_card(settings.model)
+    config = JobConfig(model=str(settings.model), angles=settings.tta_angles, band=settings.band_for(card), max_bytes=settings.max_bytes,
+                       max_pixels=settings.max_pixels, max_faces=settings.max_faces, detector=configured_detector())
+    try:
+        done = dataset(from_folder(find_files(folder, False)), config, RayOptions(cpus=2)).materialize()
+        unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+        return {name: round(float(value) * unit[scale] / photos, 2) for name, value, scale in STAGE.findall(done.stats())}
+    finally:
+        ray.shutdown()
+
+
+def summarise(runs: dict[str, list[dict]], photos: int) -> dict[str, dict]:
+    def median(rs: list[dict], key: str) -> float | None:
+        return statistics.median(r[key] for r in rs) if rs[0][key] is not None else None
+
+    return {name: {"wall_s": median(rs, "wall_s"), "photos_per_s": photos / median(rs, "wall_s"), "job_s": median(rs, "job_s"),
+                   "cpu_s": median(rs, "cpu_s"), "cpu_ms_per_photo": 1000.0 * median(rs, "cpu_s") / photos, "runs": rs}
+            for name, rs in runs.items()}
 
 
 def ratios(rows: dict[str, dict], photos: int) -> list[tuple[str, float]]:
@@ -134,18 +170,22 @@ def ratios(rows: dict[str, dict], photos: int) -> list[tuple[str, float]]:
     return [(f"ray, 2 CPU workers / in-process, {photos} photos, the whole command (target 0.8x)", round(local / ray2, 2)),
             ("ray, 2 CPU workers, the job alone (without Ray's start) / in-process, the whole command", round(local / job2, 2)),
             ("ray: 2 / 1 CPU workers, the whole command", round(ray1 / ray2, 2)),
-            ("ray: 2 / 1 CPU workers, the job alone", round(rows["ray, 1 CPU worker"]["job_s"] / job2, 2))]
+            ("ray: 2 / 1 CPU workers, the job alone", round(rows["ray, 1 CPU worker"]["job_s"] / job2, 2)),
+            ("CPU time per photo: in-process / ray, 2 CPU workers (Ray's start and daemons included)",
+             round(rows["in-process"]["cpu_s"] / rows["ray, 2 CPU workers"]["cpu_s"], 2))]
 
 
 def markdown(report: dict) -> str:
     lines = [f"Run {report['date']} on {report['machine']}: `{report['command'].strip()}`",
              f"{report['photos']} photos, {report['rounds']} rounds; medians.", "", "| comparison | ratio |", "|---|---:|"]
     lines += [f"| {label} | {value:.2f}x |" for label, value in report["ratios"]]
-    lines += ["", "| row | whole command, s | photos/s | Ray's job alone, s | every run's whole command, s |", "|---|---:|---:|---:|---|"]
+    lines += ["", "| stage | CPU ms per photo |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in report["stage_cpu_ms_per_photo"].items()]
+    lines += ["", "| row | whole command, s | photos/s | Ray's job alone, s | CPU ms per photo | every run's whole command, s |",
+              "|---|---:|---:|---:|---:|---|"]
     for name, row in report["rows"].items():
         job = f"{row['job_s']:.1f}" if row["job_s"] is not None else ""
         each = ", ".join(f"{run['wall_s']:.1f}" for run in row["runs"])
-        lines.append(f"| {name} | {row['wall_s']:.1f} | {row['photos_per_s']:.1f} | {job} | {each} |")
+        lines.append(f"| {name} | {row['wall_s']:.1f} | {row['photos_per_s']:.1f} | {job} | {row['cpu_ms_per_photo']:.0f} | {each} |")
     return "\n".join(lines) + "\n"
 
 
