@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -100,7 +100,7 @@ class RayOptions(BaseModel):
     cpus: int | None = None
     workers: int | None = None  # prepare tasks at once; None: as many as the CPUs allow
     classifiers: int | None = None  # classifier actors; None: one per GPU, or one per 2 CPUs without GPUs
-    device: str = "auto"  # the classifier's: auto (GPUs where the cluster has them), cpu, cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # the classifier's: auto (GPUs where the cluster has them), cpu, cuda
 
 
 # --- the file list (driver) ---
@@ -174,7 +174,7 @@ def prepare_batch(batch: pa.Table, config: JobConfig) -> pa.Table:
         except ServiceError as exc:
             error, n_crops = exc.file_error(row["file"]).model_dump_json(), 0
         except Exception as exc:  # noqa: BLE001 - one file's bug is that file's row, never the job's end
-            error, n_crops = internal_error(row["file"], exc), 0
+            error, n_crops = internal_error(row["file"], exc).model_dump_json(), 0
         for key, value in (("file", row["file"]), ("source", row["source"]), ("crops", crops), ("n_crops", n_crops),
                            ("prepared", prepared), ("error", error)):
             out[key].append(value)
@@ -216,7 +216,7 @@ def finish_batch(batch: pa.Table, config: JobConfig) -> pa.Table:
         try:
             item = finished_item(row, pipeline, config, copier, annotator)
         except Exception as exc:  # noqa: BLE001 - as in prepare_batch
-            item = BatchItem(file=row["file"], ok=False, error=FileError.model_validate_json(internal_error(row["file"], exc)))
+            item = BatchItem(file=row["file"], ok=False, error=internal_error(row["file"], exc))
         rows.append(to_row(item, setup))
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
@@ -226,7 +226,7 @@ def finished_item(row: dict, pipeline: Pipeline, config: JobConfig, copier: Sort
     if row["error"]:
         return BatchItem(file=row["file"], ok=False, error=FileError.model_validate_json(row["error"]))
     # the crops stayed behind; their count alone is needed, to check the probabilities against
-    prepared = decode_prepared(row["prepared"], np.empty((row["n_crops"], 0), np.uint8))
+    prepared = decode_prepared(row["file"], row["prepared"], np.empty((row["n_crops"], 0), np.uint8))
     result = assemble(pipeline, prepared, np.asarray(row["probs"], np.float32), row["classify_ms"])
     item = BatchItem(file=row["file"], ok=True, result=result)
     if copier is not None or annotator is not None:
@@ -244,9 +244,9 @@ def raise_refusal(refusal: str) -> None:
     raise ServiceError(error.error, error.status, error.reason)
 
 
-def internal_error(file: str, exc: Exception) -> str:
+def internal_error(file: str, exc: Exception) -> FileError:
     log.exception("%s: unexpected error", file)
-    return FileError(file=file, status=500, error=f"internal error: {exc.__class__.__name__}: {exc}", reason="internal_error").model_dump_json()
+    return FileError(file=file, status=500, error=f"internal error: {exc.__class__.__name__}: {exc}", reason="internal_error")
 
 
 def encode_prepared(prepared: Prepared) -> str:
@@ -255,10 +255,10 @@ def encode_prepared(prepared: Prepared) -> str:
                        "timings_ms": prepared.timings_ms})
 
 
-def decode_prepared(text: str, crops: np.ndarray) -> Prepared:
+def decode_prepared(file: str, text: str, crops: np.ndarray) -> Prepared:
     data = json.loads(text)
     faces = [Face(tuple(box), score) for box, score in data["faces"]]
-    return Prepared("", faces, data["classified"], crops, data["timings_ms"])
+    return Prepared(file, faces, data["classified"], crops, data["timings_ms"])
 
 
 def to_row(item: BatchItem, setup: str) -> dict:
@@ -283,16 +283,16 @@ class Outcome:
 def run_job(inputs: Sequence[Input], out: str, config: JobConfig, options: RayOptions, setup: str) -> Outcome:
     """Classifies the inputs without a row under `out`, writing theirs there; then every input's item."""
     out_fs, out_path = output_filesystem(out)
-    done, dropped = read_rows(out_fs, out_path, setup)
+    done, dropped = read_rows(out_fs, out_path, setup, items=False)
     todo = [i for i in inputs if i.name not in done]
     if todo:
         dataset(todo, config, options).write_parquet(out_path, filesystem=out_fs, min_rows_per_file=min(ROWS_PER_FILE, len(todo)))
-        done, more_dropped = read_rows(out_fs, out_path, setup)
-        dropped += more_dropped
-    missing = [i.name for i in inputs if i.name not in done]
+    rows, more_dropped = read_rows(out_fs, out_path, setup, items=True)
+    missing = [i.name for i in inputs if i.name not in rows]
     if missing:
         raise RuntimeError(f"{len(missing)} files have no row under {out} after the run, e.g. {missing[:3]}")
-    return Outcome([done[i.name] for i in inputs], len(inputs) - len(todo), len(todo), dropped)
+    items = [BatchItem.model_validate_json(rows[i.name]) for i in inputs]
+    return Outcome(items, len(inputs) - len(todo), len(todo), dropped + more_dropped)
 
 
 def dataset(inputs: Sequence[Input], config: JobConfig, options: RayOptions):
@@ -347,18 +347,19 @@ def output_filesystem(out: str) -> tuple[fs.FileSystem, str]:
     return fs.LocalFileSystem(), str(path)
 
 
-def read_rows(filesystem: fs.FileSystem, path: str, setup: str) -> tuple[dict[str, BatchItem], list[str]]:
-    """Every file's item in the Parquet files under `path` (the first where one appears twice), and the
-    files that could not be read (a run killed while writing them), which are removed.
+def read_rows(filesystem: fs.FileSystem, path: str, setup: str, items: bool) -> tuple[dict[str, str | None], list[str]]:
+    """The files with a row in the Parquet files under `path`, each with its item's JSON where `items`
+    (else None; the first row where a file has two), and the Parquet files that could not be read (a run
+    killed while writing them), which are removed.
 
     Raises ValueError where the rows were made with another model or other settings: mixed, the answers
     would not be comparable."""
-    items: dict[str, BatchItem] = {}
+    rows: dict[str, str | None] = {}
     dropped: list[str] = []
     infos = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
     for info in sorted((i for i in infos if i.type == fs.FileType.File and i.base_name.endswith(".parquet")), key=lambda i: i.path):
         try:
-            table = pq.read_table(info.path, filesystem=filesystem, columns=["file", "setup", "item"])
+            table = pq.read_table(info.path, filesystem=filesystem, columns=["file", "setup", "item"] if items else ["file", "setup"])
         except (pa.ArrowException, OSError) as exc:
             log.warning("%s cannot be read (%s); removed, its files are done again", info.path, exc)
             filesystem.delete_file(info.path)
@@ -367,10 +368,10 @@ def read_rows(filesystem: fs.FileSystem, path: str, setup: str) -> tuple[dict[st
         others = set(table["setup"].to_pylist()) - {setup}
         if others:
             raise ValueError(f"{path} holds rows made with {sorted(others)[0]!r}, not {setup!r}; write to another folder")
-        for file, item in zip(table["file"].to_pylist(), table["item"].to_pylist()):
-            if file not in items:
-                items[file] = BatchItem.model_validate_json(item)
-    return items, dropped
+        jsons = table["item"].to_pylist() if items else [None] * len(table)
+        for file, item in zip(table["file"].to_pylist(), jsons):
+            rows.setdefault(file, item)
+    return rows, dropped
 
 
 def print_outcome(outcome: Outcome, out: str, stream=sys.stdout) -> None:

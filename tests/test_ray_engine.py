@@ -101,9 +101,12 @@ def test_ray_answers_as_the_in_process_engine_with_workers_killed_mid_run(folder
             continue
         mine, reference = item["result"], theirs["result"]
         assert item["ok"], item
-        assert (mine["verdict"], mine["face_found"], len(mine["faces"]), mine["model"]) == \
-               (reference["verdict"], reference["face_found"], len(reference["faces"]), reference["model"]), item["file"]
+        assert (mine["file"], mine["verdict"], mine["face_found"], len(mine["faces"]), mine["model"]) == \
+               (reference["file"], reference["verdict"], reference["face_found"], len(reference["faces"]), reference["model"]), item["file"]
         assert mine["fake_probability"] == pytest.approx(reference["fake_probability"], abs=1e-5), item["file"]
+        for face, theirs_face in zip(mine["faces"], reference["faces"]):
+            assert face["box"] == pytest.approx(theirs_face["box"], abs=1e-3) and face["label"] == theirs_face["label"]
+            assert face["tta"] == pytest.approx(theirs_face["tta"], abs=1e-5)
         assert item["sorted_to"] == f"{mine['verdict']}/{safe_name(item['file'])}"
         assert (out / "sorted" / item["sorted_to"]).read_bytes() == (folder / item["file"]).read_bytes()
         assert (out / "annotated" / f"{item['file']}.png").is_file()
