@@ -4,8 +4,8 @@ that Ray spreads over a cluster:
 
     the file list (driver: a local folder as the CLI lists it, or any URI pyarrow reads: s3://, gs://, file://)
       -> read, decode, detect, crop, rotate    map_batches tasks on CPU workers        engine.prepare
-      -> the classifier                         an actor pool, one ONNX session each:
-                                                a GPU each where the cluster has GPUs, else sharing the CPUs
+      -> the classifier                         an actor pool, one ONNX session each: a GPU each where
+                                                the cluster has GPUs, else one CPU (shared on a local Ray)
       -> calibrate, label, aggregate;           map_batches tasks on CPU workers        engine.assemble,
          sorted copy and annotated picture                                                engine.write_outputs
       -> Parquet files under OUT, written as blocks finish: one row per file, its faces nested, errors as rows
@@ -45,7 +45,7 @@ from service.pipeline import Pipeline, Prepared
 from service.schemas import BatchItem, FileError
 
 log = logging.getLogger("facecheck.ray")
-# Files per prepare task: a few photos' detection (~50 ms) outweighs a task's scheduling, and a worker
+# Files per prepare task: their detection (~20 ms each) outweighs a task's scheduling, and a worker
 # killed mid-task costs only these to redo.
 PREPARE_BATCH = 8
 # Files per classifier call: their crops go to ONNX Runtime in one batch (3 rotations per face).
