@@ -2,6 +2,7 @@
 
     python -m service.cli classify PATH [--recursive] [--csv out.csv] [--json out.json]
                                         [--sort OUTDIR] [--annotate OUTDIR] [--model M] [--tta -15,0,15] [--device auto|cpu|cuda]
+                                        [--engine local|ray --parquet OUT [--address auto|ray://HOST:10001] [--cpus N] ...]
 
 (`facecheck classify PATH` once the package is installed.) It runs the service's own code in this
 process: the same folder listing (service.folders), face detector, Pipeline and ONNX model, through the
@@ -14,6 +15,12 @@ band) are the service's FACECHECK_* environment variables. Exit status: 0 when e
 1 when some could not be (see the errors listed), 2 when the command itself cannot run (bad PATH, options,
 model). A photo whose probability lies in the model's uncertain band is answered "uncertain", counted
 apart and, with --sort, copied into OUTDIR/uncertain/.
+
+--engine ray runs the same steps as a Ray Data job (service.ray_engine): on a local Ray started for the
+run, or on the cluster at --address. PATH may then also be a URI that pyarrow reads (s3://, gs://,
+file://). Each file's row goes to Parquet under --parquet OUT as the job runs; a re-run into the same OUT
+classifies only the files without a row there. The model path, --sort and --annotate must be reachable
+from every worker (the cluster's image, or a shared filesystem).
 """
 from __future__ import annotations
 
@@ -55,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = commands.add_parser("classify", help="classify every photo under a folder (or one photo)",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("path", type=Path, metavar="PATH", help="a folder of photos, or one photo")
+    p.add_argument("path", metavar="PATH", help="a folder of photos, or one photo; with --engine ray also a URI (s3://, gs://, file://)")
     p.add_argument("-r", "--recursive", action="store_true", help="include subfolders (the --sort and --annotate folders are skipped)")
     p.add_argument("--csv", type=Path, metavar="FILE", help="write one row per file as CSV (the batch endpoints' csv columns)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON (the batch endpoints' BatchResult)")
@@ -68,7 +75,22 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{','.join(f'{a:g}' for a in settings.tta_angles)})")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=settings.device, help=f"where ONNX Runtime and MTCNN run (default: FACECHECK_DEVICE, {settings.device})")
     p.add_argument("-q", "--quiet", action="store_true", help="print the summary only, not a line per file")
+    ray = p.add_argument_group("the Ray engine (pip install -e '.[ray]')")
+    ray.add_argument("--engine", choices=["local", "ray"], default="local", help="local: this process (default); ray: a Ray Data job")
+    ray.add_argument("--parquet", metavar="OUT", help="folder or URI for the job's Parquet rows (required with --engine ray); "
+                     "a re-run into it skips the files done")
+    ray.add_argument("--address", metavar="ADDRESS", help="the Ray cluster: auto (the one this machine is part of) or ray://HOST:10001; "
+                     "default: start a local Ray")
+    ray.add_argument("--cpus", type=positive, metavar="N", help="CPUs of the local Ray (default: all of this machine's)")
+    ray.add_argument("--workers", type=positive, metavar="N", help="files read, decoded and searched for faces at once (default: one per CPU)")
+    ray.add_argument("--classifiers", type=positive, metavar="N", help="classifier actors (default: one per GPU, or one per 2 CPUs)")
     return parser
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,11 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def classify_command(args: argparse.Namespace) -> int:
-    files = find_files(args.path, args.recursive, exclude=[p for p in (args.sort, args.annotate) if p is not None])
-    engine = load_engine(args.model, args.tta, args.device)
-    copier = SortedCopier(args.sort) if args.sort else None
-    annotator = AnnotationWriter(args.annotate) if args.annotate else None
-    items = run(engine, files, copier, annotator)
+    if args.engine == "ray":
+        items = ray_items(args)
+    else:
+        if ray_only := [f"--{name}" for name in ("parquet", "address", "cpus", "workers", "classifiers") if getattr(args, name) is not None]:
+            raise CommandError(f"{', '.join(ray_only)} need --engine ray")
+        items = local_items(args)
     answer = batch_result(items)
     if args.json:
         write_text(args.json, answer.model_dump_json(indent=2) + "\n")
@@ -96,6 +119,58 @@ def classify_command(args: argparse.Namespace) -> int:
         write_text(args.csv, to_csv(items))
     report(answer, args, sys.stdout)
     return 1 if answer.summary.errors else 0
+
+
+def local_items(args: argparse.Namespace) -> list[BatchItem]:
+    if "://" in args.path:
+        raise CommandError(f"{args.path}: a URI needs --engine ray")
+    files = find_files(Path(args.path), args.recursive, exclude=outputs(args))
+    engine = load_engine(args.model, args.tta, args.device)
+    copier = SortedCopier(args.sort) if args.sort else None
+    annotator = AnnotationWriter(args.annotate) if args.annotate else None
+    return run(engine, files, copier, annotator)
+
+
+def ray_items(args: argparse.Namespace) -> list[BatchItem]:
+    """The same items from a Ray Data job (service.ray_engine), whose rows go to Parquet under --parquet."""
+    try:
+        from service import ray_engine
+        from service.faces import configured_detector
+        from service.onnx_model import read_card
+    except ImportError as exc:
+        raise CommandError(f"--engine ray needs Ray ({exc}): pip install -e '.[ray]'") from None
+    if not args.parquet:
+        raise CommandError("--engine ray needs --parquet OUT, the folder or URI its rows are written to")
+    if ray_engine.is_uri(args.path):
+        try:
+            inputs = ray_engine.list_uri(args.path, args.recursive)
+        except (OSError, ValueError, ImportError) as exc:
+            raise CommandError(f"{args.path}: {exc}") from None
+    else:
+        inputs = ray_engine.from_folder(find_files(Path(args.path), args.recursive, exclude=outputs(args)))
+    settings = get_settings()
+    try:
+        card = read_card(args.model)
+    except ModelLoadError as exc:
+        raise CommandError(str(exc)) from None
+    config = ray_engine.JobConfig(model=str(Path(args.model).resolve()), angles=args.tta, band=settings.band_for(card),
+                                  max_bytes=settings.max_bytes, max_pixels=settings.max_pixels, max_faces=settings.max_faces,
+                                  detector=configured_detector(), filesystem=args.path if ray_engine.is_uri(args.path) else None,
+                                  sort=str(args.sort.resolve()) if args.sort else None,
+                                  annotate=str(args.annotate.resolve()) if args.annotate else None)
+    options = ray_engine.RayOptions(address=args.address, cpus=args.cpus, workers=args.workers, classifiers=args.classifiers,
+                                         device=args.device)
+    try:
+        outcome = ray_engine.run_job(inputs, args.parquet, config, options, config.setup(card.name, card.version))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    ray_engine.print_outcome(outcome, args.parquet)
+    return outcome.items
+
+
+def outputs(args: argparse.Namespace) -> list[Path]:
+    """The folders this run writes to, which a recursive listing skips."""
+    return [Path(p) for p in (args.sort, args.annotate, args.parquet) if p is not None and "://" not in str(p)]
 
 
 def find_files(path: Path, recursive: bool, exclude: Sequence[Path] = ()) -> list[FolderFile]:

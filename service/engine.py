@@ -5,6 +5,9 @@ crops are awaited from `classify`: ONNX Runtime in this process (`local_classifi
 service's API workers on CPU), or the service's Classifier dependency, whose adaptive batching groups
 the crops of concurrent images into one ONNX Runtime call (on a GPU). Client errors come out as ServiceError; per-file errors of a batch become items of the
 answer.
+
+The steps themselves are plain functions (`prepare`, `assemble`, `write_outputs`), so that the Ray job
+(service.ray_engine), which runs them in separate stages on a cluster's workers, runs this very code.
 """
 from __future__ import annotations
 
@@ -115,16 +118,12 @@ class Engine:
             image, result = await self._classify(data, source.name, keep_image=annotator is not None)
         except ServiceError as exc:
             self.metrics.errors.labels(reason=exc.reason).inc()
-            return BatchItem(file=source.name, ok=False, error=exc.file_error(source.name))
+            return error_item(source.name, exc)
         item = BatchItem(file=source.name, ok=True, result=result)
-        try:
-            if annotator is not None:
-                await _write(annotator.write, "annotated picture", "annotate_failed", image, source.name, result)
-            if copier is not None:
-                item.sorted_to = await _write(copier.copy, "sorted copy", "copy_failed", data, source.name, result.verdict)
-        except ServiceError as error:
-            self.metrics.errors.labels(reason=error.reason).inc()
-            item.ok, item.error = False, error.file_error(source.name)
+        if copier is not None or annotator is not None:
+            await anyio.to_thread.run_sync(write_outputs, item, data, image, copier, annotator)
+            if item.error is not None:
+                self.metrics.errors.labels(reason=item.error.reason).inc()
         return item
 
     async def _classify(self, data: bytes, file: str, reject_no_face: bool = False, keep_image: bool = False) -> tuple[Image.Image | None, ImageResult]:
@@ -134,12 +133,8 @@ class Engine:
             raise ServiceError("no face found in the image (reject_no_face is set)", 422, "no_face")
         started = time.perf_counter()
         probs = await self._predict(prepared.crops)
-        classify_ms = ms_since(started)
-        probs = np.asarray(probs, dtype=np.float32).reshape(-1)
-        if len(probs) != len(prepared.crops):
-            raise RuntimeError(f"the classifier answered {len(probs)} probabilities for {len(prepared.crops)} crops")
-        result = self.pipeline.assemble(prepared, probs, classify_ms)
-        self.metrics.stage_seconds.labels(stage="classify").observe(classify_ms / 1000.0)
+        result = assemble(self.pipeline, prepared, probs, ms_since(started))
+        self.metrics.stage_seconds.labels(stage="classify").observe(result.timings_ms["classify"] / 1000.0)
         self.metrics.predictions.labels(label=result.verdict).inc()
         return image, result
 
@@ -164,24 +159,54 @@ class Engine:
         if self._prepare_slots is None:
             self._prepare_slots = asyncio.Semaphore(PREPARE_CONCURRENCY)
         async with self._prepare_slots:
-            image, prepared = await anyio.to_thread.run_sync(self._prepare_now, data, file)
+            image, prepared = await anyio.to_thread.run_sync(prepare, self.pipeline, data, file, self.max_bytes, self.max_pixels)
         self.metrics.observe_timings(prepared.timings_ms)
         self.metrics.faces_per_image.observe(len(prepared.faces))
         return (image if keep_image else None), prepared
 
-    def _prepare_now(self, data: bytes, file: str) -> tuple[Image.Image, Prepared]:
-        started = time.perf_counter()
-        try:
-            image = decode_image(data, self.max_bytes, self.max_pixels)
-        except ImageError as exc:
-            raise from_image_error(exc) from exc
-        decode_ms = ms_since(started)
-        return image, self.pipeline.prepare(image, file, {"decode": decode_ms})
+
+def prepare(pipeline: Pipeline, data: bytes, file: str, max_bytes: int, max_pixels: int) -> tuple[Image.Image, Prepared]:
+    """A file's bytes decoded (a bad image is a ServiceError), its faces found, cropped and rotated."""
+    started = time.perf_counter()
+    image = decode(data, max_bytes, max_pixels)
+    decode_ms = ms_since(started)
+    return image, pipeline.prepare(image, file, {"decode": decode_ms})
 
 
-async def _write(write: Callable[..., object], what: str, reason: str, *args: object) -> object:
-    """One output of a batch item (an annotated picture, a sorted copy), in a worker thread; OSError is a 500."""
+def decode(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
     try:
-        return await anyio.to_thread.run_sync(write, *args)
+        return decode_image(data, max_bytes, max_pixels)
+    except ImageError as exc:
+        raise from_image_error(exc) from exc
+
+
+def assemble(pipeline: Pipeline, prepared: Prepared, probs: np.ndarray, classify_ms: float) -> ImageResult:
+    """The result from the classifier's probabilities for `prepared.crops`, in their order."""
+    probs = np.asarray(probs, dtype=np.float32).reshape(-1)
+    if len(probs) != len(prepared.crops):
+        raise RuntimeError(f"the classifier answered {len(probs)} probabilities for {len(prepared.crops)} crops")
+    return pipeline.assemble(prepared, probs, classify_ms)
+
+
+def error_item(file: str, exc: ServiceError) -> BatchItem:
+    return BatchItem(file=file, ok=False, error=exc.file_error(file))
+
+
+def write_outputs(item: BatchItem, data: bytes, image: Image.Image | None, copier: SortedCopier | None,
+                  annotator: AnnotationWriter | None) -> None:
+    """A classified item's annotated picture and sorted copy, where asked for; a failed one (OSError) makes
+    the item an error (500), its result kept."""
+    try:
+        if annotator is not None:
+            _write(annotator.write, "annotated picture", "annotate_failed", image, item.file, item.result)
+        if copier is not None:
+            item.sorted_to = _write(copier.copy, "sorted copy", "copy_failed", data, item.file, item.result.verdict)
+    except ServiceError as error:
+        item.ok, item.error = False, error.file_error(item.file)
+
+
+def _write(write: Callable[..., object], what: str, reason: str, *args: object) -> object:
+    try:
+        return write(*args)
     except OSError as exc:
         raise ServiceError(f"{what} failed: {exc}", 500, reason) from exc
