@@ -13,6 +13,7 @@ from service.config import Settings
 from service.contract import ModelCard
 from service.faces import Face
 from service.onnx_model import read_card
+from service_fixtures import uncalibrated_card
 from service.pipeline import Pipeline, Prepared
 from training import calibrate
 from training.data import Sample
@@ -109,7 +110,7 @@ def test_pipeline_whole_image_follows_the_same_rule_and_off_means_no_band():
     assert _pipeline(band=UncertainBand(low=0.4, high=0.6)).assemble(_prepared(0), np.full(3, 0.45)).verdict == "uncertain"
     off = _pipeline(band=None).assemble(_prepared(0), np.full(3, 0.45))
     assert off.verdict == "real" and off.model.uncertain_band is None
-    card_band = read_card(Settings().model).model_copy(update={"uncertain_band": UncertainBand(low=0.3, high=0.5)})
+    card_band = uncalibrated_card().model_copy(update={"uncertain_band": UncertainBand(low=0.3, high=0.5)})  # 0.45 stays 0.45
     assert Pipeline(card_band, None).assemble(_prepared(0), np.full(3, 0.45)).verdict == "uncertain"  # "card": the card's band
 
 
