@@ -155,28 +155,45 @@ def engine_run(tta: Sequence[float], device: str, payloads: Sequence[Payload], c
 
 
 def eager_classifier():
-    """The served model's architecture in PyTorch eager mode: the checkpoint its card names where present
-    (the model's own weights), else ImageNet-initialised; the same computation either way."""
+    """The served model's computation in PyTorch eager mode: its architecture (an ensemble's members, each
+    on the crop resized to its own size, the larger probability answering) with the checkpoint its card
+    names where present (the model's own weights), else ImageNet-initialised; the same computation either way."""
     import torch
 
     from service.config import get_settings
     from service.onnx_model import read_card
     from service.preprocess import to_input
-    from training.models import create_model
 
     card = read_card(get_settings().model)
-    checkpoint = card.training.get("checkpoint")
-    weights = str(REPO / checkpoint) if checkpoint and (REPO / checkpoint).is_file() else "auto"
-    model, _ = create_model(card.architecture, weights)
-    model.eval()
-
+    members = [eager_member(m["architecture"], m["training"], m["input_size"]) for m in card.training.get("members", [])]
+    members = members or [eager_member(card.architecture, card.training, card.preprocess.input_size)]
     spec = card.preprocess
 
     def classify(crops: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(to_input(crops, spec))
         with torch.inference_mode():
-            return torch.sigmoid(model(torch.from_numpy(to_input(crops, spec)))).reshape(-1).numpy()
+            return torch.stack([member(batch) for member in members]).amax(dim=0).numpy()
 
     return classify
+
+
+def eager_member(architecture: str, training: dict, size: int):
+    import torch
+    import torch.nn.functional as F
+
+    from training.models import create_model
+
+    checkpoint = training.get("checkpoint")
+    weights = str(REPO / checkpoint) if checkpoint and (REPO / checkpoint).is_file() else "auto"
+    model, _ = create_model(architecture, weights)
+    model.eval()
+
+    def probs(batch: torch.Tensor) -> torch.Tensor:
+        if batch.shape[-1] != size:
+            batch = F.interpolate(batch, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        return torch.sigmoid(model(batch)).reshape(-1)
+
+    return probs
 
 
 def naive_run(payloads: Sequence[Payload], seconds: float) -> Run:
