@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +33,8 @@ from service.engine import Engine, Source
 from service.errors import ServiceError, document_errors
 from service.faces import FaceDetector, configured_detector, detector_device
 from service.folders import SortedCopier, list_files, resolve_folder
+from service.gate import Deadline, Gate, JsonErrors
+from service.keys import ApiKeys, warn_if_exposed
 from service.memory import start_trimming
 from service.metrics import get_metrics
 from service.onnx_model import OnnxClassifier, read_card
@@ -41,8 +44,11 @@ from service.uploads import BatchInput, ClassifyInput, FolderInput, parse_bool, 
 
 log = logging.getLogger("bentoml.facecheck")
 settings = get_settings()
-# Read at import, which `bentoml serve` does in its own process before it starts any worker: a missing
-# or corrupt model stops the server with that message, rather than sending the workers into a restart loop.
+# Read at import, which `bentoml serve` does in its own process before it starts any worker: unreadable keys,
+# or a missing or corrupt model, stop the server with that message, rather than sending the workers into a
+# restart loop. A server that listens beyond loopback without keys says so first.
+KEYS = ApiKeys.from_settings(settings)
+warn_if_exposed(KEYS, log)
 CARD = read_card(settings.model)
 document_errors()
 PAGE = (Path(__file__).parent / "static" / "index.html").read_text(encoding="utf-8")
@@ -105,7 +111,9 @@ async def _page(_: Request) -> HTMLResponse:
     return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
 
 
-@bentoml.service(traffic={"timeout": settings.request_timeout_s}, envs=MALLOC_ENVS, workers=settings.api_workers)
+# service.gate.Deadline answers a request past FACECHECK_REQUEST_TIMEOUT_S with our JSON; BentoML's own timeout,
+# whose 504 body is its own, comes later and stays a backstop.
+@bentoml.service(traffic={"timeout": settings.request_timeout_s + 30}, envs=MALLOC_ENVS, workers=settings.api_workers)
 @bentoml.asgi_app(Starlette(routes=[Route("/docs", _docs), Route("/ui", _page)]))
 class FaceCheck:
     classifier = bentoml.depends(Classifier)
@@ -178,3 +186,10 @@ class FaceCheck:
         except ServiceError as exc:
             self.metrics.errors.labels(reason=exc.reason).inc()
             return exc.response()
+
+
+# Outermost first: JSON for every error, the timeout, then keys, rate and requests in flight (service/gate.py).
+FaceCheck.add_asgi_middleware(JsonErrors)
+FaceCheck.add_asgi_middleware(Deadline, timeout_s=settings.request_timeout_s)
+FaceCheck.add_asgi_middleware(Gate, keys=KEYS, metrics_need_key=settings.metrics_need_key,
+                              in_flight=math.ceil(settings.max_concurrency / settings.api_workers), rate_per_minute=settings.rate_per_minute)

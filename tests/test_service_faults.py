@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import http.client
 import signal
 import time
@@ -25,19 +24,12 @@ from PIL import Image
 
 from loadtests.server import running_server, serve_process
 from service.config import get_settings
-from service_fixtures import assert_error, assert_summary_adds_up, encode, synthetic_face
+from service_fixtures import assert_error, assert_summary_adds_up, encode, server_env, synthetic_face
 
 pytestmark = pytest.mark.slow
 TINY = encode(Image.new("RGB", (8, 8), (90, 60, 40)), "PNG")  # no detection work: the classifier is the bottleneck
 FACE = encode(synthetic_face(seed=9))
 RECOVERY_S = 180
-
-
-def server_env(base: Path, **settings: str) -> dict[str, str]:
-    data = base / "data"
-    data.mkdir(exist_ok=True)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("FACECHECK_") or key in ("FACECHECK_MODEL", "FACECHECK_TTA_ANGLES")}
-    return env | {"FACECHECK_DATA_ROOT": str(data), "BENTOML_HOME": str(base / "bentoml"), "BENTOML_DO_NOT_TRACK": "True", **settings}
 
 
 def workers(url: str, service: str) -> list[psutil.Process]:
