@@ -72,6 +72,9 @@ MALLOC_ENVS = [{"name": "MALLOC_ARENA_MAX", "value": "2"}, {"name": "MALLOC_MMAP
 # every request of the last `timeout` seconds alive. The Classifier, which takes a call per photo and
 # answers each within a second or so, gets a short timeout, so that this is a minute of calls.
 CLASSIFIER_TIMEOUT_S = min(60, settings.request_timeout_s)
+# service.gate.Deadline answers a request past FACECHECK_REQUEST_TIMEOUT_S with our JSON; BentoML's own timeout,
+# whose 504 body is its own, fires this much later and stays a backstop.
+TIMEOUT_BACKSTOP_S = 30
 # Adaptive batching pays where the classifier runs on a GPU. On CPU, ONNX Runtime runs 48 crops no faster
 # per crop than 3, and BentoML's dispatcher runs one batch at a time: off by default (docs/benchmarks.md).
 BATCH_SIZE = settings.adaptive_batch_size
@@ -111,9 +114,7 @@ async def _page(_: Request) -> HTMLResponse:
     return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
 
 
-# service.gate.Deadline answers a request past FACECHECK_REQUEST_TIMEOUT_S with our JSON; BentoML's own timeout,
-# whose 504 body is its own, comes later and stays a backstop.
-@bentoml.service(traffic={"timeout": settings.request_timeout_s + 30}, envs=MALLOC_ENVS, workers=settings.api_workers)
+@bentoml.service(traffic={"timeout": settings.request_timeout_s + TIMEOUT_BACKSTOP_S}, envs=MALLOC_ENVS, workers=settings.api_workers)
 @bentoml.asgi_app(Starlette(routes=[Route("/docs", _docs), Route("/ui", _page)]))
 class FaceCheck:
     classifier = bentoml.depends(Classifier)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
-from loadtests.server import running_server
+from loadtests.server import REPO, free_port, running_server
 from service.folders import LABELS
 from service_fixtures import ENV_KEY, FILE_KEY, WRONG_KEY, assert_error, encode, server_env, synthetic_face
 
@@ -193,3 +195,16 @@ def test_an_unreadable_keys_file_stops_the_server(tmp_path):
             pass  # /readyz answered 200: the server came up without the keys it was told to use
     text = log.read_text()
     assert "KeysError" in text and f"cannot read {missing}" in text, text[-3000:]
+
+
+@pytest.mark.parametrize(("host", "keys", "warned"), [("0.0.0.0", "", True), ("0.0.0.0", "some-key-1234", False), ("127.0.0.1", "", False)])
+def test_start_up_warns_when_listening_beyond_loopback_without_keys(tmp_path, host, keys, warned):
+    """`bentoml serve --host HOST`, whose model is missing: the warning (or none) comes at import, and the
+    server stops on the missing model before it ever listens."""
+    env = server_env(tmp_path, FACECHECK_MODEL=str(tmp_path / "missing.onnx"), FACECHECK_API_KEYS=keys)
+    bentoml = Path(sys.executable).with_name("bentoml")
+    done = subprocess.run([str(bentoml), "serve", "--host", host, "--port", str(free_port())], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=PATIENCE_S)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "model file not found" in output, output[-3000:]
+    assert (f"facecheck listens on {host} without API keys" in output) == warned, output[-3000:]
