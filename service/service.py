@@ -6,8 +6,9 @@ through `bentoml.depends`, so each call goes over HTTP to the Classifier, where 
 the batching dispatcher groups the crops of concurrent requests into one ONNX Runtime call. A photo's
 crops, every face with its TTA rotations, always travel together in one call. The logic lives in plain
 modules: engine (the work), uploads (request parsing), folders, batch, annotate (the drawn picture),
-errors and metrics. For people rather than programs, GET /ui serves one static page
-(service/static/index.html) that uploads photos to /classify and draws the answer.
+errors and metrics; gate (with keys and limits) checks who may call, and how much, in front of the
+endpoints. For people rather than programs, GET /ui serves one static page (service/static/index.html)
+that uploads photos to /classify and draws the answer.
 """
 from __future__ import annotations
 
