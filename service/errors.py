@@ -65,7 +65,7 @@ def from_classifier_error(exc: Exception) -> ServiceError | None:
     if isinstance(exc, ServiceUnavailable):
         return retry_later("the classifier is overloaded; retry later", 503, "overloaded", 1)
     if classifier_disconnected(exc):
-        return ServiceError(f"the classifier is restarting ({exc.__class__.__name__}); retry later", 503, "classifier_unavailable")
+        return retry_later(f"the classifier is restarting ({exc.__class__.__name__}); retry later", 503, "classifier_unavailable", 5)
     return None
 
 

@@ -150,7 +150,7 @@ class JsonErrors:
             if started:
                 raise
             log.exception("%s %s failed", scope["method"], scope["path"])
-            await ServiceError("the server failed to answer; see its log", 500, "internal_error").response()(scope, receive, send)
+            await ServiceError("the server failed to answer; see its log", 500, "internal_server_error").response()(scope, receive, send)
 
 
 def in_our_shape(start: Message, body: bytes) -> tuple[Message, Message]:

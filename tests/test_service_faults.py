@@ -73,6 +73,7 @@ def test_burst_beyond_capacity_is_200_or_503(busy_server):
     for response in answers:
         if response.status_code == 503:
             assert_error(response, 503, "overloaded")
+            assert response.headers["Retry-After"] == "1"
             shed += 1
         elif "summary" in response.json():  # a batch: each file answered, some perhaps with 503
             body = response.json()

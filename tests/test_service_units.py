@@ -143,7 +143,7 @@ def test_engine_maps_classifier_overload_to_503():
 
     with pytest.raises(ServiceError) as caught:
         asyncio.run(_engine(overloaded).classify_bytes(encode(gradient(), "PNG"), "ramp.png"))
-    assert caught.value.status == 503 and caught.value.reason == "overloaded"
+    assert caught.value.status == 503 and caught.value.reason == "overloaded" and caught.value.headers == {"Retry-After": "1"}
 
 
 def test_engine_batch_keeps_order_and_per_file_errors():
@@ -352,5 +352,5 @@ def test_an_exception_escaping_the_app_is_a_json_500():
 
     broken_answer, missing = asyncio.run(get("/broken")), asyncio.run(get("/nothing"))
     assert (broken_answer.status_code, broken_answer.json()) == (500, {"error": "the server failed to answer; see its log", "status": 500,
-                                                                       "reason": "internal_error"})
+                                                                       "reason": "internal_server_error"})
     assert (missing.status_code, missing.json()["reason"], missing.headers["content-type"]) == (404, "not_found", "application/json")
