@@ -8,6 +8,7 @@ document.
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 
 from starlette.responses import JSONResponse
 
@@ -25,7 +26,8 @@ ERRORS = {
     422: "A bad field, or no face with reject_no_face=true",
     429: "Past FACECHECK_RATE_PER_MINUTE for this key (rate_limited) or FACECHECK_MAX_CONCURRENCY requests in flight (busy); "
          "retry after the Retry-After header's seconds",
-    503: "Overloaded (the classifier cannot answer within FACECHECK_BATCH_LATENCY_MS) or restarting; retry after Retry-After's seconds",
+    503: "Overloaded (the classifier cannot answer within FACECHECK_BATCH_LATENCY_MS), restarting or too slow to answer; "
+         "retry after Retry-After's seconds",
     504: "Past FACECHECK_REQUEST_TIMEOUT_S",
 }
 
@@ -58,14 +60,17 @@ def from_image_error(exc: ImageError) -> ServiceError:
 
 
 def from_classifier_error(exc: Exception) -> ServiceError | None:
-    """The classifier dependency's refusals that are not bugs: BentoML sheds load with 503, and a call
-    whose worker died (and was not back for the retry) is unavailable, not a server bug."""
+    """The classifier dependency's refusals that are not bugs: BentoML sheds load with 503, a call whose
+    worker died (and was not back for the retry) is unavailable, and one not answered within the
+    Classifier's timeout (a replacement worker still starting on a busy machine) timed out."""
     from bentoml.exceptions import ServiceUnavailable
 
     if isinstance(exc, ServiceUnavailable):
         return retry_later("the classifier is overloaded; retry later", 503, "overloaded", 1)
     if classifier_disconnected(exc):
         return retry_later(f"the classifier is restarting ({exc.__class__.__name__}); retry later", 503, "classifier_unavailable", 5)
+    if classifier_timed_out(exc):
+        return retry_later("the classifier did not answer in time; retry later", 503, "classifier_timeout", 5)
     return None
 
 
@@ -73,7 +78,15 @@ def classifier_disconnected(exc: Exception) -> bool:
     """The connection to the classifier's worker broke mid-call (the worker died), as opposed to a timeout."""
     import aiohttp
 
-    return isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, asyncio.TimeoutError)
+    broken = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)  # before the answer, or while reading it
+    return isinstance(exc, broken) and not isinstance(exc, asyncio.TimeoutError)
+
+
+def classifier_timed_out(exc: Exception) -> bool:
+    """BentoML's client gave up waiting (asyncio.TimeoutError), or the Classifier's own timeout answered 504."""
+    from bentoml.exceptions import BentoMLException
+
+    return isinstance(exc, asyncio.TimeoutError) or (isinstance(exc, BentoMLException) and exc.error_code == HTTPStatus.GATEWAY_TIMEOUT)
 
 
 def bad_field(message: str) -> ServiceError:

@@ -13,10 +13,9 @@ import requests
 from PIL import Image
 
 from loadtests.server import running_server
-from service_fixtures import FILE_KEY, ENV_KEY, encode
+from service_fixtures import ENV_KEY, FILE_KEY, SERVER_START_S, encode
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SERVER_START_S = 240
 # Settings every test server gets from its fixture, never from this process's environment.
 SET_HERE = {f"FACECHECK_{name}" for name in ("DATA_ROOT", "OUTPUT_ROOT", "API_KEYS", "API_KEYS_FILE", "METRICS_NEED_KEY",
                                              "MAX_CONCURRENCY", "RATE_PER_MINUTE", "BATCH_LATENCY_MS")}
@@ -55,7 +54,7 @@ def batched_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
     tiny = encode(Image.new("RGB", (8, 8)), "PNG")
 
     def send(_: int = 0) -> requests.Response:
-        return requests.post(f"{server.url}/classify", data=tiny, headers={"Content-Type": "image/png"}, timeout=60)
+        return requests.post(f"{server.url}/classify", data=tiny, headers={"Content-Type": "image/png"}, timeout=120)
 
     for server in serve(tmp_path_factory.mktemp("service-batched"), FACECHECK_BATCH_SIZE="64"):
         for _ in range(30):

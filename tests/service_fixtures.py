@@ -19,6 +19,7 @@ from service.contract import ModelCard
 from service.onnx_model import read_card
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SERVER_START_S = 600  # a generous budget for a test server to start: 10-40 s on 2 cores, idle or busy
 # The test server runs with this process's FACECHECK_* settings (data root and limits aside), so the
 # suite can be pointed at another model or other TTA angles through the environment.
 ANGLES = tuple(get_settings().tta_angles) or (0.0,)

@@ -194,7 +194,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @pytest.fixture(scope="session")
 def api_schema(keyed_server):
     """The document of a server with API keys, as one open to a network runs; every case carries its key."""
-    return schemathesis.openapi.from_url(f"{keyed_server.url}/docs.json", timeout=30)
+    return schemathesis.openapi.from_url(f"{keyed_server.url}/docs.json", timeout=120)
 
 
 def test_every_operation_is_fuzzed(api_schema):

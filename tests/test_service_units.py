@@ -135,15 +135,39 @@ def _engine(classify) -> Engine:
     return Engine(pipeline, classify, settings.max_bytes, settings.max_pixels, get_metrics())
 
 
-def test_engine_maps_classifier_overload_to_503():
-    from bentoml.exceptions import ServiceUnavailable
+def _classifier_failures() -> list:
+    from http import HTTPStatus
 
-    async def overloaded(crops: np.ndarray) -> np.ndarray:
-        raise ServiceUnavailable("process is overloaded")
+    import aiohttp
+    from bentoml.exceptions import BentoMLException, ServiceUnavailable
+
+    return [
+        (ServiceUnavailable("process is overloaded"), "overloaded", "1"),
+        (aiohttp.ServerDisconnectedError(), "classifier_unavailable", "5"),  # on every try
+        (aiohttp.ClientPayloadError("Response payload is not completed"), "classifier_unavailable", "5"),
+        (asyncio.TimeoutError(), "classifier_timeout", "5"),
+        (BentoMLException("Not able to process the request in 60 seconds", error_code=HTTPStatus.GATEWAY_TIMEOUT), "classifier_timeout", "5"),
+    ]
+
+
+@pytest.mark.parametrize(("failure", "reason", "retry_after"), _classifier_failures(), ids=lambda value: type(value).__name__)
+def test_engine_maps_the_classifiers_refusals_to_503_with_retry_after(failure, reason, retry_after):
+    async def failing(crops: np.ndarray) -> np.ndarray:
+        raise failure
 
     with pytest.raises(ServiceError) as caught:
-        asyncio.run(_engine(overloaded).classify_bytes(encode(gradient(), "PNG"), "ramp.png"))
-    assert caught.value.status == 503 and caught.value.reason == "overloaded" and caught.value.headers == {"Retry-After": "1"}
+        asyncio.run(_engine(failing).classify_bytes(encode(gradient(), "PNG"), "ramp.png"))
+    assert (caught.value.status, caught.value.reason, caught.value.headers) == (503, reason, {"Retry-After": retry_after})
+
+
+def test_a_classifier_bug_stays_a_500():
+    from bentoml.exceptions import BentoMLException
+
+    async def broken(crops: np.ndarray) -> np.ndarray:
+        raise BentoMLException("predict raised ValueError")
+
+    with pytest.raises(BentoMLException):
+        asyncio.run(_engine(broken).classify_bytes(encode(gradient(), "PNG"), "ramp.png"))
 
 
 def test_engine_batch_keeps_order_and_per_file_errors():
