@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from loadtests.server import REPO, running_server
 
-SCENARIOS = {"moderator": "Moderator", "photo400": "Photo400"}  # locust user classes of loadtests/locustfile.py
+SCENARIOS = {"moderator": "Moderator", "photo400": "Photo400", "crowd": "Crowd"}  # locust user classes of loadtests/locustfile.py
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,7 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="report folder (default loadtests/reports/<timestamp>)")
     p.add_argument("--host", help="test this running server instead of starting one")
     p.add_argument("--scenario", choices=sorted(SCENARIOS), default="moderator", help="moderator: realistic mixed traffic; "
-                   "photo400: 400x400 one-face photos back to back (docs/benchmarks.md)")
+                   "photo400: 400x400 one-face photos back to back (docs/benchmarks.md); crowd: photos back to back, honouring "
+                   "429's Retry-After (docs/reliability.md)")
+    p.add_argument("--api-key", help="the key every user sends; a server this script starts gets it as FACECHECK_API_KEYS")
     return p.parse_args(argv)
 
 
@@ -37,7 +40,8 @@ def run_locust(host: str, args: argparse.Namespace, out: Path) -> None:
                "--host", host, "--users", str(args.users), "--spawn-rate", str(args.spawn_rate), "--run-time", args.duration,
                "--stop-timeout", "30", "--csv", str(out / "locust"), "--html", str(out / "locust.html"), "--only-summary",
                SCENARIOS[getattr(args, "scenario", "moderator")]]
-    subprocess.run(command, cwd=REPO, check=False)
+    env = dict(os.environ) | ({"FACECHECK_LOAD_API_KEY": args.api_key} if getattr(args, "api_key", None) else {})
+    subprocess.run(command, cwd=REPO, env=env, check=False)
 
 
 def summarise(out: Path) -> dict:
@@ -62,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.host:
         run_locust(args.host, args, out)
     else:
-        with running_server(log_path=out / "server.log") as url:
+        env = dict(os.environ) | ({"FACECHECK_API_KEYS": args.api_key} if args.api_key else {})
+        with running_server(env, log_path=out / "server.log") as url:
             run_locust(url, args, out)
     summary = summarise(out)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_endpoint"}, indent=1))

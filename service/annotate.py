@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageDraw, ImageFont
 
+from service.folders import folder_below
 from service.schemas import FaceResult, ImageResult
 
 COLOURS = {"fake": (220, 38, 38), "real": (22, 163, 74), "uncertain": (245, 158, 11), None: (150, 150, 150)}
@@ -62,24 +63,31 @@ class AnnotationWriter:
     """Writes a file's annotated picture to <root>/<its name>.png (e.g. sub/a.jpg -> root/sub/a.jpg.png).
 
     Names are relative paths as a folder listing gives them; a re-run replaces its own earlier pictures.
+    Nothing is written through a link below the root (service.folders.folder_below).
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def path_for(self, name: str) -> Path:
+    def relative_path(self, name: str) -> PurePosixPath:
         relative = PurePosixPath(name.replace("\\", "/"))
         if relative.is_absolute() or ".." in relative.parts or not relative.name:
             raise ValueError(f"not a relative file name: {name!r}")
-        return self.root / Path(*relative.parts[:-1]) / f"{relative.name}.png"
+        return relative.with_name(f"{relative.name}.png")
+
+    def path_for(self, name: str) -> Path:
+        return self.root / self.relative_path(name)
 
     def write(self, image: Image.Image, name: str, result: ImageResult) -> Path:
-        target = self.path_for(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.part")
-        partial.write_bytes(annotated_png(image, result))
-        partial.replace(target)
-        return target
+        relative = self.relative_path(name)
+        png = annotated_png(image, result)
+        with folder_below(self.root, relative.parts[:-1]) as folder:
+            partial = f".{relative.name}.{os.getpid()}.part"
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644, dir_fd=folder)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(png)
+            os.replace(partial, relative.name, src_dir_fd=folder, dst_dir_fd=folder)  # replaces a link in its place, never follows it
+        return self.root / relative
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.calibration import UncertainBand
@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     classifier_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime threads of the classifier on CPU; 0: without adaptive batching, "
                                     "the cores over the API workers (at least 1 each); with it, the cores the API workers leave to the Classifier.")
     request_timeout_s: int = Field(300, gt=0, description="Longest a request may run; a folder of 500 photos takes about 2 minutes on 2 CPU cores.")
+    api_keys: SecretStr | None = Field(None, description="Comma-separated API keys, or sha256:HEX hashes of keys; with these or a keys "
+                                       "file set, every endpoint but health, docs and the page needs one (service/keys.py).")
+    api_keys_file: Path | None = Field(None, description="A file of API keys, one a line: the key, or better sha256:HEX of it; # comments.")
+    metrics_need_key: bool = Field(False, description="Whether /metrics needs a key too, where keys are set.")
+    max_concurrency: int = Field(32, gt=0, description="Requests in flight at once, split evenly over the API workers as BentoML's "
+                                 "traffic.max_concurrency is; past it, 429 with Retry-After. Health, docs and /metrics are not counted.")
+    rate_per_minute: int | None = Field(None, gt=0, description="Requests a key (a client address where no keys are set) may make per "
+                                        "minute, shared by the API workers; past it, 429 with Retry-After. Unset: no rate limit.")
 
     @field_validator("tta_angles", mode="before")
     @classmethod
@@ -67,6 +75,11 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_batch_size(cls, value: object) -> object:
         return None if isinstance(value, str) and value.strip().lower() in ("", "auto") else value
+
+    @field_validator("api_keys", "api_keys_file", "rate_per_minute", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     def band_for(self, card: ModelCard) -> UncertainBand | None:
         """The uncertain band in force for a model: its card's, none (off), or FACECHECK_UNCERTAIN_BAND's edges."""

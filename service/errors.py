@@ -8,6 +8,7 @@ document.
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 
 from starlette.responses import JSONResponse
 
@@ -17,22 +18,27 @@ from service.schemas import ErrorBody, FileError
 
 ERRORS = {
     400: "Not an image in a supported format, truncated or corrupt; a malformed body",
+    401: "No API key, or a wrong one, where the server has keys (FACECHECK_API_KEYS): send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
     403: "A folder or file outside the data root, or not a regular file",
     404: "A folder that does not exist",
     413: "Over FACECHECK_MAX_BYTES, FACECHECK_MAX_PIXELS or FACECHECK_MAX_BATCH_FILES",
     415: "/classify_batch without a multipart body",
     422: "A bad field, or no face with reject_no_face=true",
-    503: "Overloaded (the classifier cannot answer within FACECHECK_BATCH_LATENCY_MS) or restarting; retry later",
+    429: "Past FACECHECK_RATE_PER_MINUTE for this key (rate_limited) or FACECHECK_MAX_CONCURRENCY requests in flight (busy); "
+         "retry after the Retry-After header's seconds",
+    503: "Overloaded (the classifier cannot answer within FACECHECK_BATCH_LATENCY_MS), restarting or too slow to answer; "
+         "retry after Retry-After's seconds",
+    504: "Past FACECHECK_REQUEST_TIMEOUT_S",
 }
-TIMEOUT_DESCRIPTION = "Past FACECHECK_REQUEST_TIMEOUT_S (BentoML's own answer: {\"error\": message})"
 
 
 class ServiceError(Exception):
-    def __init__(self, message: str, status: int, reason: str) -> None:
+    def __init__(self, message: str, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.reason = reason
+        self.headers = headers or {}
 
     def body(self) -> ErrorBody:
         return ErrorBody(error=self.message, status=self.status, reason=self.reason)
@@ -41,7 +47,12 @@ class ServiceError(Exception):
         return FileError(file=file, status=self.status, error=self.message, reason=self.reason)
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body().model_dump(), status_code=self.status)
+        return JSONResponse(self.body().model_dump(), status_code=self.status, headers=self.headers)
+
+
+def retry_later(message: str, status: int, reason: str, after_s: int) -> ServiceError:
+    """A 429 or 503 that tells the client when to come back."""
+    return ServiceError(message, status, reason, {"Retry-After": str(after_s)})
 
 
 def from_image_error(exc: ImageError) -> ServiceError:
@@ -49,14 +60,17 @@ def from_image_error(exc: ImageError) -> ServiceError:
 
 
 def from_classifier_error(exc: Exception) -> ServiceError | None:
-    """The classifier dependency's refusals that are not bugs: BentoML sheds load with 503, and a call
-    whose worker died (and was not back for the retry) is unavailable, not a server bug."""
+    """The classifier dependency's refusals that are not bugs: BentoML sheds load with 503, a call whose
+    worker died (and was not back for the retry) is unavailable, and one not answered within the
+    Classifier's timeout (a replacement worker still starting on a busy machine) timed out."""
     from bentoml.exceptions import ServiceUnavailable
 
     if isinstance(exc, ServiceUnavailable):
-        return ServiceError("the classifier is overloaded; retry later", 503, "overloaded")
+        return retry_later("the classifier is overloaded; retry later", 503, "overloaded", 1)
     if classifier_disconnected(exc):
-        return ServiceError(f"the classifier is restarting ({exc.__class__.__name__}); retry later", 503, "classifier_unavailable")
+        return retry_later(f"the classifier is restarting ({exc.__class__.__name__}); retry later", 503, "classifier_unavailable", 5)
+    if classifier_timed_out(exc):
+        return retry_later("the classifier did not answer in time; retry later", 503, "classifier_timeout", 5)
     return None
 
 
@@ -64,7 +78,15 @@ def classifier_disconnected(exc: Exception) -> bool:
     """The connection to the classifier's worker broke mid-call (the worker died), as opposed to a timeout."""
     import aiohttp
 
-    return isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, asyncio.TimeoutError)
+    broken = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)  # before the answer, or while reading it
+    return isinstance(exc, broken) and not isinstance(exc, asyncio.TimeoutError)
+
+
+def classifier_timed_out(exc: Exception) -> bool:
+    """BentoML's client gave up waiting (asyncio.TimeoutError), or the Classifier's own timeout answered 504."""
+    from bentoml.exceptions import BentoMLException
+
+    return isinstance(exc, asyncio.TimeoutError) or (isinstance(exc, BentoMLException) and exc.error_code == HTTPStatus.GATEWAY_TIMEOUT)
 
 
 def bad_field(message: str) -> ServiceError:
@@ -72,10 +94,11 @@ def bad_field(message: str) -> ServiceError:
 
 
 def document_errors() -> None:
-    """Put ERRORS (with our body) and BentoML's 504 in the OpenAPI document, for every endpoint.
+    """Put ERRORS, with our body, in the OpenAPI document for every endpoint.
 
     BentoML 1.4 documents each API with its own 400/404/500 bodies, from one module-level table in its
-    OpenAPI generator, and has no way to declare others; so the entries are set in that table.
+    OpenAPI generator, and has no way to declare others; so the entries are set in that table. The 500
+    is ours too (service.gate.JsonErrors answers it).
     """
     from _bentoml_sdk.service import openapi
     from bentoml._internal.service.openapi.specification import MediaType, Response, Schema
@@ -84,6 +107,5 @@ def document_errors() -> None:
         return Response(description=description, content={"application/json": MediaType(schema=Schema(**schema))})
 
     body = ErrorBody.model_json_schema()
-    openapi.error_responses.update({status: response(description, body) for status, description in ERRORS.items()})
-    timeout_body = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
-    openapi.error_responses[504] = response(TIMEOUT_DESCRIPTION, timeout_body)
+    descriptions = ERRORS | {500: "A fault of the server's; see its log"}
+    openapi.error_responses.update({status: response(description, body) for status, description in descriptions.items()})

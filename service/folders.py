@@ -3,17 +3,19 @@
 A folder named by a client is a path relative to the data root. Nothing outside that root is ever
 read: `..`, absolute paths and symlinks that lead out are refused, and only regular files are opened
 (a FIFO or a device would block or never end). Sorted copies go to <output root>/real|fake/, never
-overwrite a file, and are never written outside the output root; a photo answered "uncertain" goes to
-<output root>/uncertain/.
+overwrite a file, and are never written through a link below the output root (`folder_below`, which the
+CLI's annotated pictures use too); a photo answered "uncertain" goes to <output root>/uncertain/.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Iterable, Iterator, Sequence
 
 from service.errors import ServiceError, bad_field
 
@@ -131,6 +133,32 @@ def safe_name(filename: str, fallback: str = "upload") -> str:
     return name or fallback
 
 
+@contextlib.contextmanager
+def folder_below(root: Path, parts: Sequence[str]) -> Iterator[int]:
+    """An open descriptor of the folder root/parts[0]/parts[1]/..., each made where missing.
+
+    Every step below the root is opened relative to the one before and without following a link, so a
+    link anywhere below the root (swapped in at any moment) is refused with 403 rather than written through.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=fd)
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise ServiceError(f"{part}/ under the output folder is a link or a file; refusing to write through it", 403, "path_outside_root") from None
+            os.close(fd)
+            fd = child
+        yield fd
+    finally:
+        os.close(fd)
+
+
 class SortedCopier:
     """Copies classified files into <root>/real/, <root>/fake/ or <root>/uncertain/ without ever overwriting a file."""
 
@@ -140,23 +168,20 @@ class SortedCopier:
     def copy(self, data: bytes, filename: str, label: str) -> str:
         """Write `data` as <root>/<label>/<name>, adding -1, -2, ... before the suffix when taken.
 
-        Returns the copy's path relative to the root.
+        Returns the copy's path relative to the root. A link in place of <label>/ is refused (403); one in
+        place of the name counts as taken.
         """
         if label not in LABELS:
             raise ValueError(f"unknown label {label!r}")
-        real_root = self.root.resolve()
-        folder = real_root / label
-        folder.mkdir(parents=True, exist_ok=True)
-        if not folder.resolve().is_relative_to(real_root) or folder.is_symlink():
-            raise ServiceError(f"{label}/ under the output root is a link; refusing to write through it", 500, "copy_failed")
         name = PurePosixPath(safe_name(filename))
-        for attempt in range(10_000):
-            candidate = name.name if attempt == 0 else f"{name.stem}-{attempt}{name.suffix}"
-            try:
-                fd = os.open(folder / candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-            except FileExistsError:
-                continue
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            return f"{label}/{candidate}"
+        with folder_below(self.root, [label]) as folder:
+            for attempt in range(10_000):
+                candidate = name.name if attempt == 0 else f"{name.stem}-{attempt}{name.suffix}"
+                try:
+                    fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=folder)
+                except FileExistsError:
+                    continue
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                return f"{label}/{candidate}"
         raise ServiceError(f"no free name for {name} in {label}/", 500, "copy_failed")

@@ -8,12 +8,14 @@ batching dispatcher that groups the crops of concurrent requests into one ONNX R
 service's throughput (docs/benchmarks.md). A photo's crops, every face with its TTA rotations, always
 travel together in one call. The logic lives in plain
 modules: engine (the work), uploads (request parsing), folders, batch, annotate (the drawn picture),
-errors and metrics. For people rather than programs, GET /ui serves one static page
-(service/static/index.html) that uploads photos to /classify and draws the answer.
+errors and metrics; gate (with keys and limits) checks who may call, and how much, in front of the
+endpoints. For people rather than programs, GET /ui serves one static page (service/static/index.html)
+that uploads photos to /classify and draws the answer.
 """
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +35,8 @@ from service.engine import Classify, Engine, Source, local_classifier
 from service.errors import ServiceError, document_errors
 from service.faces import FaceDetector, configured_detector, detector_device
 from service.folders import SortedCopier, list_files, resolve_folder
+from service.gate import Deadline, Gate, JsonErrors
+from service.keys import ApiKeys, warn_if_exposed
 from service.memory import start_trimming
 from service.metrics import Metrics, get_metrics
 from service.onnx_model import OnnxClassifier, read_card
@@ -42,8 +46,11 @@ from service.uploads import BatchInput, ClassifyInput, FolderInput, parse_bool, 
 
 log = logging.getLogger("bentoml.facecheck")
 settings = get_settings()
-# Read at import, which `bentoml serve` does in its own process before it starts any worker: a missing
-# or corrupt model stops the server with that message, rather than sending the workers into a restart loop.
+# Read at import, which `bentoml serve` does in its own process before it starts any worker: unreadable keys,
+# or a missing or corrupt model, stop the server with that message, rather than sending the workers into a
+# restart loop. A server that listens beyond loopback without keys says so first.
+KEYS = ApiKeys.from_settings(settings)
+warn_if_exposed(KEYS, log)
 CARD = read_card(settings.model)
 document_errors()
 PAGE = (Path(__file__).parent / "static" / "index.html").read_text(encoding="utf-8")
@@ -67,6 +74,9 @@ MALLOC_ENVS = [{"name": "MALLOC_ARENA_MAX", "value": "2"}, {"name": "MALLOC_MMAP
 # every request of the last `timeout` seconds alive. The Classifier, which takes a call per photo and
 # answers each within a second or so, gets a short timeout, so that this is a minute of calls.
 CLASSIFIER_TIMEOUT_S = min(60, settings.request_timeout_s)
+# service.gate.Deadline answers a request past FACECHECK_REQUEST_TIMEOUT_S with our JSON; BentoML's own timeout,
+# whose 504 body is its own, fires this much later and stays a backstop.
+TIMEOUT_BACKSTOP_S = 30
 # Adaptive batching pays where the classifier runs on a GPU. On CPU, ONNX Runtime runs 48 crops no faster
 # per crop than 3, and BentoML's dispatcher runs one batch at a time: off by default (docs/benchmarks.md).
 BATCH_SIZE = settings.adaptive_batch_size
@@ -114,7 +124,7 @@ async def _page(_: Request) -> HTMLResponse:
     return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
 
 
-@bentoml.service(traffic={"timeout": settings.request_timeout_s}, envs=MALLOC_ENVS, workers=settings.api_workers)
+@bentoml.service(traffic={"timeout": settings.request_timeout_s + TIMEOUT_BACKSTOP_S}, envs=MALLOC_ENVS, workers=settings.api_workers)
 @bentoml.asgi_app(Starlette(routes=[Route("/docs", _docs), Route("/ui", _page)]))
 class FaceCheck:
     if BATCHING:
@@ -189,3 +199,10 @@ class FaceCheck:
         except ServiceError as exc:
             self.metrics.errors.labels(reason=exc.reason).inc()
             return exc.response()
+
+
+# Outermost first: JSON for every error, the timeout, then keys, rate and requests in flight (service/gate.py).
+FaceCheck.add_asgi_middleware(JsonErrors)
+FaceCheck.add_asgi_middleware(Deadline, timeout_s=settings.request_timeout_s)
+FaceCheck.add_asgi_middleware(Gate, keys=KEYS, metrics_need_key=settings.metrics_need_key,
+                              in_flight=math.ceil(settings.max_concurrency / settings.api_workers), rate_per_minute=settings.rate_per_minute)

@@ -3,6 +3,7 @@ every answer of the service promises (assert_consistent, assert_error, assert_su
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -18,10 +19,24 @@ from service.contract import ModelCard
 from service.onnx_model import read_card
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SERVER_START_S = 600  # a generous budget for a test server to start: 10-40 s on 2 cores, idle or busy
 # The test server runs with this process's FACECHECK_* settings (data root and limits aside), so the
 # suite can be pointed at another model or other TTA angles through the environment.
 ANGLES = tuple(get_settings().tta_angles) or (0.0,)
 ANGLE_KEYS = {f"{angle:g}" for angle in ANGLES}
+# The keyed test server's keys (tests/conftest.py): one given as itself, one by its SHA-256 only; and one it does not know.
+ENV_KEY = "fc-env-key-5b8e0f3c9a1d47e2"
+FILE_KEY = "fc-file-key-0d9c6a2b7e4f8135"
+WRONG_KEY = "fc-wrong-key-77aa31c0e5d94b6f"
+
+
+def server_env(base: Path, **settings: str) -> dict[str, str]:
+    """The environment of a server of a test's own: this process's, with only its model and TTA angles of its FACECHECK_*
+    settings, a data root and BentoML home under `base`, and `settings`."""
+    data = base / "data"
+    data.mkdir(exist_ok=True)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FACECHECK_") or key in ("FACECHECK_MODEL", "FACECHECK_TTA_ANGLES")}
+    return env | {"FACECHECK_DATA_ROOT": str(data), "BENTOML_HOME": str(base / "bentoml"), "BENTOML_DO_NOT_TRACK": "True", **settings}
 
 
 def synthetic_face(size: int = 256, seed: int = 0, skin: tuple[int, int, int] = (224, 182, 150)) -> Image.Image:

@@ -183,3 +183,25 @@ def test_a_failing_output_is_that_files_error_not_a_crash(tmp_path):
     items = asyncio.run(engine.classify_sources([Source("a.png", lambda: ramp)], SortedCopier(tmp_path / "blocked"),
                                                 AnnotationWriter(tmp_path / "annotated")))
     assert (items[0].error.status, items[0].error.reason) == (500, "copy_failed") and (tmp_path / "annotated" / "a.png.png").is_file()
+
+
+def test_annotated_pictures_never_follow_a_link_out_of_their_folder(tmp_path):
+    """--annotate writes sub/a.jpg's picture to OUTDIR/sub/a.jpg.png: a link in place of sub/ is refused, one in place of
+    the picture is replaced, and nothing is written outside OUTDIR either way."""
+    outside = tmp_path / "outside"
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    (photos / "sub" / "a.jpg").write_bytes(encode(synthetic_face(seed=3)))
+    (photos / "b.jpg").write_bytes(encode(synthetic_face(seed=5)))
+    annotated = tmp_path / "annotated"
+    annotated.mkdir()
+    outside.mkdir()
+    (annotated / "sub").symlink_to(outside, target_is_directory=True)
+    (annotated / "b.jpg.png").symlink_to(outside / "planted.png")
+    done = run_cli(photos, "--recursive", "--annotate", annotated, "--json", tmp_path / "out.json", "--tta", TTA)
+    assert done.returncode == 1, done.stdout + done.stderr
+    items = {item["file"]: item for item in json.loads((tmp_path / "out.json").read_text())["results"]}
+    assert (items["sub/a.jpg"]["error"]["status"], items["sub/a.jpg"]["error"]["reason"]) == (403, "path_outside_root")
+    assert items["b.jpg"]["ok"] and not (annotated / "b.jpg.png").is_symlink()
+    assert (annotated / "b.jpg.png").read_bytes().startswith(b"\x89PNG")
+    assert list(outside.iterdir()) == []

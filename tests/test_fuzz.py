@@ -1,5 +1,5 @@
 """Fuzzing: the decoder and the request parsers in-process (hypothesis), and the running service through
-its own OpenAPI document (schemathesis).
+its own OpenAPI document (schemathesis), with an API key, as a server open to a network runs.
 
 A short, deterministic run is part of the suite (FUZZ_EXAMPLES examples per property and per API
 operation). `make fuzz` runs the same tests long and with fresh randomness:
@@ -192,8 +192,9 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 @pytest.fixture(scope="session")
-def api_schema(server):
-    return schemathesis.openapi.from_url(f"{server.url}/docs.json", timeout=30)
+def api_schema(keyed_server):
+    """The document of a server with API keys, as one open to a network runs; every case carries its key."""
+    return schemathesis.openapi.from_url(f"{keyed_server.url}/docs.json", timeout=120)
 
 
 def test_every_operation_is_fuzzed(api_schema):
@@ -207,10 +208,11 @@ CASES = [(method, path, mode) for method, path in OPERATIONS
 
 
 @pytest.mark.parametrize(("method", "path", "mode"), CASES, ids=[f"{method} {path} {mode.value}" for method, path, mode in CASES])
-def test_api_against_its_openapi_document(api_schema, method, path, mode):
+def test_api_against_its_openapi_document(api_schema, keyed_server, method, path, mode):
     @settings(FUZZ, max_examples=max(FUZZ_EXAMPLES // 4, 5))
     @given(case=api_schema[path][method].as_strategy(mode))
     def check(case):
-        case.call_and_validate(checks=CHECKS, timeout=120)
+        response = case.call_and_validate(checks=CHECKS, headers=keyed_server.headers, timeout=120)
+        assert response.status_code != 401, response.text  # the key went with it: every answer was the endpoint's own
 
     check()

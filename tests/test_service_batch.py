@@ -55,9 +55,9 @@ def test_batch_too_many_files_is_413(server):
 
 
 def test_batch_needs_images(server):
-    response = requests.post(f"{server.url}/classify_batch", files={"image": ("a.jpg", FACE, "image/jpeg")}, timeout=60)
+    response = requests.post(f"{server.url}/classify_batch", files={"image": ("a.jpg", FACE, "image/jpeg")}, timeout=120)
     assert response.status_code == 422 and response.json()["reason"] == "bad_field"
-    response = requests.post(f"{server.url}/classify_batch", data=FACE, headers={"Content-Type": "image/jpeg"}, timeout=60)
+    response = requests.post(f"{server.url}/classify_batch", data=FACE, headers={"Content-Type": "image/jpeg"}, timeout=120)
     assert response.status_code == 415
 
 
@@ -169,8 +169,8 @@ def test_folder_with_too_many_files_is_413(server, folder):
 ])
 def test_bad_folder_requests(server, body, status):
     if isinstance(body, str):
-        response = requests.post(f"{server.url}/classify_folder", data=body, headers={"Content-Type": "application/json"}, timeout=60)
+        response = requests.post(f"{server.url}/classify_folder", data=body, headers={"Content-Type": "application/json"}, timeout=120)
     else:
-        response = requests.post(f"{server.url}/classify_folder", json=body, timeout=60)
+        response = requests.post(f"{server.url}/classify_folder", json=body, timeout=120)
     assert response.status_code == status, response.text
     assert set(response.json()) == {"error", "status", "reason"}

@@ -63,8 +63,11 @@ def test_bentoml_build_makes_a_bento_with_a_dockerfile(tmp_path):
     assert not [line for line in requirements if line.split("=")[0].replace("-", "_") in TORCH_STACK], "the served processes need ONNX Runtime only"
     dockerfile = (bento / "env/docker/Dockerfile").read_text()
     assert f"FROM {BASE_IMAGE} AS base-container" in dockerfile and "ENTRYPOINT" in dockerfile
+    lines = dockerfile.splitlines()
+    args = {line.removeprefix("ARG ").split("=")[0]: line for line in lines if line.startswith("ARG ")}
     for env_name, value in bento_envs().items():
-        assert f"ENV {env_name}=${env_name}" in dockerfile and f"ARG {env_name}=" in dockerfile
+        assert f"ENV {env_name}=${env_name}" in lines, env_name
+        assert args[env_name] == (f"ARG {env_name}={value}" if value else f"ARG {env_name}"), args[env_name]  # no default for an empty one
     assert f"ARG FACECHECK_MODEL={IMAGE_SRC}/exports/default.onnx" in dockerfile
 
 

@@ -65,15 +65,15 @@ def test_bad_boolean_field_is_422(server, value):
 
 
 def test_multipart_without_an_image_field_is_422(server):
-    response = requests.post(f"{server.url}/classify", files={"photo": ("a.jpg", JPEG, "image/jpeg")}, timeout=60)
+    response = requests.post(f"{server.url}/classify", files={"photo": ("a.jpg", JPEG, "image/jpeg")}, timeout=120)
     assert_error(response, 422, "bad_field")
-    response = requests.post(f"{server.url}/classify", files={"image": (None, "not a file")}, timeout=60)
+    response = requests.post(f"{server.url}/classify", files={"image": (None, "not a file")}, timeout=120)
     assert_error(response, 422, "bad_field")
 
 
 def test_two_images_to_classify_is_422(server):
     files = [("image", ("a.jpg", JPEG, "image/jpeg")), ("image", ("b.jpg", JPEG, "image/jpeg"))]
-    assert_error(requests.post(f"{server.url}/classify", files=files, timeout=60), 422, "bad_field")
+    assert_error(requests.post(f"{server.url}/classify", files=files, timeout=120), 422, "bad_field")
 
 
 def test_malformed_multipart_is_400(server):
@@ -88,7 +88,7 @@ def test_text_named_jpg_in_a_multipart_upload(server):
 
 def test_errors_are_counted_by_reason(server):
     post_raw(server, b"")
-    metrics = requests.get(f"{server.url}/metrics", timeout=30).text
+    metrics = requests.get(f"{server.url}/metrics", timeout=120).text
     counts = {line.split("}")[0] + "}": float(line.split()[-1]) for line in metrics.splitlines()
               if line.startswith("facecheck_errors_total{")}
     assert counts.get('facecheck_errors_total{reason="empty"}', 0) >= 1

@@ -1,7 +1,7 @@
 """Overload and faults, against servers these tests start on loopback: bounded in requests and in time.
 
 - a burst beyond capacity gets 200 or a JSON 503 for every request, and the server stays up;
-- a request that runs past FACECHECK_REQUEST_TIMEOUT_S (here: an upload that stalls) gets 504;
+- a request that runs past FACECHECK_REQUEST_TIMEOUT_S (here: an upload that stalls) gets a JSON 504;
 - a missing, corrupt or wrong model stops `bentoml serve` at once, its log naming the problem;
 - a worker killed with SIGKILL is replaced by BentoML's supervisor; calls in flight on a killed
   classifier are sent again, and later requests succeed.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import http.client
 import signal
 import time
@@ -26,19 +25,12 @@ from PIL import Image
 
 from loadtests.server import running_server, serve_process
 from service.config import get_settings
-from service_fixtures import assert_error, assert_summary_adds_up, encode, synthetic_face
+from service_fixtures import SERVER_START_S, assert_error, assert_summary_adds_up, encode, server_env, synthetic_face
 
 pytestmark = pytest.mark.slow
 TINY = encode(Image.new("RGB", (8, 8), (90, 60, 40)), "PNG")  # no detection work: the classifier is the bottleneck
 FACE = encode(synthetic_face(seed=9))
-RECOVERY_S = 180
-
-
-def server_env(base: Path, **settings: str) -> dict[str, str]:
-    data = base / "data"
-    data.mkdir(exist_ok=True)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("FACECHECK_") or key in ("FACECHECK_MODEL", "FACECHECK_TTA_ANGLES")}
-    return env | {"FACECHECK_DATA_ROOT": str(data), "BENTOML_HOME": str(base / "bentoml"), "BENTOML_DO_NOT_TRACK": "True", **settings}
+RECOVERY_S = 600  # a generous budget: a worker restarts in seconds on an idle machine, far slower on a busy one
 
 
 def workers(url: str, service: str) -> list[psutil.Process]:
@@ -52,9 +44,10 @@ def busy_server(request, tmp_path_factory):
     sheds) and without it (service.admission sheds): a few concurrent requests are more than it takes."""
     base = tmp_path_factory.mktemp("busy")
     log = base / "serve.log"
-    env = server_env(base, FACECHECK_BATCH_SIZE=request.param, FACECHECK_BATCH_LATENCY_MS="100", FACECHECK_MAX_BATCH_FILES="6")
+    env = server_env(base, FACECHECK_BATCH_SIZE=request.param, FACECHECK_BATCH_LATENCY_MS="100", FACECHECK_MAX_BATCH_FILES="6",
+                     FACECHECK_MAX_CONCURRENCY="1000")  # every request of a burst reaches the classifier, which sheds
     try:
-        with running_server(env, timeout_s=240, log_path=log) as url:
+        with running_server(env, timeout_s=SERVER_START_S, log_path=log) as url:
             yield url, log
     except (RuntimeError, TimeoutError) as exc:
         pytest.fail(f"{exc}:\n{log.read_text()[-4000:]}")
@@ -76,11 +69,12 @@ def test_burst_beyond_capacity_is_200_or_503(busy_server):
     with concurrent.futures.ThreadPoolExecutor(60) as pool:
         answers = list(pool.map(send, range(60)))
     statuses = [response.status_code for response in answers]
-    assert set(statuses) <= {200, 503}, statuses
+    assert set(statuses) <= {200, 503}, (statuses, log_tail(log))
     shed = 0
     for response in answers:
         if response.status_code == 503:
             assert_error(response, 503, "overloaded")
+            assert response.headers["Retry-After"] == "1"
             shed += 1
         elif "summary" in response.json():  # a batch: each file answered, some perhaps with 503
             body = response.json()
@@ -89,9 +83,14 @@ def test_burst_beyond_capacity_is_200_or_503(busy_server):
             shed += sum(not item["ok"] for item in body["results"])
             assert {item["error"]["status"] for item in body["results"] if not item["ok"]} <= {503}
     assert shed > 0, "nothing was shed: the burst did not overload the server"
-    assert requests.get(f"{url}/readyz", timeout=10).status_code == 200
+    assert requests.get(f"{url}/readyz", timeout=120).status_code == 200
     assert_recovers(url)
     assert "status=500" not in log.read_text()  # the access log of both workers
+
+
+def log_tail(log: Path) -> str:
+    """The end of a server's log, for a failure's message: the test's temporary folder may be gone before anyone reads it."""
+    return log.read_text(errors="replace")[-6000:]
 
 
 def assert_recovers(url: str, allowed: frozenset = frozenset({200, 503, 504})) -> requests.Response:
@@ -115,7 +114,9 @@ def test_classifier_killed_mid_run(busy_server):
     """SIGKILL the Classifier worker while requests are in flight: no 500, a new worker, and success after.
 
     The calls the dead worker had taken are sent again and wait for its replacement, so none is answered
-    "classifier_unavailable"; a 503 here is only the classifier shedding load."""
+    "classifier_unavailable"; a 503 here is the classifier shedding load, or, where the replacement takes
+    longer than the Classifier's timeout to start (a busy machine), a call that waited for it that long.
+    Either is JSON with Retry-After."""
     url, log = busy_server
     if not workers(url, "Classifier"):
         pytest.skip("without adaptive batching the API workers run the classifier themselves: test_api_worker_killed")
@@ -131,7 +132,7 @@ def test_classifier_killed_mid_run(busy_server):
         time.sleep(0.4)
         victim.send_signal(signal.SIGKILL)
         answers = [future.result() for future in futures]
-    assert set(answers) <= {(200, ""), (503, "overloaded")}, answers
+    assert set(answers) <= {(200, ""), (503, "overloaded"), (503, "classifier_timeout")}, (answers, log_tail(log))
     assert_recovers(url)
     assert [w.pid for w in workers(url, "Classifier")] != [victim.pid]
     assert "status=500" not in log.read_text()
@@ -150,25 +151,23 @@ def test_api_worker_killed(busy_server):
         time.sleep(0.5)
     now = [w.pid for w in workers(url, "FaceCheck")]
     assert len(now) == len(before) and victim.pid not in now, now
-    assert requests.get(f"{url}/readyz", timeout=10).status_code == 200
+    assert requests.get(f"{url}/readyz", timeout=120).status_code == 200
 
 
 def test_request_timeout_is_504(tmp_path):
     """An upload that stalls is cut off after FACECHECK_REQUEST_TIMEOUT_S rather than holding a worker."""
     log = tmp_path / "serve.log"
-    with running_server(server_env(tmp_path, FACECHECK_REQUEST_TIMEOUT_S="2"), timeout_s=240, log_path=log) as url:
+    with running_server(server_env(tmp_path, FACECHECK_REQUEST_TIMEOUT_S="2"), timeout_s=SERVER_START_S, log_path=log) as url:
         host, port = url.removeprefix("http://").split(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection = http.client.HTTPConnection(host, int(port), timeout=RECOVERY_S)
         connection.putrequest("POST", "/classify")
         connection.putheader("Content-Type", "image/jpeg")
         connection.putheader("Content-Length", "100000")
         connection.endheaders(FACE[:100])  # and the other 99 900 bytes never come
-        started = time.monotonic()
-        answer = connection.getresponse()
-        waited = time.monotonic() - started
-        assert answer.status == 504
-        assert "2 seconds" in json.loads(answer.read())["error"]
-        assert waited < 30
+        answer = connection.getresponse()  # cut off by the server, not left to hang until the client gives up
+        body = json.loads(answer.read())
+        assert (answer.status, answer.getheader("Content-Type")) == (504, "application/json")
+        assert body == {"error": "not able to process the request in 2 seconds (FACECHECK_REQUEST_TIMEOUT_S)", "status": 504, "reason": "timeout"}
         connection.close()
         assert post(url).status_code == 200  # and the server still answers
 
@@ -178,7 +177,7 @@ def test_several_api_workers_answer_every_request(tmp_path, batch_size, classifi
     """FACECHECK_API_WORKERS=3: three FaceCheck processes on the one socket, every request answered; each runs
     the classifier itself without adaptive batching, and all share one Classifier with it."""
     log = tmp_path / "serve.log"
-    with running_server(server_env(tmp_path, FACECHECK_API_WORKERS="3", FACECHECK_BATCH_SIZE=batch_size), timeout_s=240, log_path=log) as url:
+    with running_server(server_env(tmp_path, FACECHECK_API_WORKERS="3", FACECHECK_BATCH_SIZE=batch_size), timeout_s=SERVER_START_S, log_path=log) as url:
         assert (len(workers(url, "FaceCheck")), len(workers(url, "Classifier"))) == (3, classifiers)
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(lambda _: post(url, FACE, "image/jpeg"), range(12)))
@@ -221,11 +220,9 @@ def test_bad_model_stops_the_server_with_a_clear_message(tmp_path, fault):
     make(model)
     log = tmp_path / "serve.log"
     env = server_env(tmp_path, FACECHECK_MODEL=str(model))
-    started = time.monotonic()
-    with pytest.raises(RuntimeError, match="exited with code 1 before it was ready"):
-        with running_server(env, timeout_s=120, log_path=log):
+    with pytest.raises(RuntimeError, match="exited with code 1 before it was ready"):  # not a TimeoutError: it stopped by itself
+        with running_server(env, timeout_s=RECOVERY_S, log_path=log):
             pass  # /readyz answered 200: the server came up on a bad model
-    assert time.monotonic() - started < 120
     text = log.read_text()
     assert "ModelLoadError" in text and message in text, text[-3000:]
     assert str(model) in text
@@ -235,7 +232,7 @@ def test_a_malformed_uncertain_band_stops_the_server_with_a_clear_message(tmp_pa
     log = tmp_path / "serve.log"
     env = server_env(tmp_path, FACECHECK_UNCERTAIN_BAND="0.7,0.4")
     with pytest.raises(RuntimeError, match="exited with code 1 before it was ready"):
-        with running_server(env, timeout_s=120, log_path=log):
+        with running_server(env, timeout_s=RECOVERY_S, log_path=log):
             pass  # /readyz answered 200: the server came up with a band it cannot mean
     text = log.read_text()
     assert "FACECHECK_UNCERTAIN_BAND" in text and "needs 0 <= LOW <= HIGH <= 1; got '0.7,0.4'" in text, text[-3000:]

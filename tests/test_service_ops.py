@@ -15,7 +15,7 @@ from service_fixtures import ANGLES, encode, shared_images, synthetic_face
 
 
 def samples(server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = requests.get(f"{server.url}/metrics", timeout=30).text
+    text = requests.get(f"{server.url}/metrics", timeout=120).text
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
@@ -25,14 +25,14 @@ def value(metrics: dict, name: str, **labels: str) -> float:
 
 
 def test_livez_and_readyz(server):
-    assert requests.get(f"{server.url}/livez", timeout=10).status_code == 200
-    assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 200
+    assert requests.get(f"{server.url}/livez", timeout=120).status_code == 200
+    assert requests.get(f"{server.url}/readyz", timeout=120).status_code == 200
 
 
 def test_openapi_document_and_docs_page(server):
-    docs = requests.get(f"{server.url}/docs", timeout=10)
+    docs = requests.get(f"{server.url}/docs", timeout=120)
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
-    spec = requests.get(f"{server.url}/docs.json", timeout=10).json()
+    spec = requests.get(f"{server.url}/docs.json", timeout=120).json()
     classify = spec["paths"]["/classify"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert classify["properties"]["image"]["format"] == "binary" and "reject_no_face" in classify["properties"]
     batch = spec["paths"]["/classify_batch"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
@@ -52,7 +52,7 @@ def test_custom_metrics_count_a_request(server):
     label = response.json()["verdict"]
     assert value(after, "facecheck_predictions_total", label=label) == value(before, "facecheck_predictions_total", label=label) + 1
     assert value(after, "facecheck_classifier_batch_size_sum") >= value(before, "facecheck_classifier_batch_size_sum") + len(ANGLES)
-    requests.post(f"{server.url}/classify", data=b"junk", headers={"Content-Type": "image/jpeg"}, timeout=60)
+    requests.post(f"{server.url}/classify", data=b"junk", headers={"Content-Type": "image/jpeg"}, timeout=120)
     errors = samples(server)
     assert value(errors, "facecheck_errors_total", reason="not_an_image") == value(after, "facecheck_errors_total", reason="not_an_image") + 1
 

@@ -49,7 +49,7 @@ def test_the_batch_counts_sorts_and_writes_uncertain(banded_server, known):
 
 
 def _predictions(server) -> dict[str, float]:
-    text = requests.get(f"{server.url}/metrics", timeout=30).text
+    text = requests.get(f"{server.url}/metrics", timeout=120).text
     return {s.labels["label"]: s.value for family in text_string_to_metric_families(text) for s in family.samples
             if s.name == "facecheck_predictions_total"}
 
@@ -75,7 +75,7 @@ def test_the_annotated_picture_boxes_an_uncertain_face_in_amber(banded_server, k
 
 
 def test_the_openapi_document_tells_clients_about_uncertain(banded_server):
-    spec = requests.get(f"{banded_server.url}/docs.json", timeout=30).json()
+    spec = requests.get(f"{banded_server.url}/docs.json", timeout=120).json()
     schemas = spec["components"]["schemas"]
     image, face, summary = schemas["ImageResult"], schemas["FaceResult"], schemas["BatchSummary"]
     assert image["properties"]["verdict"]["enum"] == ["real", "fake", "uncertain"]

@@ -83,8 +83,9 @@ def test_sorted_copies_never_overwrite(tmp_path):
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "sorted2").mkdir()
     (tmp_path / "sorted2" / "real").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(ServiceError):
+    with pytest.raises(ServiceError) as refused:
         SortedCopier(tmp_path / "sorted2").copy(b"x", "a.jpg", "real")
+    assert (refused.value.status, refused.value.reason) == (403, "path_outside_root")
     assert not any((tmp_path / "elsewhere").iterdir())
 
 
@@ -134,15 +135,39 @@ def _engine(classify) -> Engine:
     return Engine(pipeline, classify, settings.max_bytes, settings.max_pixels, get_metrics())
 
 
-def test_engine_maps_classifier_overload_to_503():
-    from bentoml.exceptions import ServiceUnavailable
+def _classifier_failures() -> list:
+    from http import HTTPStatus
 
-    async def overloaded(crops: np.ndarray) -> np.ndarray:
-        raise ServiceUnavailable("process is overloaded")
+    import aiohttp
+    from bentoml.exceptions import BentoMLException, ServiceUnavailable
+
+    return [
+        (ServiceUnavailable("process is overloaded"), "overloaded", "1"),
+        (aiohttp.ServerDisconnectedError(), "classifier_unavailable", "5"),  # on every try
+        (aiohttp.ClientPayloadError("Response payload is not completed"), "classifier_unavailable", "5"),
+        (asyncio.TimeoutError(), "classifier_timeout", "5"),
+        (BentoMLException("Not able to process the request in 60 seconds", error_code=HTTPStatus.GATEWAY_TIMEOUT), "classifier_timeout", "5"),
+    ]
+
+
+@pytest.mark.parametrize(("failure", "reason", "retry_after"), _classifier_failures(), ids=lambda value: type(value).__name__)
+def test_engine_maps_the_classifiers_refusals_to_503_with_retry_after(failure, reason, retry_after):
+    async def failing(crops: np.ndarray) -> np.ndarray:
+        raise failure
 
     with pytest.raises(ServiceError) as caught:
-        asyncio.run(_engine(overloaded).classify_bytes(encode(gradient(), "PNG"), "ramp.png"))
-    assert caught.value.status == 503 and caught.value.reason == "overloaded"
+        asyncio.run(_engine(failing).classify_bytes(encode(gradient(), "PNG"), "ramp.png"))
+    assert (caught.value.status, caught.value.reason, caught.value.headers) == (503, reason, {"Retry-After": retry_after})
+
+
+def test_a_classifier_bug_stays_a_500():
+    from bentoml.exceptions import BentoMLException
+
+    async def broken(crops: np.ndarray) -> np.ndarray:
+        raise BentoMLException("predict raised ValueError")
+
+    with pytest.raises(BentoMLException):
+        asyncio.run(_engine(broken).classify_bytes(encode(gradient(), "PNG"), "ramp.png"))
 
 
 def test_engine_batch_keeps_order_and_per_file_errors():
@@ -255,10 +280,13 @@ def test_classifier_times_out_sooner_than_the_api():
     """BentoML keeps each request's context until its timeout timer fires (docs/reliability.md): the
     Classifier, which answers a call per photo, must not hold five minutes of them."""
     from service.config import get_settings
-    from service.service import Classifier, FaceCheck
+    from service.gate import Deadline
+    from service.service import TIMEOUT_BACKSTOP_S, Classifier, FaceCheck
 
-    assert Classifier.config["traffic"]["timeout"] == min(60, get_settings().request_timeout_s)
-    assert FaceCheck.config["traffic"]["timeout"] == get_settings().request_timeout_s
+    timeout_s = get_settings().request_timeout_s
+    assert Classifier.config["traffic"]["timeout"] == min(60, timeout_s)
+    assert (Deadline, {"timeout_s": timeout_s}) in FaceCheck.middlewares  # our 504, before BentoML's backstop
+    assert FaceCheck.config["traffic"]["timeout"] == timeout_s + TIMEOUT_BACKSTOP_S
 
 
 def test_to_input_normalises_each_channel_into_nchw():
@@ -274,3 +302,85 @@ def test_to_input_normalises_each_channel_into_nchw():
     np.testing.assert_allclose(batch, by_hand, atol=1e-6)
     assert batch[1, 2, 3, 0] == pytest.approx(crops[1, 3, 0, 2] / 255.0, abs=1e-6)  # mean 0, std 1: just x / 255
     np.testing.assert_array_equal(to_input([Image.fromarray(crop) for crop in crops], spec), batch)
+
+
+def test_keys_from_the_environment_and_a_file_of_hashes(tmp_path):
+    import hashlib
+
+    from service.config import Settings
+    from service.keys import ApiKeys, KeysError
+
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"# ops team\nsha256:{hashlib.sha256(b'from-the-file').hexdigest().upper()}\n\n")
+    keys = ApiKeys.from_settings(Settings(api_keys=" one-key , two-key,", api_keys_file=keys_file))
+    assert keys.required and len(keys.hashes) == 3
+    assert keys.identify("one-key") == hashlib.sha256(b"one-key").hexdigest()[:12]
+    assert keys.identify("from-the-file") and keys.identify("two-key")
+    assert keys.identify("one-ke") is None and keys.identify(None) is None and keys.identify("sha256:" + "0" * 64) is None
+    assert not ApiKeys.from_settings(Settings(api_keys="")).required  # FACECHECK_API_KEYS= is no keys, as unset
+
+    keys_file.write_text("sha256:not-hex-secret-ish\n")
+    with pytest.raises(KeysError, match="entry 1") as bad:
+        ApiKeys.from_settings(Settings(api_keys_file=keys_file))
+    assert "not-hex-secret-ish" not in str(bad.value)  # an error never repeats what might be a key
+    keys_file.write_text("# nobody yet\n")
+    with pytest.raises(KeysError, match="holds no key"):
+        ApiKeys.from_settings(Settings(api_keys_file=keys_file))
+
+
+@pytest.mark.parametrize(("headers", "key"), [
+    ({"authorization": "Bearer abc"}, "abc"), ({"authorization": "bearer  abc "}, "abc"), ({"x-api-key": "xyz"}, "xyz"),
+    ({"authorization": "Basic abc", "x-api-key": "xyz"}, "xyz"), ({"authorization": "Bearer "}, None), ({}, None),
+])
+def test_presented_key(headers, key):
+    from service.keys import presented_key
+
+    assert presented_key(headers) == key
+
+
+def test_the_rate_is_one_bucket_per_key_whichever_worker_asks(tmp_path):
+    """Two limiters on one file, as two API workers have: together they let a key through RATE times a minute."""
+    from service.limits import RateLimiter
+
+    path = tmp_path / "rates.sqlite"
+    first, second = RateLimiter(3, path), RateLimiter(3, path)
+    assert [first.take("a"), second.take("a"), first.take("a")] == [0, 0, 0]
+    wait = second.take("a")
+    assert 1 <= wait <= 20  # a token every 20 s
+    assert first.take("b") == 0
+
+
+def test_in_flight_refuses_past_its_limit():
+    from service.limits import InFlight
+
+    cap = InFlight(1)
+    with cap.slot() as first:
+        with cap.slot() as second:
+            assert (first, second) == (True, False)
+    with cap.slot() as again:
+        assert again and cap.count == 1
+    assert cap.count == 0
+
+
+def test_an_exception_escaping_the_app_is_a_json_500():
+    """service.gate.JsonErrors, around an app that fails before answering, and one that answers 404 in plain text."""
+    import asyncio
+
+    import httpx
+    from starlette.routing import Route, Router
+
+    from service.gate import JsonErrors
+
+    async def broken(_):
+        raise RuntimeError("a bug")
+
+    app = JsonErrors(Router(routes=[Route("/broken", broken)]))  # a bare router, as BentoML's app is inside its own middlewares
+
+    async def get(path: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://test") as client:
+            return await client.get(path)
+
+    broken_answer, missing = asyncio.run(get("/broken")), asyncio.run(get("/nothing"))
+    assert (broken_answer.status_code, broken_answer.json()) == (500, {"error": "the server failed to answer; see its log", "status": 500,
+                                                                       "reason": "internal_server_error"})
+    assert (missing.status_code, missing.json()["reason"], missing.headers["content-type"]) == (404, "not_found", "application/json")

@@ -15,24 +15,24 @@ import pytest
 import requests
 
 from service.config import REPO_ROOT
-from service_fixtures import ANGLES, SHARED_DATA, encode, gradient, synthetic_face
+from service_fixtures import ANGLES, ENV_KEY, SHARED_DATA, WRONG_KEY, encode, gradient, synthetic_face
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 # Headless, and nothing that reaches for the network: the machine may have none.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,900")
-WAIT_S = 240
+WAIT_S = 600
 
 
 def test_page_is_served_and_self_contained(server):
-    response = requests.get(f"{server.url}/ui", timeout=30)
+    response = requests.get(f"{server.url}/ui", timeout=120)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     page = response.text
     assert re.search(r'<input[^>]+type="file"[^>]+multiple', page) and 'accept="image/*"' in page
     assert re.search(r"https?://", page) is None  # no CDN, no external script, style or font: it works offline
     assert "/classify" in page and "/annotate" in page
-    assert requests.get(f"{server.url}/docs", timeout=30).status_code == 200  # Swagger UI stays where it was
+    assert requests.get(f"{server.url}/docs", timeout=120).status_code == 200  # Swagger UI stays where it was
 
 
 @pytest.fixture()
@@ -169,3 +169,35 @@ def test_page_shows_an_uncertain_answer_in_amber_and_says_what_it_means(browser,
     (box,) = card.find_elements(By.CSS_SELECTOR, ".face-box")
     assert "uncertain" in box.get_attribute("class").split() and box.find_element(By.CSS_SELECTOR, ".face-tag").text.startswith("uncertain ")
     assert browser.execute_script("return getComputedStyle(arguments[0]).borderTopColor", box) == amber
+
+
+def test_page_asks_for_a_key_on_401_and_keeps_it_in_the_tab_only(keyed_server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def question(wanted: str):
+        def shown(driver):
+            form = driver.find_element(By.ID, "key")
+            return form if form.is_displayed() and wanted in form.text else False
+        return WebDriverWait(browser, WAIT_S, poll_frequency=0.2).until(shown, f"the page never asked: {wanted}")
+
+    def give(key: str) -> None:
+        field = browser.find_element(By.ID, "api-key")
+        field.send_keys(key)
+        browser.find_element(By.CSS_SELECTOR, "#key button[type=submit]").click()
+
+    browser.get(f"{keyed_server.url}/ui")
+    first, second = tmp_path / "first.jpg", tmp_path / "second.jpg"
+    first.write_bytes(encode(synthetic_face(seed=4)))
+    second.write_bytes(encode(synthetic_face(seed=6)))
+    upload(browser, [first])
+    question("This server needs an API key")
+    give(WRONG_KEY)
+    question("The server refused that key")
+    give(ENV_KEY)
+    assert card_for(browser, first.name).find_element(By.CSS_SELECTOR, ".verdict").get_attribute("data-verdict") in ("real", "fake", "uncertain")
+    assert browser.execute_script("return sessionStorage.getItem('facecheck.apiKey')") == ENV_KEY
+    assert browser.execute_script("return [localStorage.length, document.cookie]") == [0, ""]
+    upload(browser, [second])  # the tab's key goes with every later request: no question
+    assert card_for(browser, second.name).find_elements(By.CSS_SELECTOR, ".verdict")
+    assert not browser.find_element(By.ID, "key").is_displayed()
