@@ -51,8 +51,9 @@ class Settings(BaseSettings):
                                        "file set, every endpoint but health, docs and the page needs one (service/keys.py).")
     api_keys_file: Path | None = Field(None, description="A file of API keys, one a line: the key, or better sha256:HEX of it; # comments.")
     metrics_need_key: bool = Field(False, description="Whether /metrics needs a key too, where keys are set.")
-    max_concurrency: int = Field(32, gt=0, description="Requests in flight at once, split evenly over the API workers as BentoML's "
-                                 "traffic.max_concurrency is; past it, 429 with Retry-After. Health, docs and /metrics are not counted.")
+    max_concurrency: int = Field(16, gt=0, description="Requests in flight at once, split evenly over the API workers as BentoML's "
+                                 "traffic.max_concurrency is; past it, 429 with Retry-After. Health, docs and /metrics are not counted. "
+                                 "Keep it under what the classifier clears within FACECHECK_BATCH_LATENCY_MS, or it sheds with 503.")
     rate_per_minute: int | None = Field(None, gt=0, description="Requests a key (a client address where no keys are set) may make per "
                                         "minute, shared by the API workers; past it, 429 with Retry-After. Unset: no rate limit.")
 
