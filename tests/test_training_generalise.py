@@ -106,3 +106,26 @@ def test_loso_trains_without_each_source_scores_it_and_resumes(tmp_path: Path, m
     monkeypatch.setattr(loso, "run_fold", no_training)
     assert generalise.main(argv) == 0
     assert json.loads((out / "loso.json").read_text())["rows"] == rows
+
+
+@pytest.mark.slow
+def test_compare_scores_models_and_combinations_on_validation_and_caches_them(exported, tmp_path: Path, capsys, monkeypatch) -> None:
+    from training import compare
+
+    model, data = exported
+    twin = tmp_path / "twin.onnx"
+    twin.write_bytes(model.read_bytes())  # same graph, its own file: a second candidate
+    monkeypatch.setattr(compare, "DEFAULT_CACHE", tmp_path / "cache")
+    argv = ["--model", str(model), "--model", str(twin), "--data", str(data), "--split", str(model.with_name("tiny.split.json")),
+            "--tta", "0", "--chain", "x0.5>x2"]
+    assert compare.main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert "reals called fake after x0.5>x2" in rows[0]
+    labels = [row.split(" | ")[0].lstrip("| ") for row in rows[1:]]
+    assert labels == ["tiny", "twin", "the larger probability of tiny + twin", "mean logit of tiny + twin"]
+    cells = [row.split(" | ")[1:] for row in rows[1:]]
+    assert cells[0] == cells[1] == cells[2] == cells[3]  # one model twice: every combination answers as the model
+    # kept by the model's bytes: the twin reuses the model's scores, one for validation and one for the chain
+    assert len(list((tmp_path / "cache" / "compare").glob("*.npz"))) == 2
+    assert compare.main(argv) == 0 and capsys.readouterr().out.splitlines()[-1] == rows[-1]
+    assert compare.main([*argv, "--chain", "x0"]) == 2

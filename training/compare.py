@@ -1,0 +1,158 @@
+"""Choose between exports, and ways of combining them, on the validation split alone.
+
+    python -m training.compare --model runs/members/lite0-160.onnx --model runs/members/lite0-224.onnx \
+        --data ../shared/data/tpdne128 --data ../shared/data/rff ... [--chain 'x0.5>x2']
+
+Each model scores the validation photos through the service pipeline (its raw probabilities, with the
+rotations the service uses). Each model alone and each combination (the larger probability, the mean
+logit) is put at the threshold that maximises balanced accuracy on validation, every set's real and fake
+photos weighted alike, and gets one row: each two-class set's ROC-AUC and its real photos called fake,
+each real-only set's real photos called fake, each fake-only set's fakes caught. With --chain, the
+validation reals are also re-processed by each chain and their share called fake, at the same threshold,
+is a column: how a candidate holds on photos prepared unlike its training data, without the test split.
+The test split is never read.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from service.config import parse_angles
+from training.chains import ChainError, parse_chain
+from training.cache import DEFAULT_CACHE
+from training.data import DatasetError, Sample, Split, scan_dataset
+from training.metrics import balanced_accuracy_threshold
+from training.scoring import predict_onnx
+
+log = logging.getLogger(__name__)
+Combine = Callable[[np.ndarray], np.ndarray]  # (models, photos) probabilities -> (photos,)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+COMBINATIONS: dict[str, Combine] = {
+    "the larger probability": lambda probs: probs.max(axis=0),
+    "mean logit": lambda probs: 1 / (1 + np.exp(-_logit(probs).mean(axis=0))),
+}
+
+
+def candidates(names: Sequence[str]) -> list[tuple[str, list[int], Combine]]:
+    """Each model alone, then each combination of every subset of two or more."""
+    rows = [(name, [i], COMBINATIONS["the larger probability"]) for i, name in enumerate(names)]
+    for size in range(2, len(names) + 1):
+        for subset in itertools.combinations(range(len(names)), size):
+            for label, combine in COMBINATIONS.items():
+                rows.append((f"{label} of {' + '.join(names[i] for i in subset)}", list(subset), combine))
+    return rows
+
+
+def set_columns(labels: np.ndarray, datasets: np.ndarray) -> list[tuple[str, str]]:
+    """(set, kind): 'auc' for a two-class set, 'real' for real-only, 'fake' for fake-only."""
+    columns = []
+    for name in dict.fromkeys(datasets):
+        present = set(labels[datasets == name].tolist())
+        columns.append((name, "auc" if present == {0, 1} else "real" if present == {0} else "fake"))
+    return columns
+
+
+def row_cells(labels: np.ndarray, datasets: np.ndarray, probs: np.ndarray, threshold: float, columns: list[tuple[str, str]]) -> list[str]:
+    cells = []
+    for name, kind in columns:
+        here = datasets == name
+        called_fake = probs[here] >= threshold
+        if kind == "auc":
+            real = labels[here] == 0
+            cells.append(f"{roc_auc_score(labels[here], probs[here]):.3f}, {called_fake[real].mean():.1%}")
+        else:
+            cells.append(f"{called_fake.mean():.1%}")
+    return cells
+
+
+def chained_cell(datasets: np.ndarray, called_fake: np.ndarray) -> str:
+    return ", ".join(f"{name} {called_fake[datasets == name].mean():.1%}" for name in dict.fromkeys(datasets))
+
+
+def table(names: list[str], labels: np.ndarray, datasets: np.ndarray, probs: np.ndarray,
+          chained_reals: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+    """probs: (models, photos); chained_reals: chain -> (datasets of the reals, (models, reals) probabilities)."""
+    columns = set_columns(labels, datasets)
+    heads = [f"{n} ROC-AUC, reals called fake" if k == "auc" else f"{n} {'called fake' if k == 'real' else 'caught'}" for n, k in columns]
+    heads += [f"reals called fake after {chain}" for chain in chained_reals]
+    lines = ["| on validation | threshold | " + " | ".join(heads) + " |", "|---" * (len(heads) + 2) + "|"]
+    for label, members, combine in candidates(names):
+        combined = combine(probs[members])
+        threshold = balanced_accuracy_threshold(labels, combined, list(datasets))
+        cells = row_cells(labels, datasets, combined, threshold, columns)
+        cells += [chained_cell(sets, combine(chained[members]) >= threshold) for sets, chained in chained_reals.values()]
+        lines.append(f"| {label} | {threshold:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def scores(model: Path, samples: list[Sample], angles: Sequence[float], chain: str | None = None) -> tuple[list[str], np.ndarray]:
+    """Each scored photo's path and raw probability, kept on disk by model, photos, rotations and chain: a
+    comparison that adds one candidate scores only that one."""
+    key = hashlib.sha256(model.read_bytes() + repr((sorted(str(s.path) for s in samples), list(angles), chain)).encode()).hexdigest()
+    path = DEFAULT_CACHE / "compare" / f"{key[:24]}.npz"
+    if path.exists():
+        stored = np.load(path)
+        return [str(p) for p in stored["paths"]], stored["probs"]
+    predictions = predict_onnx(model, samples, angles, desc=f"{model.stem} {chain or ''}", chain=parse_chain(chain) if chain else None,
+                               calibrated=False)
+    paths = [str(s.path) for s in predictions.samples]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, paths=np.array(paths), probs=predictions.probs)
+    return paths, predictions.probs
+
+
+def aligned(models: list[Path], samples: list[Sample], angles: Sequence[float], chain: str | None = None) -> tuple[list[Sample], np.ndarray]:
+    """The photos every model could read, and a (models, photos) array of their probabilities."""
+    by_model = [dict(zip(*scores(m, samples, angles, chain))) for m in models]
+    kept = [s for s in samples if all(str(s.path) in seen for seen in by_model)]
+    return kept, np.array([[seen[str(s.path)] for s in kept] for seen in by_model])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, action="append", required=True, help="an export; repeat to compare and combine")
+    p.add_argument("--data", type=Path, action="append", required=True, help="dataset folder; repeat")
+    p.add_argument("--split", type=Path, help="split file (default: the first model's <name>.split.json)")
+    p.add_argument("--chain", action="append", default=[], help="re-process the validation reals by this chain too, e.g. 'x0.5>x2'")
+    p.add_argument("--tta", default="-15,0,15", help="rotations, as the service uses them")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        chains = {text: parse_chain(text) for text in args.chain}
+        split = Split.load(args.split or args.model[0].with_suffix(".split.json"))
+        val = split.select([s for folder in args.data for s in scan_dataset(folder)], "val")
+    except (ChainError, DatasetError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    angles = parse_angles(args.tta)
+    kept, probs = aligned(args.model, val, angles)
+    labels, datasets = np.array([s.label for s in kept]), np.array([s.dataset for s in kept])
+    reals = [s for s in kept if s.label == 0]
+    chained_reals = {}
+    for text in chains:
+        chained, chained_probs = aligned(args.model, reals, angles, text)
+        chained_reals[text] = (np.array([s.dataset for s in chained]), chained_probs)
+    print(table([m.stem for m in args.model], labels, datasets, probs, chained_reals))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
