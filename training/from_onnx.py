@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def restore_batch_statistics(model: nn.Module, batches: list[torch.Tensor]) -> N
         norm.running_var.copy_(var.float())
 
 
-def checkpoint_from_export(onnx_path: Path, data: list[Path], crops: int = 512, seed: int = 0) -> tuple[nn.Module, dict]:
+def checkpoint_from_export(onnx_path: Path, data: list[Path], crops: int = 512, seed: int = 0, command: str = "") -> tuple[nn.Module, dict]:
     card = read_card(onnx_path)
     if card.architecture not in MODELS:
         raise ExportError(f"{onnx_path} is a {card.architecture!r}, which has no trainable network here (an ensemble? convert its members)")
@@ -134,7 +135,7 @@ def checkpoint_from_export(onnx_path: Path, data: list[Path], crops: int = 512, 
     restore_batch_statistics(model, list(tensors.split(64)))
     state = {"model": model.state_dict(), "model_name": card.architecture, "preprocess": card.preprocess.model_dump(),
              "origin": f"{onnx_path} ({card.name} {card.version}), batch norms restored from {len(chosen)} training crops",
-             "datasets": [str(d) for d in data], "recipe": [c for c in card.training.get("command", "").split(" && ") if c],
+             "datasets": [str(d) for d in data], "recipe": [c for c in [*card.training.get("command", "").split(" && "), command] if c],
              "threshold": card.threshold}
     return model, state
 
@@ -150,9 +151,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
     try:
-        _, state = checkpoint_from_export(args.model, args.data, args.crops)
+        _, state = checkpoint_from_export(args.model, args.data, args.crops, command="python -m training.from_onnx " + shlex.join(argv))
     except (ExportError, DatasetError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
