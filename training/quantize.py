@@ -13,6 +13,7 @@ any export: FACECHECK_MODEL=exports/<name>-int8.onnx.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -61,7 +62,9 @@ def quantize_int8(source: Path, target: Path, calibration: np.ndarray) -> None:
     level = root.level
     root.setLevel(max(level, logging.WARNING))  # the quantizer logs every weight scale it adjusts to the root logger at INFO
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(source).resolve(), Path(target).resolve()
+        # ONNX Runtime's shape inference leaves files in the working directory when it gives up
+        with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
             prepared = Path(tmp) / "prepared.onnx"
             try:
                 quant_pre_process(str(source), str(prepared))
