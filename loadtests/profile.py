@@ -36,7 +36,8 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("face detection", ("mtcnn.py", "faces.py:detect", "detect (service/faces.py")),
     ("crops and TTA rotations", ("preprocess.py", "pipeline.py")),
     ("decode", ("imaging.py",)),
-    ("request parsing and answer (ours)", ("uploads.py", "schemas.py", "engine.py", "service.py")),
+    # "(service/": our package's frames, not BentoML's own _bentoml_impl/worker/service.py (its event loop)
+    ("request parsing and answer (ours)", ("(service/uploads.py", "(service/schemas.py", "(service/engine.py", "(service/service.py")),
 ]
 OTHER = "HTTP, serialization, BentoML and the event loop"
 
