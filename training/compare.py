@@ -32,7 +32,6 @@ from training.data import DatasetError, Sample, Split, scan_dataset
 from training.metrics import balanced_accuracy_threshold
 from training.scoring import predict_onnx
 
-log = logging.getLogger(__name__)
 Combine = Callable[[np.ndarray], np.ndarray]  # (models, photos) probabilities -> (photos,)
 
 
