@@ -25,6 +25,12 @@ EPSILON = 1e-7
 SEVERITY: dict[str, int] = {"real": 0, "uncertain": 1, "fake": 2}
 
 
+def logit(probs: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), float64, with p clipped EPSILON from 0 and 1."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), EPSILON, 1.0 - EPSILON)
+    return np.log(p / (1.0 - p))
+
+
 class Calibration(BaseModel):
     """A monotone map of fake probabilities: none (identity), temperature scaling or isotonic regression."""
 
@@ -50,8 +56,7 @@ class Calibration(BaseModel):
         """Calibrated probabilities, float64, of the same shape."""
         p = np.asarray(probs, dtype=np.float64)
         if self.method == "temperature":
-            p = np.clip(p, EPSILON, 1.0 - EPSILON)
-            return 1.0 / (1.0 + np.exp(-np.log(p / (1.0 - p)) / self.temperature))
+            return 1.0 / (1.0 + np.exp(-logit(p) / self.temperature))
         if self.method == "isotonic":
             return np.interp(p, self.x, self.y)
         return p

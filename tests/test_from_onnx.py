@@ -31,6 +31,7 @@ def _probabilities(model, x: torch.Tensor) -> np.ndarray:
 
 
 def test_read_back_network_answers_as_the_export_in_eval_mode(exported_cnn):
+    torch.manual_seed(1)
     model, _ = create_model("cnn", pretrained="none")
     load_fused(model, fused_weights(exported_cnn))
     x = torch.randn(6, 3, 64, 64)
@@ -38,6 +39,7 @@ def test_read_back_network_answers_as_the_export_in_eval_mode(exported_cnn):
 
 
 def test_restored_batch_statistics_keep_eval_mode_and_make_training_mode_agree(exported_cnn):
+    torch.manual_seed(2)  # random photos, but the same ones on every run
     model, _ = create_model("cnn", pretrained="none")
     load_fused(model, fused_weights(exported_cnn))
     batches = [torch.randn(32, 3, 64, 64) for _ in range(4)]

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from service.calibration import logit
 from service.config import parse_angles
 from training.chains import ChainError, parse_chain
 from training.cache import DEFAULT_CACHE
@@ -35,14 +36,9 @@ from training.scoring import predict_onnx
 Combine = Callable[[np.ndarray], np.ndarray]  # (models, photos) probabilities -> (photos,)
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
 COMBINATIONS: dict[str, Combine] = {
     "the larger probability": lambda probs: probs.max(axis=0),
-    "mean logit": lambda probs: 1 / (1 + np.exp(-_logit(probs).mean(axis=0))),
+    "mean logit": lambda probs: 1 / (1 + np.exp(-logit(probs).mean(axis=0))),
 }
 
 
