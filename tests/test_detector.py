@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from loadtests.detection_agreement import iou, matches
+from loadtests.detection_agreement import matches
 from service.faces import DetectorSettings, Face, FaceDetector
 from service.mtcnn import NETS_DIR, OnnxMTCNN, pyramid_scales, resample_image, resample_regions, summed_area_table
 from service_fixtures import mosaic, shared_images, synthetic_face

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import shutil
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from service.onnx_model import read_card
 from training import plots
 from training.card import ExportError, attach_card, evaluate_through_service, service_threshold_rule, write_card_json
 from training.chains import ROBUSTNESS_CHAINS
+from training.cli import start_command
 from training.data import DatasetError, Split, scan_dataset
 from training.metrics import expected_calibration_error, uncertain_metrics
 from training.readme import SectionError, check_section, write_section
@@ -308,10 +308,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    argv = sys.argv[1:] if argv is None else argv
+    argv, command = start_command("training.calibrate", argv)
     args = parse_args(argv)
-    command = "python -m training.calibrate " + shlex.join(argv)
     try:
         if not 0.5 < args.precision < 1.0:
             raise CalibrationError(f"--precision must lie between 0.5 and 1, got {args.precision}")

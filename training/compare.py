@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
-import logging
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,6 +28,7 @@ from service.calibration import logit
 from service.config import parse_angles
 from training.chains import ChainError, parse_chain
 from training.cache import DEFAULT_CACHE
+from training.cli import start_command
 from training.data import DatasetError, Sample, Split, scan_dataset
 from training.metrics import balanced_accuracy_threshold
 from training.scoring import predict_onnx
@@ -128,8 +128,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv, _ = start_command("training.compare", argv)
+    args = parse_args(argv)
     try:
         chains = {text: parse_chain(text) for text in args.chain}
         split = Split.load(args.split or args.model[0].with_suffix(".split.json"))

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import logging
-import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +30,7 @@ from service.contract import ModelCard, ModelLoadError
 from service.onnx_model import read_card
 from training.calibrate import CalibrationError, calibrate_model
 from training.card import ExportError, attach_card
+from training.cli import start_command
 from training.data import DatasetError, Split
 from training.scoring import default_split_file
 
@@ -130,10 +129,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    argv = sys.argv[1:] if argv is None else argv
+    argv, command = start_command("training.ensemble", argv)
     args = parse_args(argv)
-    command = "python -m training.ensemble " + shlex.join(argv)
     try:
         if len(args.member) < 2:
             raise ExportError("an ensemble needs two or more --member models")

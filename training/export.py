@@ -16,7 +16,6 @@ import argparse
 import datetime as dt
 import hashlib
 import logging
-import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +35,7 @@ from training import robustness
 from training.calibrate import CalibrationError, calibrate_model
 from training.calibrate import table as calibration_table
 from training.card import ExportError, attach_card, robustness_results, write_card_json
+from training.cli import start_command
 from training.data import DatasetError, Split, scan_dataset
 from training.models import MODELS
 from training.quantize import quantize_export
@@ -119,12 +119,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    argv, command = start_command("training.export", argv)
     for noisy in ("onnxscript", "onnx_ir"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    args.command = "python -m training.export " + shlex.join(argv)
+    args.command = command
     try:
         return _export(args)
     except (ExportError, CalibrationError, DatasetError, FileNotFoundError) as exc:

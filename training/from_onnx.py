@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import sys
 from pathlib import Path
 
@@ -25,11 +24,12 @@ from onnx import numpy_helper
 from torch import nn
 
 from service.onnx_model import read_card
+from service.preprocess import to_input
 from training.cache import CropCache
 from training.card import ExportError
+from training.cli import start_command
 from training.data import DatasetError, Split, scan_dataset
 from training.models import MODELS, create_model
-from service.preprocess import to_input
 
 log = logging.getLogger(__name__)
 WRAPPER_PREFIX = "model."  # training.export wraps the network as ProbabilityModel.model
@@ -150,11 +150,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    argv = sys.argv[1:] if argv is None else argv
+    argv, command = start_command("training.from_onnx", argv)
     args = parse_args(argv)
     try:
-        _, state = checkpoint_from_export(args.model, args.data, args.crops, command="python -m training.from_onnx " + shlex.join(argv))
+        _, state = checkpoint_from_export(args.model, args.data, args.crops, command=command)
     except (ExportError, DatasetError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

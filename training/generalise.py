@@ -31,6 +31,7 @@ from training import train as train_command
 from training.cache import CropCache
 from training.card import robustness_results
 from training.chains import ROBUSTNESS_CHAINS, ChainError, parse_chain
+from training.cli import start_command
 from training.data import DatasetError, Sample, Split, make_split
 from training.evaluate import choose_samples, parse_angles, scan_folders
 from training.readme import SectionError, check_section, write_section
@@ -188,10 +189,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    argv = sys.argv[1:] if argv is None else argv
+    argv, command = start_command("training.generalise", argv)
     args, rest = parse_args(argv)
-    args.command = f"python -m training.generalise {' '.join(argv)}"
+    args.command = command
     try:
         if args.table == "robustness":
             return run_robustness(args)

@@ -18,7 +18,6 @@ import datetime as dt
 import hashlib
 import logging
 import random
-import shlex
 import shutil
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from service.preprocess import to_input
 from training.cache import CropCache
 from training.card import ExportError, attach_card, evaluate_through_service, service_threshold_rule, write_card_json
 from training.chains import ROBUSTNESS_CHAINS
+from training.cli import start_command
 from training.data import DatasetError, Split, scan_dataset
 from training.scoring import default_split_file
 
@@ -138,8 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    argv = sys.argv[1:] if argv is None else argv
+    argv, command = start_command("training.quantize", argv)
     args = parse_args(argv)
     if args.check:
         return check_cards(args.model)
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         print(quantize_export(args.model, args.data, args.split_file, args.calibration, args.tta,
-                              "python -m training.quantize " + shlex.join(argv)))
+                              command))
         return 0
     except (ExportError, DatasetError, ModelLoadError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

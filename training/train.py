@@ -27,6 +27,7 @@ from service.preprocess import PreprocessSpec, to_input
 from training import baselines, plots
 from training.augment import AugmentSpec, augment
 from training.cache import CropCache, CropSet
+from training.cli import start_command
 from training.data import DatasetError, Split, make_split, scan_dataset
 from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics, mean_dataset_auc
 from training.models import MODELS, UnknownModel, create_model, entry, head_parameters
@@ -258,8 +259,7 @@ def finish(trainer: Trainer, val: CropSet) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    argv = sys.argv[1:] if argv is None else argv
+    argv, _ = start_command("training.train", argv)
     args = parse_args(argv)
     args.command = recorded_command(argv)
     baseline = baselines.is_baseline(args.model)
