@@ -124,7 +124,8 @@ async def _page(_: Request) -> HTMLResponse:
     return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
 
 
-@bentoml.service(traffic={"timeout": settings.request_timeout_s + TIMEOUT_BACKSTOP_S}, envs=MALLOC_ENVS, workers=settings.api_workers)
+@bentoml.service(traffic={"timeout": settings.request_timeout_s + TIMEOUT_BACKSTOP_S}, envs=MALLOC_ENVS, workers=settings.api_workers,
+                 logging={"access": {"enabled": settings.access_log}})
 @bentoml.asgi_app(Starlette(routes=[Route("/docs", _docs), Route("/ui", _page)]))
 class FaceCheck:
     if BATCHING:

@@ -95,8 +95,10 @@ def known() -> Known:
 
 @pytest.fixture(scope="session")
 def banded_server(tmp_path_factory: pytest.TempPathFactory, known: Known) -> Server:
-    """A server whose uncertain band, set with FACECHECK_UNCERTAIN_BAND, holds `known.inside`'s probability."""
-    yield from serve(tmp_path_factory.mktemp("service-banded"), FACECHECK_UNCERTAIN_BAND=",".join(map(str, known.band)), FACECHECK_API_WORKERS="1")
+    """A server whose uncertain band, set with FACECHECK_UNCERTAIN_BAND, holds `known.inside`'s probability.
+    Its other settings are off the defaults too, so that one server start covers them: one API worker, no access log."""
+    yield from serve(tmp_path_factory.mktemp("service-banded"), FACECHECK_UNCERTAIN_BAND=",".join(map(str, known.band)), FACECHECK_API_WORKERS="1",
+                     FACECHECK_ACCESS_LOG="false")
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import shutil
+import time
 import uuid
 
 import pytest
@@ -79,6 +80,18 @@ def test_without_a_gpu_each_request_is_one_call_of_its_own_crops(server):
     crops, calls = classifier_calls(server, requests_sent=120)
     assert (crops, calls) == (len(ANGLES) * 120, 120)
     assert "adaptive batching off" in server.log.read_text()
+
+
+def test_the_access_log_has_a_line_per_request_unless_turned_off(server, banded_server):
+    """BentoML's access log is on by default; FACECHECK_ACCESS_LOG=false (banded_server) leaves it out."""
+    photo = {"image": ("face.jpg", encode(synthetic_face()), "image/jpeg")}
+    for target in (banded_server, server):  # the server without the log first: its line would be written by the time the other's is
+        assert requests.post(f"{target.url}/classify", files=photo, headers=target.headers, timeout=120).status_code == 200
+    deadline = time.monotonic() + 60
+    while "path=/classify" not in server.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "path=/classify" in server.log.read_text()
+    assert "path=/classify" not in banded_server.log.read_text()
 
 
 def classifier_calls(server, requests_sent: int) -> tuple[float, float]:
