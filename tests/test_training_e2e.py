@@ -400,3 +400,22 @@ def test_an_ensemble_refuses_members_that_preprocess_differently(trained_cnn, tm
     Split.load(run / "split.json").save(out / "one.split.json")
     assert ensemble.main(["--member", str(out / "one.onnx"), "--member", str(other), "--name", "both", "--out", str(out), "--data", str(data)]) == 2
     assert "preprocesses faces differently" in capsys.readouterr().err and not (out / "both.onnx").exists()
+
+
+def test_int8_keeps_the_first_convolutions_and_the_head_float(tmp_path: Path) -> None:
+    from training.quantize import quantize_int8
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 1)).eval()
+    source, target = tmp_path / "net.onnx", tmp_path / "net-int8.onnx"
+    torch.onnx.export(net, torch.randn(1, 3, 16, 16), str(source), input_names=["input"], dynamic_axes={"input": {0: "batch"}}, dynamo=False)
+    quantize_int8(source, target, np.random.default_rng(0).normal(size=(32, 3, 16, 16)).astype(np.float32), float_convs=1)
+    graph = onnx.load(str(target)).graph
+    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    initializers = {init.name for init in graph.initializer}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    (head,) = [node for node in graph.node if node.op_type in ("Gemm", "MatMul")]
+    assert convs[0].input[1] in initializers  # float weights
+    assert all(conv.input[1] in dequantized for conv in convs[1:])  # int8 weights
+    assert head.input[1] in initializers or not any(i in dequantized for i in head.input[1:])
