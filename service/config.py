@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     rate_per_minute: int | None = Field(None, gt=0, description="Requests a key (a client address where no keys are set) may make per "
                                         "minute, shared by the API workers; past it, 429 with Retry-After. Unset: no rate limit.")
     access_log: bool = Field(True, description="BentoML's access log: a line per request with its path, status, sizes and time. "
-                             "Off saves its share of each request's CPU; facecheck's own metrics and error logs stay.")
+                             "Off leaves it out (its CPU cost is within run-to-run drift, docs/benchmarks.md); facecheck's own metrics and error logs stay.")
 
     @field_validator("tta_angles", mode="before")
     @classmethod
