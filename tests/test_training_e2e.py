@@ -303,6 +303,16 @@ def test_export_quantize_int8_records_its_accuracy_change(trained_cnn, tmp_path:
     assert check == quantize.cpu_default_check(float_card["metrics"], card["metrics"])
     assert quantize.main(["--model", str(out / "tiny.onnx"), "--check"]) == (0 if check["holds"] else 1)
 
+    # calibrated again on its own probabilities, the int8 card's changes and rule follow its new figures
+    from training import calibrate
+
+    assert calibrate.main(["--model", str(out / "tiny-int8.onnx"), "--data", str(data), "--tta", "0", "--figures", str(tmp_path / "figures")]) == 0
+    recalibrated = json.loads((out / "tiny-int8.json").read_text())
+    record = recalibrated["quantization"]
+    assert record["cpu_default"] == quantize.cpu_default_check(float_card["metrics"], recalibrated["metrics"])
+    assert record["test_change"] == quantize.metric_changes(float_card["metrics"], recalibrated["metrics"])
+    assert "int8 model's own" in record["probability_calibration"]
+
 
 def test_the_cpu_default_rule_finds_the_largest_change_over_splits_and_chains() -> None:
     from training.quantize import cpu_default_check
@@ -419,3 +429,13 @@ def test_int8_keeps_the_first_convolutions_and_the_head_float(tmp_path: Path) ->
     assert convs[0].input[1] in initializers  # float weights
     assert all(conv.input[1] in dequantized for conv in convs[1:])  # int8 weights
     assert head.input[1] in initializers  # the head's weights stay float
+
+
+def test_an_int8_card_is_not_remeasured_against_another_float_model(tmp_path: Path) -> None:
+    from training.card import ExportError
+    from training.quantize import remeasured_record
+
+    (tmp_path / "tiny.onnx").write_bytes(b"not the float model it was quantized from")
+    record = {"float_model": {"name": "tiny", "sha256": "0" * 64}}
+    with pytest.raises(ExportError, match="quantize it again"):
+        remeasured_record(tmp_path / "tiny-int8.onnx", record, {"test": {}})

@@ -51,6 +51,7 @@ from training.chains import ROBUSTNESS_CHAINS
 from training.cli import start_command
 from training.data import DatasetError, Split, scan_dataset
 from training.metrics import expected_calibration_error, uncertain_metrics
+from training.quantize import remeasured_record
 from training.readme import SectionError, check_section, write_section
 from training.report import format_table
 from training.scoring import Predictions, default_split_file, predict_onnx
@@ -219,7 +220,8 @@ def calibrate_model(model: Path, folders: Sequence[Path], split: Split, angles: 
         }
         card = card.model_copy(update={
             "calibration": calibration, "uncertain_band": band, "threshold": threshold, "metrics": metrics,
-            "threshold_rule": service_threshold_rule(angles) + ", on the calibrated probabilities"})
+            "threshold_rule": service_threshold_rule(angles) + ", on the calibrated probabilities",
+            "quantization": remeasured_record(model, card.quantization, metrics) if card.quantization else {}})
         card.training["tta_angles"] = list(angles)
         attach_card(staged, card)
         shutil.move(staged, model)

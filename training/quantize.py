@@ -133,6 +133,18 @@ def cpu_default_check(float_metrics: dict[str, Any], int8_metrics: dict[str, Any
                     f"{CPU_DEFAULT_RULE['false_positive_rate'] * 100:g} points", "figures": figures, "holds": all(f["holds"] for f in figures.values())}
 
 
+def remeasured_record(int8_model: Path, record: dict[str, Any], int8_metrics: dict[str, Any]) -> dict[str, Any]:
+    """An int8 card's quantization `record` once the int8 model was calibrated and measured again: its changes
+    and the CPU default rule against `int8_metrics`, from the float model's card beside it."""
+    float_model = int8_model.with_name(f"{record['float_model']['name']}.onnx")
+    if not float_model.is_file() or hashlib.sha256(float_model.read_bytes()).hexdigest() != record["float_model"]["sha256"]:
+        raise ExportError(f"{int8_model.name} was quantized from a {float_model.name} that is no longer beside it; quantize it again")
+    float_metrics = read_card(float_model).metrics
+    return {**record, "float_test_metrics": float_metrics["test"], "test_change": metric_changes(float_metrics, int8_metrics),
+            "cpu_default": cpu_default_check(float_metrics, int8_metrics),
+            "probability_calibration": "fitted on the int8 model's own validation probabilities (python -m training.calibrate)"}
+
+
 def float_card_metrics(model: Path, card: ModelCard, split_file: Path, angles: Sequence[float]) -> dict[str, Any] | None:
     """The float model's own card figures where they were measured as the int8 model's will be: on the
     split file the export wrote beside it, with the same rotations and chains. Measuring again gives the same."""
