@@ -216,3 +216,8 @@ def test_uncertain_metrics_report_both_sides():
     assert m["confident_accuracy"] == pytest.approx(2 / 3) and m["accuracy"] == pytest.approx(2 / 5)  # 0.3 is wrong either way
     assert uncertain_metrics(labels, probs, 0.5, None)["confident_accuracy"] == m["accuracy"]
     assert uncertain_metrics(labels, probs, 0.5, UncertainBand(low=0.0, high=1.0))["confident_accuracy"] is None
+    # verdicts: fake only at or above the band's high edge (0.9); 0.55 is uncertain, not a real photo answered fake
+    assert (m["real_answered_fake"], m["fake_answered_fake"]) == (0.0, pytest.approx(1 / 3))
+    forced = uncertain_metrics(labels, probs, 0.5, None)
+    assert (forced["real_answered_fake"], forced["fake_answered_fake"]) == (0.5, pytest.approx(1 / 3))
+    assert uncertain_metrics(np.array([0, 0]), np.array([0.7, 0.2]), 0.5, None)["fake_answered_fake"] is None

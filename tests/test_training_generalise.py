@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from test_training_e2e import TINY, make_dataset
-from training import export, generalise, loso, report, scoring, train
+from training import export, generalise, loso, report, robustness, scoring, train
 from training.cache import CropCache
 
 README = "# facecheck\n\nbefore\n<!-- generalise:robustness -->\nold table\n<!-- /generalise:robustness -->\nbetween\n" \
@@ -46,14 +46,22 @@ def test_robustness_scores_each_chain_and_writes_json_png_and_readme(exported, t
     assert list(summary["results"]) == ["none", "x0.5", "256px>jpeg90"]
     assert all(per_set["gen"]["n"] == test_count for per_set in summary["results"].values())
     assert (out / "robustness-tiny.png").stat().st_size > 1000
+    for per_set in summary["results"].values():  # measured with the card's band: a verdict is fake only above it
+        m = per_set["gen"]
+        assert 0.0 <= m["real_answered_fake"] <= m["false_positive_rate"] and 0.0 <= m["fake_answered_fake"] <= m["recall"]
+        assert 0.0 <= m["uncertain_share"] <= 1.0
+    assert "The verdicts, with the uncertain band" in printed
     text = readme.read_text()
+    assert "as the service answers them, with the uncertain band" in text and text.count("| `x0.5` |") == 2
     assert "old table" not in text and "| `x0.5` |" in text and "robustness-tiny.png" in text
     assert text.startswith("# facecheck\n\nbefore\n") and text.endswith("between\n<!-- generalise:loso -->\n<!-- /generalise:loso -->\nafter\n")
     assert generalise.main(argv) == 0  # a second run replaces the section, it does not add one
-    assert readme.read_text().count("| `x0.5` |") == 1
+    assert readme.read_text().count("| `x0.5` |") == 2  # once at the threshold, once with the band
     carded = tmp_path / "carded"
     assert generalise.main([*argv[:-4], "--out", str(carded), "--from-card"]) == 0  # the export measured the same chains on the same split
-    assert json.loads((carded / "robustness.json").read_text())[str(model)]["results"] == summary["results"]
+    recorded = json.loads((carded / "robustness.json").read_text())[str(model)]["results"]
+    assert recorded == {chain: {name: {k: m[k] for k in robustness.KEPT} for name, m in per_set.items()}
+                        for chain, per_set in summary["results"].items()}
     assert generalise.main([*argv[:-4], "--out", str(carded), "--from-card", "--chains", "x0.5;jpeg61"]) == 2  # a chain no card records
 
 

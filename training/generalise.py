@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from service.calibration import UncertainBand
 from service.config import get_settings
 from service.contract import ModelLoadError
 from service.onnx_model import read_card
@@ -85,7 +86,7 @@ def run_robustness(args: argparse.Namespace) -> int:
             results = card_results(model, chains, args.tta)
         else:
             samples = limited([s for selected, _ in chosen.values() for s in selected], args.limit)
-            results = robustness.measure(model, samples, args.tta, chains, info.threshold)
+            results = robustness.measure(model, samples, args.tta, chains, info.threshold, band=info.uncertain_band)
         png = (args.figures or args.out) / f"robustness-{model.stem}.png"
         robustness.plot(results, f"{model.name}: test split re-processed, threshold {info.threshold:.2f}", png)
         worst = robustness.worst(results)
@@ -95,11 +96,16 @@ def run_robustness(args: argparse.Namespace) -> int:
               + (f", at most {args.limit} photos per set" if args.limit else ""))
         print(robustness.table(results))
         print(robustness.worst_line(worst))
+        verdicts = robustness.has_verdicts(results)
+        if verdicts:
+            print(f"\nThe verdicts, with the uncertain band [{info.uncertain_band.low:.3f}, {info.uncertain_band.high:.3f}):")
+            print(robustness.table(results, verdicts=True))
         for note in notes:
             print(f"note: {note}")
         if args.readme:
             sections.append(f"**`{model}`** (threshold {info.threshold:.3f}; cells: ROC-AUC, real photos called fake, fakes caught)\n\n"
-                            f"{robustness.markdown(results)}\n\n{robustness.worst_line(worst)}\n\n![robustness of {model.name}]({_link(args.readme, png)})")
+                            f"{robustness.markdown(results)}\n\n{robustness.worst_line(worst)}\n\n![robustness of {model.name}]({_link(args.readme, png)})"
+                            + (verdict_section(info.uncertain_band, results) if verdicts else ""))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "robustness.json").write_text(json.dumps(summaries, indent=1))
     if args.readme:
@@ -107,6 +113,12 @@ def run_robustness(args: argparse.Namespace) -> int:
         print(f"wrote the robustness tables into {args.readme}")
     print(f"wrote robustness.json and {len(args.model)} PNG(s) to {args.out}")
     return 0
+
+
+def verdict_section(band: UncertainBand, results: dict[str, dict[str, dict]]) -> str:
+    return (f"\n\nThe same photos as the service answers them, with the uncertain band [{band.low:.3f}, {band.high:.3f}): a photo is "
+            f"answered fake only at or above {band.high:.3f}, and uncertain inside the band (cells: the share of real photos answered "
+            f"fake, of fakes answered fake, of all photos answered uncertain)\n\n{robustness.markdown(results, verdicts=True)}")
 
 
 def card_results(model: Path, chains: Sequence[str], angles: Sequence[float]) -> dict[str, dict[str, dict]]:

@@ -98,13 +98,17 @@ def uncertain_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, b
     """What answering "uncertain" inside `band` does to a set of images, both sides of it: the share answered
     uncertain, and the accuracy of the confident answers alone, next to `accuracy`, every answer forced to
     real or fake at the threshold (binary_metrics). Confident accuracy is None where nothing is confident.
+    `real_answered_fake` and `fake_answered_fake`: the share of each class whose verdict is "fake" (None
+    where the set has none of that class).
 
     An image's probability is its most-fake face's; with a band that contains the threshold (every band
     training.calibrate chooses does), that probability's label is the image's verdict."""
     labels, probs = np.asarray(labels, dtype=int), np.asarray(probs, dtype=float)
     inside = np.zeros(len(probs), dtype=bool) if band is None else np.asarray(band.contains(probs), dtype=bool)
     confident = ~inside
-    correct = (probs >= threshold).astype(int) == labels
+    called_fake = probs >= threshold
+    correct = called_fake.astype(int) == labels
+    answered_fake = called_fake & confident
     return {
         "uncertain_band": None if band is None else list(band.edges),
         "uncertain": int(inside.sum()),
@@ -112,4 +116,6 @@ def uncertain_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, b
         "confident_share": _safe_div(confident.sum(), len(probs)),
         "confident_accuracy": _safe_div(correct[confident].sum(), confident.sum()) if confident.any() else None,
         "accuracy": _safe_div(correct.sum(), len(probs)),
+        "real_answered_fake": _safe_div(answered_fake[labels == 0].sum(), (labels == 0).sum()) if (labels == 0).any() else None,
+        "fake_answered_fake": _safe_div(answered_fake[labels == 1].sum(), (labels == 1).sum()) if (labels == 1).any() else None,
     }

@@ -7,28 +7,35 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from service.calibration import UncertainBand
 from training import plots
 from training.chains import parse_chain
 from training.data import Sample
-from training.metrics import binary_metrics
+from training.metrics import binary_metrics, uncertain_metrics
 from training.report import format_table
 from training.scoring import predict_onnx
 
 UNPROCESSED = "none"
 KEPT = ("n", "roc_auc", "false_positive_rate", "recall", "accuracy", "ece")
+VERDICTS = ("uncertain_share", "real_answered_fake", "fake_answered_fake")
 
 
-def summary(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:
-    """What the robustness table shows of one set: recall (fakes caught) only where there are fakes."""
+def summary(labels: np.ndarray, probs: np.ndarray, threshold: float, band: UncertainBand | None = None) -> dict[str, Any]:
+    """What the robustness table shows of one set: recall (fakes caught) only where there are fakes; with
+    the model's uncertain band, also the verdicts: the share answered uncertain, and of each class the
+    share answered fake."""
     metrics = binary_metrics(labels, probs, threshold)
     kept = {key: metrics[key] for key in KEPT}
     if metrics["per_class"]["fake"]["support"] == 0:
         kept["recall"] = None
+    if band is not None:
+        verdicts = uncertain_metrics(labels, probs, threshold, band)
+        kept.update({key: verdicts[key] for key in VERDICTS})
     return kept
 
 
 def measure(onnx_path: Path, samples: Sequence[Sample], angles: Sequence[float], chains: Sequence[str], threshold: float,
-            device: str = "cpu") -> dict[str, dict[str, dict[str, Any]]]:
+            device: str = "cpu", band: UncertainBand | None = None) -> dict[str, dict[str, dict[str, Any]]]:
     """{chain: {dataset: summary}}; the chain "none" scores the photos as they are."""
     names = sorted({s.dataset for s in samples})
     results = {}
@@ -36,7 +43,8 @@ def measure(onnx_path: Path, samples: Sequence[Sample], angles: Sequence[float],
         chain = None if text == UNPROCESSED else parse_chain(text)
         found = predict_onnx(onnx_path, samples, angles, device=device, desc=f"chain {text}", chain=chain)
         sets = np.array(found.datasets)
-        results[text] = {name: summary(found.labels[sets == name], found.probs[sets == name], threshold) for name in names if (sets == name).any()}
+        results[text] = {name: summary(found.labels[sets == name], found.probs[sets == name], threshold, band)
+                         for name in names if (sets == name).any()}
     return results
 
 
@@ -51,18 +59,31 @@ def _cell(metrics: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
+def _verdict_cell(metrics: dict[str, Any]) -> str:
+    parts = [f"{metrics[key]:.1%} {words}" for key, words in (("real_answered_fake", "real→fake"),
+                                                               ("fake_answered_fake", "caught")) if metrics[key] is not None]
+    return ", ".join([*parts, f"{metrics['uncertain_share']:.1%} uncertain"])
+
+
+def table(results: dict[str, dict[str, dict[str, Any]]], verdicts: bool = False) -> str:
     """Chains as rows, datasets as columns: ROC-AUC where a set has both classes, the share of real photos
-    called fake where it has real ones, and the share of fakes caught in a fake-only set."""
-    names = list(results[UNPROCESSED])
-    rows = [[chain, *(_cell(per_set[name]) if name in per_set else "–" for name in names)] for chain, per_set in results.items()]
+    called fake where it has real ones, and the share of fakes caught in a fake-only set. With `verdicts`
+    (results measured with the band): the share of each class answered fake, and of all answered uncertain."""
+    names, cell = list(results[UNPROCESSED]), _verdict_cell if verdicts else _cell
+    rows = [[chain, *(cell(per_set[name]) if name in per_set else "–" for name in names)] for chain, per_set in results.items()]
     return format_table(["chain", *names], rows)
 
 
-def markdown(results: dict[str, dict[str, dict[str, Any]]]) -> str:
-    names = list(results[UNPROCESSED])
+def has_verdicts(results: dict[str, dict[str, dict[str, Any]]]) -> bool:
+    """Whether the results were measured with the model's uncertain band (measure's `band`)."""
+    return all(VERDICTS[0] in m for per_set in results.values() for m in per_set.values())
+
+
+def markdown(results: dict[str, dict[str, dict[str, Any]]], verdicts: bool = False) -> str:
+    """The table `table` prints; with `verdicts`, the answers with the uncertain band in place of the threshold's."""
+    names, cell = list(results[UNPROCESSED]), _verdict_cell if verdicts else _cell
     lines = ["| chain | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    lines += [f"| `{chain}` | " + " | ".join(_cell(per_set[name]) if name in per_set else "–" for name in names) + " |" for chain, per_set in results.items()]
+    lines += [f"| `{chain}` | " + " | ".join(cell(per_set[name]) if name in per_set else "–" for name in names) + " |" for chain, per_set in results.items()]
     return "\n".join(lines)
 
 
