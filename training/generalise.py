@@ -5,7 +5,9 @@
 
 robustness: the test split of each dataset re-processed by chains a photo meets on its way to a user
 (scaled 0.5x-4x, resized to 256 and 512 px, JPEG 60-95, blurred; training/chains.py), each scored through
-the service's own pipeline at the model's threshold: ROC-AUC, real photos called fake, fakes caught.
+the service's own pipeline at the model's threshold: ROC-AUC, real photos called fake, fakes caught. A
+measured run (not --from-card) of a model with an uncertain band adds the verdicts the service gives with
+it: real photos answered fake, fakes answered fake, photos answered uncertain.
 
 loso: leave-one-source-out (training/loso.py). For each source, the recipe is trained without it at a
 small budget, and the held-out photos are scored: how many fakes are caught, how many reals called fake.
