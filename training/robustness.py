@@ -37,7 +37,7 @@ def summary(labels: np.ndarray, probs: np.ndarray, threshold: float, band: Uncer
 def measure(onnx_path: Path, samples: Sequence[Sample], angles: Sequence[float], chains: Sequence[str], threshold: float,
             device: str = "cpu", band: UncertainBand | None = None) -> dict[str, dict[str, dict[str, Any]]]:
     """{chain: {dataset: summary}}; the chain "none" scores the photos as they are."""
-    names = sorted({s.dataset for s in samples})
+    names = list(dict.fromkeys(s.dataset for s in samples))  # in the order --data named them, as the card keeps them
     results = {}
     for text in chains:
         chain = None if text == UNPROCESSED else parse_chain(text)
