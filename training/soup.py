@@ -1,0 +1,140 @@
+"""One network whose weights are a weighted mean of several exports of the same network (a "model soup",
+Wortsman et al. 2022; with a fine-tune and the network it came from, WiSE-FT). Unlike an ensemble it costs
+what one member costs: the graph is the first member's, only its weights change.
+
+    python -m training.soup --member exports/default.onnx --member runs/members/lite0-224.onnx --weight 0.7 \
+        --weight 0.3 --name soup --out runs/soupx [--data ../shared/data/tpdne128 ...]
+
+The members must be the same architecture at the same input size, exported the same way, and fine-tuned
+from one another (a mean of unrelated networks is noise). Exports hold each batch norm folded into its
+convolution, so the mean is of the folded weights: of the functions the members compute in eval mode.
+Without --data the raw soup is written (for training.compare); with --data it is measured, calibrated and
+given its uncertain band on the first member's split, as training.export does.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from service.config import get_settings, parse_angles
+from service.contract import ModelCard, ModelLoadError
+from service.onnx_model import read_card
+from training.calibrate import CalibrationError, calibrate_model
+from training.card import ExportError, attach_card
+from training.cli import start_command
+from training.data import DatasetError, Split
+from training.ensemble import check_splits
+from training.scoring import default_split_file
+
+
+def check_members(cards: Sequence[ModelCard]) -> None:
+    first = cards[0]
+    for card in cards[1:]:
+        if card.architecture != first.architecture or card.preprocess != first.preprocess or card.class_names != first.class_names:
+            raise ExportError(f"{card.name} {card.version} is not the same network with the same preprocessing as {first.name}: "
+                              "a soup needs one architecture, one input size, one contract")
+
+
+def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
+    weights = list(weights) if weights else [1.0] * count
+    if len(weights) != count:
+        raise ExportError(f"{len(weights)} --weight for {count} --member: give one per member, or none for equal weights")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ExportError("weights must be non-negative and not all zero")
+    return [w / sum(weights) for w in weights]
+
+
+def mixed_model(paths: Sequence[Path], weights: Sequence[float]) -> onnx.ModelProto:
+    """The first member's graph with every float initializer replaced by the weighted mean of the members'."""
+    models = [onnx.load(str(p)) for p in paths]
+    base = models[0]
+    if any([n.op_type for n in m.graph.node] != [n.op_type for n in base.graph.node] for m in models[1:]):
+        raise ExportError("the members' graphs differ: export them with the same training.export")
+    others = [{t.name: t for t in m.graph.initializer} for m in models[1:]]
+    for tensor in base.graph.initializer:
+        arrays = [numpy_helper.to_array(tensor)] + [numpy_helper.to_array(_named(o, tensor, paths)) for o in others]
+        if not np.issubdtype(arrays[0].dtype, np.floating):
+            if any(not np.array_equal(a, arrays[0]) for a in arrays[1:]):
+                raise ExportError(f"{tensor.name}: the members' non-float constants differ")
+            continue
+        mean = sum(w * a.astype(np.float64) for w, a in zip(weights, arrays)).astype(arrays[0].dtype)
+        tensor.CopyFrom(numpy_helper.from_array(mean, tensor.name))
+    del base.metadata_props[:]
+    return base
+
+
+def _named(tensors: dict[str, onnx.TensorProto], like: onnx.TensorProto, paths: Sequence[Path]) -> onnx.TensorProto:
+    other = tensors.get(like.name)
+    if other is None or list(other.dims) != list(like.dims):
+        raise ExportError(f"{like.name}: not in every member with the same shape ({', '.join(map(str, paths))})")
+    return other
+
+
+def soup_card(name: str, paths: Sequence[Path], cards: Sequence[ModelCard], weights: Sequence[float], digest: str, command: str) -> ModelCard:
+    members = [{"name": c.name, "version": c.version, "weight": w, "file": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+                "training": c.training} for p, c, w in zip(paths, cards, weights)]
+    datasets = list(dict.fromkeys(d for card in cards for d in card.training.get("datasets", [])))
+    return ModelCard(
+        name=name, architecture=cards[0].architecture, version=f"{dt.date.today():%Y.%m.%d}-{digest[:8]}",
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), preprocess=cards[0].preprocess,
+        training={"datasets": datasets, "soup": members, "split_sizes": cards[0].training.get("split_sizes"), "command": command},
+        command=command)
+
+
+def build(paths: Sequence[Path], weights: Sequence[float] | None, name: str, out: Path, command: str) -> tuple[Path, Split]:
+    cards = [read_card(path) for path in paths]
+    check_members(cards)
+    weights = normalised(weights, len(paths))
+    split = Split.load(default_split_file(paths[0]))
+    check_splits(paths, split)
+    model = mixed_model(paths, weights)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{name}.onnx"
+    onnx.save(model, str(target))
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    attach_card(target, soup_card(name, paths, cards, weights, digest, command))
+    split.save(default_split_file(target))
+    return target, split
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.soup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--member", type=Path, action="append", required=True, help="an export of python -m training.export (repeat; two or more)")
+    p.add_argument("--weight", type=float, action="append", help="each member's weight, in --member order (default: equal); normalised to sum to 1")
+    p.add_argument("--name", required=True, help="the soup's name: <out>/<name>.onnx")
+    p.add_argument("--out", type=Path, default=Path("exports"))
+    p.add_argument("--data", type=Path, action="append", help="the split's dataset folders (repeat): measure and calibrate the soup")
+    p.add_argument("--tta", default=",".join(f"{a:g}" for a in get_settings().tta_angles), help="rotations for threshold and metrics (the service's default)")
+    p.add_argument("--figures", type=Path, help="reliability diagrams folder (default: runs/soup-<name>/calibration)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv, command = start_command("training.soup", argv)
+    args = parse_args(argv)
+    try:
+        if len(args.member) < 2:
+            raise ExportError("a soup needs two or more --member models")
+        path, split = build(args.member, args.weight, args.name, args.out, command)
+        if args.data:
+            card = calibrate_model(path, args.data, split, parse_angles(args.tta), args.figures or Path("runs") / f"soup-{args.name}" / "calibration",
+                                   command=command)
+            print(f"{path}: threshold {card.threshold:.4f}")
+        else:
+            print(path)
+    except (ExportError, CalibrationError, DatasetError, ModelLoadError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
