@@ -20,7 +20,7 @@ import datetime as dt
 import hashlib
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import onnx
 from onnx import TensorProto, compose, helper
@@ -102,30 +102,39 @@ def ensemble_card(name: str, paths: Sequence[Path], cards: Sequence[ModelCard], 
         command=command)
 
 
+def save_combined(model: onnx.ModelProto, target: Path, card_for: Callable[[str], ModelCard], split: Split) -> Path:
+    """Write a model made of members, its card (given the graph's digest) inside it, and the members' split beside it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(target))
+    attach_card(target, card_for(hashlib.sha256(target.read_bytes()).hexdigest()))
+    split.save(default_split_file(target))
+    return target
+
+
 def build(paths: Sequence[Path], name: str, out: Path, command: str) -> tuple[Path, Split]:
     cards = [read_card(path) for path in paths]
     check_members(cards)
     split = Split.load(default_split_file(paths[0]))
     check_splits(paths, split)
-    model = combined_model(paths, cards)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / f"{name}.onnx"
-    onnx.save(model, str(target))
-    digest = hashlib.sha256(b"".join(hashlib.sha256(p.read_bytes()).digest() for p in paths)).hexdigest()
-    attach_card(target, ensemble_card(name, paths, cards, digest, command))
-    split.save(default_split_file(target))
+    target = save_combined(combined_model(paths, cards), out / f"{name}.onnx",
+                           lambda digest: ensemble_card(name, paths, cards, digest, command), split)
     return target, split
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m training.ensemble", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def combined_parser(kind: str, doc: str | None, data_help: str, data_required: bool) -> argparse.ArgumentParser:
+    """The arguments training.ensemble and training.soup share: members in, one named export out."""
+    p = argparse.ArgumentParser(prog=f"python -m training.{kind}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--member", type=Path, action="append", required=True, help="an export of python -m training.export (repeat; two or more)")
-    p.add_argument("--name", required=True, help="the ensemble's name: <out>/<name>.onnx")
+    p.add_argument("--name", required=True, help=f"the {kind}'s name: <out>/<name>.onnx")
     p.add_argument("--out", type=Path, default=Path("exports"))
-    p.add_argument("--data", type=Path, action="append", required=True, help="the dataset folders of the split (repeat)")
+    p.add_argument("--data", type=Path, action="append", required=data_required, help=data_help)
     p.add_argument("--tta", default=",".join(f"{a:g}" for a in get_settings().tta_angles), help="rotations for threshold and metrics (the service's default)")
-    p.add_argument("--figures", type=Path, help="reliability diagrams folder (default: runs/ensemble-<name>/calibration)")
-    return p.parse_args(argv)
+    p.add_argument("--figures", type=Path, help=f"reliability diagrams folder (default: runs/{kind}-<name>/calibration)")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return combined_parser("ensemble", __doc__, "the dataset folders of the split (repeat)", data_required=True).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,14 +24,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from service.config import get_settings, parse_angles
+from service.config import parse_angles
 from service.contract import ModelCard, ModelLoadError
 from service.onnx_model import read_card
 from training.calibrate import CalibrationError, calibrate_model
-from training.card import ExportError, attach_card
+from training.card import ExportError
 from training.cli import start_command
 from training.data import DatasetError, Split
-from training.ensemble import check_splits
+from training.ensemble import check_splits, combined_parser, save_combined
 from training.scoring import default_split_file
 
 
@@ -95,25 +95,14 @@ def build(paths: Sequence[Path], weights: Sequence[float] | None, name: str, out
     weights = normalised(weights, len(paths))
     split = Split.load(default_split_file(paths[0]))
     check_splits(paths, split)
-    model = mixed_model(paths, weights)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / f"{name}.onnx"
-    onnx.save(model, str(target))
-    digest = hashlib.sha256(target.read_bytes()).hexdigest()
-    attach_card(target, soup_card(name, paths, cards, weights, digest, command))
-    split.save(default_split_file(target))
+    target = save_combined(mixed_model(paths, weights), out / f"{name}.onnx",
+                           lambda digest: soup_card(name, paths, cards, weights, digest, command), split)
     return target, split
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m training.soup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--member", type=Path, action="append", required=True, help="an export of python -m training.export (repeat; two or more)")
+    p = combined_parser("soup", __doc__, "the split's dataset folders (repeat): measure and calibrate the soup", data_required=False)
     p.add_argument("--weight", type=float, action="append", help="each member's weight, in --member order (default: equal); normalised to sum to 1")
-    p.add_argument("--name", required=True, help="the soup's name: <out>/<name>.onnx")
-    p.add_argument("--out", type=Path, default=Path("exports"))
-    p.add_argument("--data", type=Path, action="append", help="the split's dataset folders (repeat): measure and calibrate the soup")
-    p.add_argument("--tta", default=",".join(f"{a:g}" for a in get_settings().tta_angles), help="rotations for threshold and metrics (the service's default)")
-    p.add_argument("--figures", type=Path, help="reliability diagrams folder (default: runs/soup-<name>/calibration)")
     return p.parse_args(argv)
 
 
