@@ -90,16 +90,25 @@ def combined_model(paths: Sequence[Path], cards: Sequence[ModelCard]) -> onnx.Mo
     return model
 
 
-def ensemble_card(name: str, paths: Sequence[Path], cards: Sequence[ModelCard], digest: str, command: str) -> ModelCard:
-    big = max(cards, key=lambda card: card.preprocess.input_size)
-    members = [{"name": card.name, "version": card.version, "architecture": card.architecture, "input_size": card.preprocess.input_size,
-                "file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "training": card.training} for path, card in zip(paths, cards)]
+def member_records(paths: Sequence[Path], cards: Sequence[ModelCard]) -> list[dict]:
+    """What a combined model's card keeps of each member: which export it was, and how it was trained."""
+    return [{"name": card.name, "version": card.version, "architecture": card.architecture, "input_size": card.preprocess.input_size,
+             "file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "training": card.training} for path, card in zip(paths, cards)]
+
+
+def combined_card(name: str, architecture: str, cards: Sequence[ModelCard], digest: str, command: str, **training) -> ModelCard:
+    """A card for a model made of `cards`' members, dated and versioned by its graph's digest, unmeasured and uncalibrated."""
     datasets = list(dict.fromkeys(d for card in cards for d in card.training.get("datasets", [])))
     return ModelCard(
-        name=name, architecture="ensemble: the most-fake of " + " and ".join(f"{c.architecture} at {c.preprocess.input_size} px" for c in cards),
-        version=f"{dt.date.today():%Y.%m.%d}-{digest[:8]}", created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        preprocess=big.preprocess, training={"datasets": datasets, "members": members, "split_sizes": cards[0].training.get("split_sizes")},
-        command=command)
+        name=name, architecture=architecture, version=f"{dt.date.today():%Y.%m.%d}-{digest[:8]}",
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        preprocess=max(cards, key=lambda card: card.preprocess.input_size).preprocess,
+        training={"datasets": datasets, **training, "split_sizes": cards[0].training.get("split_sizes")}, command=command)
+
+
+def ensemble_card(name: str, paths: Sequence[Path], cards: Sequence[ModelCard], digest: str, command: str) -> ModelCard:
+    architecture = "ensemble: the most-fake of " + " and ".join(f"{c.architecture} at {c.preprocess.input_size} px" for c in cards)
+    return combined_card(name, architecture, cards, digest, command, members=member_records(paths, cards))
 
 
 def save_combined(model: onnx.ModelProto, target: Path, card_for: Callable[[str], ModelCard], split: Split) -> Path:

@@ -14,8 +14,6 @@ given its uncertain band on the first member's split, as training.export does.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -31,7 +29,7 @@ from training.calibrate import CalibrationError, calibrate_model
 from training.card import ExportError
 from training.cli import start_command
 from training.data import DatasetError, Split
-from training.ensemble import check_splits, combined_parser, save_combined
+from training.ensemble import check_splits, combined_card, combined_parser, member_records, save_combined
 from training.scoring import default_split_file
 
 
@@ -79,14 +77,8 @@ def _named(tensors: dict[str, onnx.TensorProto], like: onnx.TensorProto, paths: 
 
 
 def soup_card(name: str, paths: Sequence[Path], cards: Sequence[ModelCard], weights: Sequence[float], digest: str, command: str) -> ModelCard:
-    members = [{"name": c.name, "version": c.version, "weight": w, "file": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
-                "training": c.training} for p, c, w in zip(paths, cards, weights)]
-    datasets = list(dict.fromkeys(d for card in cards for d in card.training.get("datasets", [])))
-    return ModelCard(
-        name=name, architecture=cards[0].architecture, version=f"{dt.date.today():%Y.%m.%d}-{digest[:8]}",
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), preprocess=cards[0].preprocess,
-        training={"datasets": datasets, "soup": members, "split_sizes": cards[0].training.get("split_sizes"), "command": command},
-        command=command)
+    members = [record | {"weight": weight} for record, weight in zip(member_records(paths, cards), weights)]
+    return combined_card(name, cards[0].architecture, cards, digest, command, soup=members)
 
 
 def build(paths: Sequence[Path], weights: Sequence[float] | None, name: str, out: Path, command: str) -> tuple[Path, Split]:
