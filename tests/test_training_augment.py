@@ -6,7 +6,7 @@ import random
 import numpy as np
 from PIL import Image
 
-from training.augment import AugmentSpec, _degrade, augment
+from training.augment import AugmentSpec, _degrade, augment, augment_pair
 
 NONE = AugmentSpec(flip=0, rotation=0, lighting=0, blur=0, resize=0, jpeg=0)
 
@@ -52,3 +52,22 @@ def test_resize_scales_cover_the_asked_range() -> None:
     details = [_detail(augment(crop, spec, random.Random(seed))) for seed in range(40)]
     assert min(details) < 0.3 * _detail(crop)  # some draws go down near a quarter of the size
     assert max(details) > 0.6 * _detail(crop)  # and some stay near full size
+
+
+def test_a_pair_shares_its_look_and_only_the_second_view_is_always_degraded() -> None:
+    crop = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    crop[:, :32] = 0  # left half dark: a flip is visible
+    spec = NONE.model_copy(update={"flip": 1.0})
+    for seed in range(10):
+        first, second = augment_pair(crop, spec, random.Random(seed))
+        assert first.shape == second.shape == crop.shape and second.dtype == np.uint8
+        np.testing.assert_array_equal(first, crop[:, ::-1])  # no degradation asked: the flipped crop itself
+        assert second[:, 32:].mean() < 40 < second[:, :32].mean()  # flipped too, the same look
+        assert np.abs(second.astype(int) - first).mean() > 1  # and always scaled and re-saved
+
+
+def test_a_pair_keeps_the_usual_augmentation_for_its_first_view() -> None:
+    crop = _checkerboard()
+    spec = NONE.model_copy(update={"resize": 1.0, "min_scale": 0.25})
+    first, _ = augment_pair(crop, spec, random.Random(0))
+    assert _detail(first) < _detail(crop)

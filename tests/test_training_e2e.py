@@ -439,3 +439,31 @@ def test_an_int8_card_is_not_remeasured_against_another_float_model(tmp_path: Pa
     record = {"float_model": {"name": "tiny", "sha256": "0" * 64}}
     with pytest.raises(ExportError, match="quantize it again"):
         remeasured_record(tmp_path / "tiny-int8.onnx", record, {"test": {}})
+
+
+def test_the_consistency_loss_is_zero_for_one_answer_and_grows_with_disagreement() -> None:
+    same = torch.tensor([2.0, -1.0, 0.0])
+    assert train.js_divergence(same, same).item() == pytest.approx(0.0, abs=1e-6)
+    near, far = train.js_divergence(same, same + 0.5), train.js_divergence(same, -same * 10)
+    assert 0 < near.item() < far.item() <= np.log(2) + 1e-6
+    assert train.js_divergence(same, -same).item() == pytest.approx(train.js_divergence(-same, same).item())
+    first = same.clone().requires_grad_(True)
+    train.js_divergence(first, torch.zeros(3)).backward()
+    assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_consistency_training_trains_on_both_views_and_records_its_weight(tmp_path: Path, private_cache) -> None:
+    data = make_dataset(tmp_path / "gen")
+    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--pretrained", "none", *TINY, "--consistency", "4"]) == 0
+    state = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)
+    assert "--consistency 4" in state["command"]
+    (epoch,) = state["history"]
+    assert np.isfinite(epoch["train_loss"]) and 0.0 <= epoch["train_accuracy"] <= 1.0
+
+
+def test_a_negative_consistency_weight_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    data = make_dataset(tmp_path / "gen", n_real=2, n_fake=2)
+    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--consistency", "-1"]) == 2
+    assert "--consistency is a weight" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

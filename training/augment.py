@@ -3,6 +3,11 @@
 Blur, random resizing and JPEG re-encoding keep a detector from learning a dataset's resolution or
 compression instead of the face (the sets here differ in both). They run in the order a photo meets
 them on its way to a user: blurred, scaled down, saved as JPEG at that size, scaled back up for viewing.
+
+`augment_pair` gives two views of one crop for consistency training (training/train.py, --consistency):
+the same flip, rotation and lighting, then the usual random degradation for the first view and a certain
+one (always scaled and re-saved, blurred at the usual rate) for the second, so that the network can be
+taught to say the same of a photo however it was prepared.
 """
 from __future__ import annotations
 
@@ -28,7 +33,18 @@ class AugmentSpec(BaseModel):
 
 
 def augment(crop: np.ndarray, spec: AugmentSpec, rng: random.Random) -> np.ndarray:
-    image = Image.fromarray(crop)
+    return np.asarray(_random_degradation(_appearance(Image.fromarray(crop), spec, rng), spec, rng))
+
+
+def augment_pair(crop: np.ndarray, spec: AugmentSpec, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
+    """Two views of one face: one augmented as `augment` does, one with the same appearance certainly degraded."""
+    image = _appearance(Image.fromarray(crop), spec, rng)
+    certain = spec.model_copy(update={"resize": 1.0, "jpeg": 1.0})
+    return np.asarray(_random_degradation(image, spec, rng)), np.asarray(_random_degradation(image, certain, rng))
+
+
+def _appearance(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Image.Image:
+    """Flip, rotation and lighting: what changes a photo's look but not its detail."""
     if rng.random() < spec.flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if spec.rotation:
@@ -36,11 +52,16 @@ def augment(crop: np.ndarray, spec: AugmentSpec, rng: random.Random) -> np.ndarr
     if spec.lighting:
         for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
             image = enhance(image).enhance(rng.uniform(1 - spec.lighting, 1 + spec.lighting))
+    return image
+
+
+def _random_degradation(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Image.Image:
+    """Blur, then scale down, save as JPEG and scale up, each drawn at its spec's rate."""
     if rng.random() < spec.blur:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.1, 1.5)))
     scale = math.exp(rng.uniform(math.log(spec.min_scale), 0.0)) if rng.random() < spec.resize else 1.0
     quality = rng.randint(50, 95) if rng.random() < spec.jpeg else None
-    return np.asarray(_degrade(image, scale, quality, rng))
+    return _degrade(image, scale, quality, rng)
 
 
 def _degrade(image: Image.Image, scale: float, quality: int | None, rng: random.Random) -> Image.Image:

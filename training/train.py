@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from service.preprocess import PreprocessSpec, to_input
 from training import baselines, plots
-from training.augment import AugmentSpec, augment
+from training.augment import AugmentSpec, augment, augment_pair
 from training.cache import CropCache, CropSet
 from training.cli import start_command
 from training.data import DatasetError, Split, make_split, scan_dataset
@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resize", type=float, default=AugmentSpec().resize, help="probability of a down-and-up resize")
     p.add_argument("--min-scale", type=float, default=AugmentSpec().min_scale, help="smallest down-and-up scale (log-uniform up to 1)")
     p.add_argument("--jpeg", type=float, default=AugmentSpec().jpeg, help="probability of JPEG re-encoding at a random quality")
+    p.add_argument("--consistency", type=float, default=0.0, metavar="WEIGHT",
+                   help="train on two views of each photo, augmented as usual and certainly scaled and re-saved, with this weight on the "
+                        "Jensen-Shannon divergence of their answers (AugMix's consistency loss; 0 = off; each step costs about twice as much)")
     p.add_argument("--workers", type=int, default=2, help="processes for face detection when the crop cache is cold")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
@@ -148,14 +151,17 @@ class Trainer:
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(order.view(self.steps_per_epoch, -1), desc=f"epoch {self.epoch}/{self.args.epochs}", unit="batch", mininterval=5)
         for index in bar:
-            crops = self.train_set.crops[index.numpy()]
-            if self.augment is not None:
-                crops = np.stack([augment(c, self.augment, rng) for c in crops])
+            crops = self._augmented(self.train_set.crops[index.numpy()], rng)
             inputs = torch.from_numpy(to_input(crops, self.spec)).to(self.device, memory_format=torch.channels_last)
             labels = torch.from_numpy(self.train_set.labels[index.numpy()]).float().to(self.device)
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-                logits = self.model(inputs).squeeze(1)
-                loss = loss_fn(logits.float(), labels)
+                logits = self.model(inputs).squeeze(1).float()
+            if self.args.consistency > 0:
+                first, second = logits.chunk(2)
+                loss = (loss_fn(first, labels) + loss_fn(second, labels)) / 2 + self.args.consistency * js_divergence(first, second)
+                logits = first
+            else:
+                loss = loss_fn(logits, labels)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -168,6 +174,16 @@ class Trainer:
             seen += len(labels)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
         return total_loss / seen, correct / seen
+
+    def _augmented(self, crops: np.ndarray, rng: random.Random) -> np.ndarray:
+        """The batch as augmented; with --consistency, every crop's usual view and then every crop's certainly degraded one."""
+        if self.args.consistency > 0:
+            spec = self.augment or AugmentSpec(flip=0, rotation=0, lighting=0, blur=0, resize=0, jpeg=0)
+            first, second = zip(*(augment_pair(c, spec, rng) for c in crops))
+            return np.stack(first + second)
+        if self.augment is None:
+            return crops
+        return np.stack([augment(c, self.augment, rng) for c in crops])
 
     @property
     def evaluated_model(self) -> nn.Module:
@@ -203,6 +219,18 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.history, self.best_auc = state["epoch"], state["history"], state["best_auc"]
         log.info("resumed from %s at epoch %d", path, self.epoch)
+
+
+def js_divergence(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Mean Jensen-Shannon divergence between the Bernoulli answers of two logits, in nats (0 to ln 2)."""
+    p, q = torch.sigmoid(first), torch.sigmoid(second)
+    m = ((p + q) / 2).clamp(1e-7, 1 - 1e-7)
+
+    def kl_to_m(x: torch.Tensor) -> torch.Tensor:
+        x = x.clamp(1e-7, 1 - 1e-7)
+        return x * torch.log(x / m) + (1 - x) * torch.log((1 - x) / (1 - m))
+
+    return ((kl_to_m(p) + kl_to_m(q)) / 2).mean()
 
 
 def parse_set_weights(items: list[str], known: set[str]) -> dict[str, float]:
@@ -264,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     args.command = recorded_command(argv)
     baseline = baselines.is_baseline(args.model)
     try:
+        if args.consistency < 0:
+            raise DatasetError(f"--consistency is a weight, 0 (off) or more, got {args.consistency}")
         if not baseline:
             entry(args.model)
         samples = [s for folder in args.data for s in scan_dataset(folder)]
