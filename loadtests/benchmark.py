@@ -18,7 +18,11 @@ clients each send one image at a time, back to back. Rows:
   model, e.g. the previous default, so a new model's cost is a ratio measured in the same run;
 - classifier: ONNX Runtime (float, and int8 where present) vs PyTorch eager, crops per second at batch 3
   (one face's TTA) and 48;
-- detection: the service's detector vs facenet-pytorch's MTCNN with defaults, one image at a time and two at once.
+- detection: the service's detector vs facenet-pytorch's MTCNN with defaults, one image at a time and two at once;
+- paired (--pairs N, 3 by default, none with --quick): service / in-process, the float and int8 models, at the
+  headline client counts, as N back-to-back pairs of an in-process row and a service row with the server
+  already up. A shared machine's speed drifts over minutes, so one pair's ratio moves with it; the median
+  of N adjacent pairs is the figure to read.
 Writes benchmark.json and benchmark.md (the tables) into loadtests/reports/benchmark-<timestamp>/.
 """
 from __future__ import annotations
@@ -160,6 +164,47 @@ def engine_run(tta: Sequence[float], device: str, payloads: Sequence[Payload], c
         return run
 
     return asyncio.run(drive())
+
+
+@dataclass
+class Pair:
+    model: str
+    clients: int
+    inprocess: Run
+    service: Run
+
+    @property
+    def ratio(self) -> float:
+        return self.service.per_s / self.inprocess.per_s if self.inprocess.per_s else float("nan")
+
+    def summary(self) -> dict:
+        return {"model": self.model, "clients": self.clients, "inprocess_per_s": round(self.inprocess.per_s, 2),
+                "service_per_s": round(self.service.per_s, 2), "ratio": round(self.ratio, 3), "inprocess_p99_ms": round(self.inprocess.percentile(99), 1),
+                "service_p99_ms": round(self.service.percentile(99), 1), "service_failures": self.service.failures}
+
+
+def paired_runs(model: Path, label: str, device: str, payloads: Sequence[Payload], client_counts: Sequence[int], seconds: float,
+                pairs: int, log_path: Path) -> list[Pair]:
+    """`pairs` rounds, each an in-process row then a service row per client count, with one server up throughout."""
+    out = []
+    with running_server(server_env(FACECHECK_MODEL=str(model.resolve())), log_path=log_path) as url:
+        for round_ in range(1, pairs + 1):
+            for clients in client_counts:
+                inprocess = engine_run(TTA3, device, payloads, clients, seconds, f"in-process, {label}, pair {round_}", model)
+                service = http_run(url, payloads, clients, seconds, f"service, {label}, pair {round_}")
+                out.append(Pair(label, clients, inprocess, service))
+                print(f"  pair {round_} {label:6} {clients:2} clients: in-process {inprocess.per_s:6.2f}, service {service.per_s:6.2f} img/s "
+                      f"({out[-1].ratio:.2f}x), service p99 {service.percentile(99):.0f} ms", flush=True)
+    return out
+
+
+def paired_ratios(pairs: Sequence[Pair]) -> list[tuple[str, float]]:
+    """The median service / in-process ratio of each model and client count."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for pair in pairs:
+        groups.setdefault((pair.model, pair.clients), []).append(pair.ratio)
+    return [(f"service / in-process, {model} model ({clients} clients), median of {len(values)} adjacent pairs (range {min(values):.2f}-{max(values):.2f})",
+             float(np.median(values))) for (model, clients), values in groups.items()]
 
 
 def eager_classifier():
@@ -306,13 +351,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="report folder (default loadtests/reports/benchmark-<timestamp>)")
     p.add_argument("--quick", action="store_true",
                    help="only the in-process and service rows (batching on and off, int8) and the classifier's rates: about 3 minutes, for a lent GPU")
+    p.add_argument("--pairs", type=int, metavar="N", help="adjacent in-process/service pairs per model and client count (default 3; 0 with --quick)")
     p.add_argument("--compare-model", type=Path, action="append", default=[], metavar="PATH",
                    help="also run the in-process pipeline and the service with this exported model (repeatable)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from service.config import Settings
+
     args = parse_args(argv)
+    if args.pairs is not None and args.pairs < 0:
+        raise SystemExit(f"--pairs is a count, 0 or more, got {args.pairs}")
     os.environ["FACECHECK_DEVICE"] = args.device
     out = args.out or REPO / "loadtests" / "reports" / time.strftime("benchmark-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -355,12 +405,18 @@ def main(argv: list[str] | None = None) -> int:
         note(f"inprocess_model_{other.stem}_{n}", engine_run(TTA3, args.device, payloads, n, s, f"in-process, {other}, {n} clients", other))
         with running_server(server_env(FACECHECK_MODEL=str(other.resolve())), log_path=out / f"server-{other.stem}.log") as url:
             note(f"service_model_{other.stem}_{n}", http_run(url, payloads, n, s, f"service, {other}, {n} clients"))
+    pairs: list[Pair] = []
+    rounds = args.pairs if args.pairs is not None else 0 if args.quick else 3
+    for label, model in [("float", Settings().model), ("int8", int8)][:2 if int8 else 1] if rounds else ():
+        pairs += paired_runs(model, label, args.device, payloads, headline, s, rounds, out / f"server-pairs-{label}.log")
 
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "command": "python -m loadtests.benchmark " + " ".join(argv or sys.argv[1:]),
               "workload": f"{args.images} single-face JPEGs, {args.size}x{args.size}, TTA -15,0,15", "classifier_crops_per_s": classifier,
               "detection_ms_per_image": detection, "runs": {k: r.summary() for k, r in runs.items()}}
     report["default_batching"] = default_batching()
-    report["ratios"] = ratios(runs, classifier, detection, n, report["default_batching"])
+    report["ratios"] = ratios(runs, classifier, detection, n, report["default_batching"]) + \
+        [(label, round(value, 2)) for label, value in paired_ratios(pairs)]
+    report["pairs"] = [pair.summary() for pair in pairs]
     (out / "benchmark.json").write_text(json.dumps(report, indent=1))
     (out / "benchmark.md").write_text(markdown(report))
     print(markdown(report))
@@ -424,6 +480,15 @@ def markdown(report: dict) -> str:
     lines += ["", "| classifier | crops/s |", "|---|---:|"] + [f"| {k} | {v:.0f} |" for k, v in report["classifier_crops_per_s"].items()]
     lines += ["", "| detector | ms/image, 1 at once | ms/image, 2 at once |", "|---|---:|---:|"]
     lines += [f"| {name} | {t['1']:.1f} | {t['2']:.1f} |" for name, t in report["detection_ms_per_image"].items()]
+    if report.get("pairs"):
+        lines += ["", "| adjacent pair | model | clients | in-process images/s | service images/s | service / in-process | in-process p99 ms | service p99 ms | service failures |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        counts: dict[tuple[str, int], int] = {}
+        for pair in report["pairs"]:
+            key = (pair["model"], pair["clients"])
+            counts[key] = counts.get(key, 0) + 1
+            lines.append(f"| {counts[key]} | {pair['model']} | {pair['clients']} | {pair['inprocess_per_s']:.1f} | {pair['service_per_s']:.1f} | "
+                         f"{pair['ratio']:.2f}x | {pair['inprocess_p99_ms']:.0f} | {pair['service_p99_ms']:.0f} | {pair['service_failures']} |")
     return "\n".join(lines) + "\n"
 
 
