@@ -1,6 +1,6 @@
 """Side-by-side performance of facecheck, in one run on the same images: a table of ratios.
 
-    .venv/bin/python -m loadtests.benchmark                      # about 6 minutes on 2 CPU cores
+    .venv/bin/python -m loadtests.benchmark                      # about 13 minutes on 2 CPU cores (7 with --pairs 0)
     .venv/bin/python -m loadtests.benchmark --device cuda        # the same on a CUDA machine
 
 Workload: 400x400 single-face JPEGs made from ../shared/data (loadtests.images), TTA -15,0,15 unless
