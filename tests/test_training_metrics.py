@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.metrics import balanced_accuracy_threshold, binary_metrics, confusion, expected_calibration_error, mean_dataset_auc
+from training.metrics import balanced_accuracy_threshold, binary_metrics, chance_ece, confusion, expected_calibration_error, mean_dataset_auc
 
 # 4 real, 4 fake. At threshold 0.5: reals 0.12 0.22 0.32 right, 0.62 wrong; fakes 0.82 0.92 0.72 right, 0.42 wrong.
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
@@ -97,3 +97,19 @@ def test_mean_dataset_auc_scores_each_set_alone() -> None:
 def test_mean_dataset_auc_ranks_one_class_sets_against_the_other_class() -> None:
     assert mean_dataset_auc([0, 0, 1], [0.1, 0.2, 0.3], ["r", "r", "f"]) == (1.0, {"f": 1.0, "r": 1.0})
     assert mean_dataset_auc([0, 0], [0.1, 0.2], ["r", "r"]) == (None, {})
+
+
+def test_chance_ece_is_zero_for_certain_answers_and_shrinks_with_more_photos() -> None:
+    assert chance_ece(np.ones(50)) == 0.0
+    rng = np.random.default_rng(1)
+    few, many = chance_ece(rng.random(50)), chance_ece(rng.random(5000))
+    assert 0.0 < many < few
+    probs = rng.random(200)
+    assert chance_ece(probs, seed=3) == chance_ece(probs, seed=3)  # the same figure on every run
+
+
+def test_chance_ece_bounds_the_ece_of_labels_drawn_from_the_probabilities() -> None:
+    rng = np.random.default_rng(2)
+    probs = rng.random(300)
+    draws = [expected_calibration_error((rng.random(300) < probs).astype(int), probs) for _ in range(200)]
+    assert 0.90 <= np.mean(np.array(draws) <= chance_ece(probs)) <= 0.99

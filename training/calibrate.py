@@ -17,8 +17,10 @@
 4. The uncertain band: the narrowest [low, high) around the threshold outside which, on validation, the fake
    answers (p >= high) and the real answers (p < low) are each at least --precision precise, with real
    and fake photos weighted half and half and the sets of a class alike.
-5. Per test set: ECE before and after, the share of photos in the band, and the accuracy of the confident
-   answers next to that of every answer forced to real or fake; a reliability diagram (PNG) per set.
+5. Per test set: ECE before and after; the ECE that a perfectly calibrated model would show on the same
+   photos by chance (95th percentile, training.metrics.chance_ece); the share of photos in the band; and
+   the accuracy of the confident answers next to that of every answer forced to real or fake. A
+   reliability diagram (PNG) per set.
 
 The card, inside the .onnx and in <name>.json beside it, records the calibration, the band, the rules that
 chose both, and these numbers (metrics.calibration). With --readme the table and the diagrams' links go
@@ -50,7 +52,7 @@ from training.card import ExportError, attach_card, evaluate_through_service, se
 from training.chains import ROBUSTNESS_CHAINS
 from training.cli import start_command
 from training.data import DatasetError, Split, scan_dataset
-from training.metrics import expected_calibration_error, uncertain_metrics
+from training.metrics import chance_ece, expected_calibration_error, uncertain_metrics
 from training.quantize import remeasured_record
 from training.readme import SectionError, check_section, write_section
 from training.report import format_table
@@ -232,14 +234,14 @@ def calibrate_model(model: Path, folders: Sequence[Path], split: Split, angles: 
 
 
 def per_set(raw: Predictions, calibrated: np.ndarray, threshold: float, band: UncertainBand) -> dict[str, dict[str, Any]]:
-    """ECE before and after, and what the band does, for each set of `raw`'s photos."""
+    """ECE before and after, what chance alone gives, and what the band does, for each set of `raw`'s photos."""
     names, before = np.array(raw.datasets), image_probs(raw)
     rows = {}
     for name in dict.fromkeys(raw.datasets):
         inside = names == name
         labels = raw.labels[inside]
         rows[name] = {"n": int(inside.sum()), "ece_before": expected_calibration_error(labels, before[inside]),
-                      "ece_after": expected_calibration_error(labels, calibrated[inside]),
+                      "ece_after": expected_calibration_error(labels, calibrated[inside]), "ece_by_chance": chance_ece(calibrated[inside]),
                       **uncertain_metrics(labels, calibrated[inside], threshold, band)}
     return rows
 
@@ -260,14 +262,15 @@ def reliability_figures(raw: Predictions, calibrated: np.ndarray, band: Uncertai
 
 # --- reporting ----------------------------------------------------------------------------------------
 
-HEADER = ["test set", "n", "ECE before", "ECE after", "uncertain", "confident", "accuracy of the confident", "accuracy of all (forced)"]
+HEADER = ["test set", "n", "ECE before", "ECE after", "ECE by chance", "uncertain", "confident", "accuracy of the confident", "accuracy of all (forced)"]
 
 
 def _rows(card: ModelCard) -> list[list[str]]:
     def share(value: float | None) -> str:
         return "–" if value is None else f"{value:.1%}"
 
-    return [[name, str(m["n"]), f"{m['ece_before']:.3f}", f"{m['ece_after']:.3f}", f"{share(m['uncertain_share'])} ({m['uncertain']})",
+    return [[name, str(m["n"]), f"{m['ece_before']:.3f}", f"{m['ece_after']:.3f}", f"{m['ece_by_chance']:.3f}" if "ece_by_chance" in m else "–",
+             f"{share(m['uncertain_share'])} ({m['uncertain']})",
              share(m["confident_share"]), share(m["confident_accuracy"]), share(m["accuracy"])]
             for name, m in card.metrics["calibration"]["test"].items()]
 

@@ -35,7 +35,7 @@ from service.contract import ModelLoadError
 from training import baselines
 from training.chains import reencode_chain
 from training.data import SPLITS, DatasetError, Sample, Split, scan_dataset
-from training.metrics import binary_metrics, uncertain_metrics
+from training.metrics import binary_metrics, chance_ece, uncertain_metrics
 from training.models import UnknownModel
 from training.report import DatasetResult, Report, print_report, write_outputs
 from training.scoring import (AngleSet, EvaluationError, Predictions, Reencode, angle_key, angle_label, default_out, default_split_file,
@@ -146,8 +146,10 @@ def _only(predictions: Predictions, dataset: str) -> Predictions:
 
 
 def describe(predictions: Predictions, threshold: float, band: UncertainBand | None = None) -> dict:
-    """binary_metrics and uncertain_metrics, plus what happened on the way: faces found, files that could not be read."""
+    """binary_metrics and uncertain_metrics, the ECE a calibrated model shows here by chance (chance_ece), plus what
+    happened on the way: faces found, files that could not be read."""
     metrics = binary_metrics(predictions.labels, predictions.probs, threshold) | uncertain_metrics(predictions.labels, predictions.probs, threshold, band)
+    metrics["ece_by_chance"] = chance_ece(predictions.probs) if len(predictions.probs) else None
     metrics["faces_found"] = int(np.sum(predictions.face_found))
     metrics["no_face"] = int(len(predictions.samples) - metrics["faces_found"])
     metrics["unreadable"] = [{"file": str(sample.path), "error": error} for sample, error in predictions.unreadable]

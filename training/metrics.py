@@ -26,6 +26,17 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
     return float(error)
 
 
+def chance_ece(probs: np.ndarray, quantile: float = 0.95, rounds: int = 1000, seed: int = 0) -> float:
+    """The ECE that a perfectly calibrated model shows on these photos by chance alone. Each round draws
+    every photo's label from its own probability, and this returns the `quantile` of those rounds' ECE.
+    ECE is never 0 on a finite set; a measured ECE below this cannot be told from sampling noise at this
+    many photos with these probabilities."""
+    probs = np.asarray(probs, dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = [expected_calibration_error((rng.random(len(probs)) < probs).astype(int), probs) for _ in range(rounds)]
+    return float(np.quantile(draws, quantile))
+
+
 def mean_dataset_auc(labels: np.ndarray, probs: np.ndarray, datasets: list[str]) -> tuple[float | None, dict[str, float]]:
     """Each dataset's own ROC-AUC, and their mean: pooled over several sets, one AUC also rewards
     telling the sets apart, which is not the task. A set of one class only (real photos from one

@@ -59,7 +59,7 @@ class Report:
 
 COLUMNS = [("n", "n"), ("accuracy", "acc"), ("balanced_accuracy", "bal acc"), ("precision", "prec"), ("recall", "recall"),
            ("f1", "F1"), ("macro_f1", "macro F1"), ("roc_auc", "ROC-AUC"), ("false_positive_rate", "FPR real"), ("ece", "ECE"),
-           ("uncertain_share", "uncertain"), ("confident_accuracy", "conf acc")]
+           ("ece_by_chance", "ECE by chance"), ("uncertain_share", "uncertain"), ("confident_accuracy", "conf acc")]
 
 
 def _cell(value: object) -> str:
