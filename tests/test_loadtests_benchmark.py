@@ -2,9 +2,8 @@
 exactly as it answers requests' own upload of the same file. Its paired ratios are the median of adjacent pairs."""
 from __future__ import annotations
 
-import requests
-
 import pytest
+import requests
 
 from loadtests.benchmark import Pair, Run, http_run, main, multipart_bodies, paired_ratios
 from loadtests.images import Payload
