@@ -407,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
             note(f"service_model_{other.stem}_{n}", http_run(url, payloads, n, s, f"service, {other}, {n} clients"))
     pairs: list[Pair] = []
     rounds = args.pairs if args.pairs is not None else 0 if args.quick else 3
-    for label, model in [("float", Settings().model), ("int8", int8)][:2 if int8 else 1] if rounds else ():
+    models = [("float", Settings().model)] + ([("int8", int8)] if int8 else [])
+    for label, model in models if rounds else []:
         pairs += paired_runs(model, label, args.device, payloads, headline, s, rounds, out / f"server-pairs-{label}.log")
 
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "command": "python -m loadtests.benchmark " + " ".join(argv or sys.argv[1:]),
