@@ -6,6 +6,7 @@ seconds and off MTCNN; one test repeats the run on a few real faces when ../shar
 from __future__ import annotations
 
 import json
+import random
 from functools import partial
 from pathlib import Path
 
@@ -468,3 +469,36 @@ def test_a_negative_consistency_weight_is_a_clear_error(tmp_path: Path, capsys) 
     assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--consistency", "-1"]) == 2
     assert "--consistency is a weight" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_self_blending_replaces_only_fakes_and_makes_them_from_real_crops() -> None:
+    from types import SimpleNamespace
+
+    from service.preprocess import PreprocessSpec
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    crops[3:] = 0  # the fakes are black: a replaced one shows a real crop's pixels
+    crop_set = SimpleNamespace(crops=crops, labels=np.array([0, 0, 0, 1, 1, 1]))
+    trainer = SimpleNamespace(args=SimpleNamespace(self_blend=1.0), train_set=crop_set, spec=PreprocessSpec(input_size=64))
+    index = np.array([0, 3, 1, 4, 5, 2])
+    batch = train.Trainer._with_blends(trainer, index, random.Random(0))
+    np.testing.assert_array_equal(batch[[0, 2, 5]], crops[[0, 1, 2]])  # reals as they were
+    assert all(batch[i].mean() > 50 for i in (1, 3, 4))  # every fake replaced by a blended real crop
+    np.testing.assert_array_equal(crops[3:], 0)  # the training set itself is not touched
+    trainer.args.self_blend = 0.0
+    np.testing.assert_array_equal(train.Trainer._with_blends(trainer, index, random.Random(0)), crops[index])
+
+
+@pytest.mark.slow
+def test_self_blend_training_runs_and_records_its_share(tmp_path: Path, private_cache) -> None:
+    data = make_dataset(tmp_path / "gen")
+    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--pretrained", "none", *TINY, "--self-blend", "0.5"]) == 0
+    state = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)
+    assert "--self-blend 0.5" in state["command"]
+
+
+@pytest.mark.parametrize("share", ["-0.1", "1.5"])
+def test_a_self_blend_share_outside_0_to_1_is_a_clear_error(share: str, tmp_path: Path, capsys) -> None:
+    data = make_dataset(tmp_path / "gen", n_real=2, n_fake=2)
+    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--self-blend", share]) == 2
+    assert "--self-blend is a share" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from service.preprocess import PreprocessSpec, to_input
 from training import baselines, plots
 from training.augment import AugmentSpec, augment, augment_pair
+from training.selfblend import self_blend
 from training.cache import CropCache, CropSet
 from training.cli import start_command
 from training.data import DatasetError, Split, make_split, scan_dataset
@@ -67,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--consistency", type=float, default=0.0, metavar="WEIGHT",
                    help="train on two views of each photo, augmented as usual and certainly scaled and re-saved, with this weight on the "
                         "Jensen-Shannon divergence of their answers (AugMix's consistency loss; 0 = off; each step costs about twice as much)")
+    p.add_argument("--self-blend", type=float, default=0.0, metavar="SHARE",
+                   help="replace this share of the fake photos drawn with blended fakes made from real crops (training/selfblend.py; 0 = off)")
     p.add_argument("--workers", type=int, default=2, help="processes for face detection when the crop cache is cold")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
@@ -151,7 +154,7 @@ class Trainer:
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(order.view(self.steps_per_epoch, -1), desc=f"epoch {self.epoch}/{self.args.epochs}", unit="batch", mininterval=5)
         for index in bar:
-            crops = self._augmented(self.train_set.crops[index.numpy()], rng)
+            crops = self._augmented(self._with_blends(index.numpy(), rng), rng)
             inputs = torch.from_numpy(to_input(crops, self.spec)).to(self.device, memory_format=torch.channels_last)
             labels = torch.from_numpy(self.train_set.labels[index.numpy()]).float().to(self.device)
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
@@ -174,6 +177,18 @@ class Trainer:
             seen += len(labels)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
         return total_loss / seen, correct / seen
+
+    def _with_blends(self, index: np.ndarray, rng: random.Random) -> np.ndarray:
+        """The batch's crops, with --self-blend's share of its fakes replaced by real crops blended with themselves."""
+        crops = self.train_set.crops[index]
+        if self.args.self_blend <= 0:
+            return crops
+        crops = crops.copy()
+        reals = np.flatnonzero(self.train_set.labels == 0)
+        for position in np.flatnonzero(self.train_set.labels[index] == 1):
+            if rng.random() < self.args.self_blend:
+                crops[position] = self_blend(self.train_set.crops[reals[rng.randrange(len(reals))]], self.spec.margin, rng)
+        return crops
 
     def _augmented(self, crops: np.ndarray, rng: random.Random) -> np.ndarray:
         """The batch as augmented; with --consistency, every crop's usual view and then every crop's certainly degraded one."""
@@ -294,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.consistency < 0:
             raise DatasetError(f"--consistency is a weight, 0 (off) or more, got {args.consistency}")
+        if not 0 <= args.self_blend <= 1:
+            raise DatasetError(f"--self-blend is a share of the fakes drawn, 0 to 1, got {args.self_blend}")
         if not baseline:
             entry(args.model)
         samples = [s for folder in args.data for s in scan_dataset(folder)]
