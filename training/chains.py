@@ -7,6 +7,8 @@ on the same photo after any of these. Chains are written as steps joined by `>`,
     256px         resize the longer side to 256 px (bicubic), keeping the aspect ratio
     jpeg75        save as JPEG at quality 75 and decode again
     blur1         Gaussian blur, radius 1 px
+    sharpen100    unsharp mask, radius 2 px, strength 100% (what phone cameras and photo apps add)
+    webp75        save as WebP at quality 75 and decode again (how many sites serve photos)
 
     "x0.5>x2"     down to half the size and back up, as a thumbnail that is viewed enlarged
     "256px>jpeg90" the preparation of an FFHQ photo downscaled from 1024 px and saved at quality 90
@@ -21,16 +23,18 @@ from PIL import Image, ImageFilter
 
 from service.preprocess import RESAMPLE
 
-_STEP = re.compile(r"^(?:x(?P<scale>\d+(?:\.\d+)?)|(?P<side>\d+)px|jpeg(?P<quality>\d+)|blur(?P<radius>\d+(?:\.\d+)?))$")
+_STEP = re.compile(r"^(?:x(?P<scale>\d+(?:\.\d+)?)|(?P<side>\d+)px|jpeg(?P<quality>\d+)|webp(?P<webp>\d+)|blur(?P<radius>\d+(?:\.\d+)?)"
+                   r"|sharpen(?P<sharpen>\d+))$")
 
 
 class ChainError(ValueError):
     """A chain that cannot be parsed, with the step that failed."""
 
 
-def jpeg_roundtrip(image: Image.Image, quality: int) -> Image.Image:
+def roundtrip(image: Image.Image, quality: int, format: str = "JPEG") -> Image.Image:
+    """`image` saved in a lossy format (JPEG or WebP) at this quality and decoded again."""
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    image.convert("RGB").save(buffer, format=format, quality=quality)
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
@@ -41,7 +45,7 @@ def _resized(image: Image.Image, factor: float) -> Image.Image:
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # scale, side, jpeg, blur
+    kind: str  # scale, side, jpeg, webp, blur, sharpen
     value: float
 
     def __call__(self, image: Image.Image) -> Image.Image:
@@ -49,8 +53,10 @@ class Step:
             return _resized(image, self.value)
         if self.kind == "side":
             return _resized(image, self.value / max(image.size))
-        if self.kind == "jpeg":
-            return jpeg_roundtrip(image, int(self.value))
+        if self.kind in ("jpeg", "webp"):
+            return roundtrip(image, int(self.value), self.kind.upper())
+        if self.kind == "sharpen":
+            return image.convert("RGB").filter(ImageFilter.UnsharpMask(radius=2, percent=int(self.value), threshold=0))
         return image.convert("RGB").filter(ImageFilter.GaussianBlur(self.value))
 
 
@@ -70,9 +76,11 @@ def parse_chain(text: str) -> Chain:
     for part in text.strip().split(">"):
         match = _STEP.match(part.strip())
         if not match:
-            raise ChainError(f"unknown step {part.strip()!r} in chain {text!r}: use x<scale>, <side>px, jpeg<quality> or blur<radius>")
+            raise ChainError(f"unknown step {part.strip()!r} in chain {text!r}: use x<scale>, <side>px, jpeg<quality>, webp<quality>, "
+                             "blur<radius> or sharpen<percent>")
         kind, value = next((k, float(v)) for k, v in match.groupdict().items() if v is not None)
-        if (kind == "quality" and not 1 <= value <= 100) or (kind in ("scale", "side", "radius") and value <= 0) or (kind == "scale" and value > 8):
+        if (kind in ("quality", "webp") and not 1 <= value <= 100) or (kind == "sharpen" and not 1 <= value <= 500) \
+                or (kind in ("scale", "side", "radius") and value <= 0) or (kind == "scale" and value > 8):
             raise ChainError(f"step {part.strip()!r} in chain {text!r} is out of range")
         steps.append(Step({"quality": "jpeg", "radius": "blur"}.get(kind, kind), value))
     return Chain(text.strip(), tuple(steps))
