@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from training.augment import AugmentSpec, _degrade, augment, augment_pair
 
@@ -71,3 +71,12 @@ def test_a_pair_keeps_the_usual_augmentation_for_its_first_view() -> None:
     spec = NONE.model_copy(update={"resize": 1.0, "min_scale": 0.25})
     first, _ = augment_pair(crop, spec, random.Random(0))
     assert _detail(first) < _detail(crop)
+
+
+def test_sharpening_adds_detail_and_is_drawn_only_where_no_blur_was() -> None:
+    crop = np.asarray(Image.fromarray(_checkerboard(16)).resize((64, 64), Image.Resampling.NEAREST).filter(ImageFilter.GaussianBlur(1.0)))
+    sharpen = NONE.model_copy(update={"sharpen": 1.0})
+    assert all(_detail(augment(crop, sharpen, random.Random(seed))) > 1.1 * _detail(crop) for seed in range(10))
+    blur_first = NONE.model_copy(update={"blur": 1.0, "sharpen": 1.0})
+    assert all(_detail(augment(crop, blur_first, random.Random(seed))) <= _detail(crop) for seed in range(10))
+

@@ -502,3 +502,9 @@ def test_a_self_blend_share_outside_0_to_1_is_a_clear_error(share: str, tmp_path
     data = make_dataset(tmp_path / "gen", n_real=2, n_fake=2)
     assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--self-blend", share]) == 2
     assert "--self-blend is a share" in capsys.readouterr().err
+
+
+def test_blur_and_sharpen_shares_above_one_draw_are_a_clear_error(tmp_path: Path, capsys) -> None:
+    data = make_dataset(tmp_path / "gen", n_real=2, n_fake=2)
+    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--blur", "0.5", "--sharpen", "0.6"]) == 2
+    assert "together at most 1" in capsys.readouterr().err

@@ -1,8 +1,9 @@
-"""Training-time augmentation of face crops: flips, rotation, lighting, blur, resize and JPEG re-encoding.
+"""Training-time augmentation of face crops: flips, rotation, lighting, blur or sharpening, resize and JPEG re-encoding.
 
-Blur, random resizing and JPEG re-encoding keep a detector from learning a dataset's resolution or
-compression instead of the face (the sets here differ in both). They run in the order a photo meets
-them on its way to a user: blurred, scaled down, saved as JPEG at that size, scaled back up for viewing.
+Blur, sharpening, random resizing and JPEG re-encoding keep a detector from learning a dataset's
+sharpness, resolution or compression instead of the face (the sets here differ in all three). They run
+in the order a photo meets them on its way to a user: blurred or sharpened (as cameras and photo apps
+do), scaled down, saved as JPEG at that size, scaled back up for viewing.
 
 `augment_pair` gives two views of one crop for consistency training (training/train.py, --consistency):
 the same flip, rotation and lighting, then the usual random degradation for the first view and a certain
@@ -19,7 +20,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import BaseModel, Field
 
 from service.preprocess import RESAMPLE, rotate
-from training.chains import jpeg_roundtrip
+from training.chains import roundtrip
 
 
 class AugmentSpec(BaseModel):
@@ -27,6 +28,7 @@ class AugmentSpec(BaseModel):
     rotation: float = Field(15.0, ge=0, le=180, description="degrees, uniform in [-r, r]")
     lighting: float = Field(0.2, ge=0, le=1, description="brightness/contrast/saturation jitter")
     blur: float = Field(0.2, ge=0, le=1, description="probability of a Gaussian blur, sigma 0.1-1.5")
+    sharpen: float = Field(0.0, ge=0, le=1, description="probability of an unsharp mask (radius 0.5-4 px, 50-250%) where no blur was drawn")
     resize: float = Field(0.5, ge=0, le=1, description="probability of a down-and-up resize")
     min_scale: float = Field(0.3, gt=0, le=1, description="smallest resize scale; scales are log-uniform in [min_scale, 1]")
     jpeg: float = Field(0.5, ge=0, le=1, description="probability of JPEG re-encoding, quality 50-95 (at the reduced size when resized)")
@@ -56,9 +58,12 @@ def _appearance(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Im
 
 
 def _random_degradation(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Image.Image:
-    """Blur, then scale down, save as JPEG and scale up, each drawn at its spec's rate."""
-    if rng.random() < spec.blur:
+    """Blur or sharpen, then scale down, save as JPEG and scale up, each drawn at its spec's rate."""
+    texture = rng.random()
+    if texture < spec.blur:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.1, 1.5)))
+    elif texture < spec.blur + spec.sharpen:
+        image = image.filter(ImageFilter.UnsharpMask(radius=rng.uniform(0.5, 4.0), percent=rng.randint(50, 250), threshold=rng.randint(0, 3)))
     scale = math.exp(rng.uniform(math.log(spec.min_scale), 0.0)) if rng.random() < spec.resize else 1.0
     quality = rng.randint(50, 95) if rng.random() < spec.jpeg else None
     return _degrade(image, scale, quality, rng)
@@ -71,7 +76,7 @@ def _degrade(image: Image.Image, scale: float, quality: int | None, rng: random.
     if scale < 1.0:
         image = image.resize((max(8, round(size[0] * scale)), max(8, round(size[1] * scale))), rng.choice(filters))
     if quality is not None:
-        image = jpeg_roundtrip(image, quality)
+        image = roundtrip(image, quality)
     return image if image.size == size else image.resize(size, rng.choice(filters))
 
 

@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rotation", type=float, default=15.0, help="rotation augmentation range in degrees (+-)")
     p.add_argument("--no-augment", action="store_true", help="train on the crops as they are")
     p.add_argument("--blur", type=float, default=AugmentSpec().blur, help="probability of a Gaussian blur")
+    p.add_argument("--sharpen", type=float, default=AugmentSpec().sharpen, help="probability of an unsharp mask where no blur was drawn (--blur + --sharpen at most 1)")
     p.add_argument("--resize", type=float, default=AugmentSpec().resize, help="probability of a down-and-up resize")
     p.add_argument("--min-scale", type=float, default=AugmentSpec().min_scale, help="smallest down-and-up scale (log-uniform up to 1)")
     p.add_argument("--jpeg", type=float, default=AugmentSpec().jpeg, help="probability of JPEG re-encoding at a random quality")
@@ -115,7 +116,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=args.lr, total_steps=args.epochs * self.steps_per_epoch, pct_start=0.15)
         self.scaler = torch.amp.GradScaler(enabled=self.device.type == "cuda")
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema > 0 else None
-        self.augment = None if args.no_augment else AugmentSpec(rotation=args.rotation, blur=args.blur, resize=args.resize, min_scale=args.min_scale, jpeg=args.jpeg)
+        self.augment = None if args.no_augment else AugmentSpec(rotation=args.rotation, blur=args.blur, sharpen=args.sharpen, resize=args.resize, min_scale=args.min_scale, jpeg=args.jpeg)
         self.history: list[dict] = []
         self.best_auc, self.epoch = -1.0, 0
 
@@ -309,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.consistency < 0:
             raise DatasetError(f"--consistency is a weight, 0 (off) or more, got {args.consistency}")
+        if args.blur + args.sharpen > 1:
+            raise DatasetError(f"--blur {args.blur} and --sharpen {args.sharpen} are shares of one draw: together at most 1")
         if not 0 <= args.self_blend <= 1:
             raise DatasetError(f"--self-blend is a share of the fakes drawn, 0 to 1, got {args.self_blend}")
         if not baseline:
