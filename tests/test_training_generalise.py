@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from service.onnx_model import read_card
 from test_training_e2e import TINY, make_dataset
 from training import export, generalise, loso, report, robustness, scoring, train
 from training.cache import CropCache
@@ -63,6 +64,10 @@ def test_robustness_scores_each_chain_and_writes_json_png_and_readme(exported, t
     assert recorded == {chain: {name: {k: m[k] for k in robustness.KEPT} for name, m in per_set.items()}
                         for chain, per_set in summary["results"].items()}
     assert generalise.main([*argv[:-4], "--out", str(carded), "--from-card", "--chains", "x0.5;jpeg61"]) == 2  # a chain no card records
+    own = ["robustness", "--model", str(model), "--data", str(data), "--tta", "0", "--out", str(tmp_path / "own"), "--from-card"]
+    assert generalise.main(own) == 0  # without --chains, a card reports the chains it recorded, however old
+    reported = json.loads((tmp_path / "own" / "robustness.json").read_text())[str(model)]["results"]
+    assert list(reported) == ["none", *read_card(model).metrics["robustness"]["chains"]]
 
 
 @pytest.mark.slow

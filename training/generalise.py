@@ -74,7 +74,6 @@ def limited(samples: list[Sample], limit: int | None, seed: int = 0) -> list[Sam
 
 
 def run_robustness(args: argparse.Namespace) -> int:
-    chains = [robustness.UNPROCESSED, *(parse_chain(c).name for c in args.chains)]
     check_section(args.readme, "robustness")
     datasets = scan_folders(args.data)
     sections, summaries = [], {}
@@ -84,6 +83,7 @@ def run_robustness(args: argparse.Namespace) -> int:
             raise GeneraliseError(f"{model}: robustness scores whole photos through the service pipeline, so it takes an exported .onnx model")
         notes: list[str] = []
         chosen, split_file = choose_samples(datasets, "test", args.split_file, model, notes)
+        chains = [robustness.UNPROCESSED, *(parse_chain(c).name for c in chains_to_report(args, model))]
         if args.from_card:
             results = card_results(model, chains, args.tta)
         else:
@@ -121,6 +121,15 @@ def verdict_section(band: UncertainBand, results: dict[str, dict[str, dict]]) ->
     return (f"\n\nThe same photos as the service answers them, with the uncertain band [{band.low:.3f}, {band.high:.3f}): a photo is "
             f"answered fake only at or above {band.high:.3f}, and uncertain inside the band (cells: the share of real photos answered "
             f"fake, of fakes answered fake, of all photos answered uncertain)\n\n{robustness.markdown(results, verdicts=True)}")
+
+
+def chains_to_report(args: argparse.Namespace, model: Path) -> list[str]:
+    """--chains where given; else, from a card, the chains it recorded (a card older than a chain lacks it); else every chain."""
+    if args.chains is not None:
+        return args.chains
+    if args.from_card:
+        return list(read_card(model).metrics.get("robustness", {}).get("chains", {})) or list(ROBUSTNESS_CHAINS)
+    return list(ROBUSTNESS_CHAINS)
 
 
 def card_results(model: Path, chains: Sequence[str], angles: Sequence[float]) -> dict[str, dict[str, dict]]:
@@ -180,8 +189,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     commands = p.add_subparsers(dest="table", required=True)
     r = commands.add_parser("robustness", help="the test split re-processed by each chain, through the service pipeline")
     r.add_argument("--model", type=Path, action="append", required=True, help="an exported .onnx model; repeat to compare several")
-    r.add_argument("--chains", type=lambda text: [c for c in text.split(";") if c.strip()], default=list(ROBUSTNESS_CHAINS),
-                   help=f"chains separated by ';' (default: {';'.join(ROBUSTNESS_CHAINS)})")
+    r.add_argument("--chains", type=lambda text: [c for c in text.split(";") if c.strip()],
+                   help=f"chains separated by ';' (default: {';'.join(ROBUSTNESS_CHAINS)}; with --from-card, those the card recorded)")
     r.add_argument("--limit", type=int, help="at most this many test photos per dataset (seeded; default: all)")
     r.add_argument("--out", type=Path, default=Path("runs/generalise"), help="where robustness.json and the PNGs go")
     r.add_argument("--from-card", action="store_true", help="the figures the model's card recorded at export, measured on its whole test split, instead of measuring again")
