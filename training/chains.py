@@ -93,5 +93,5 @@ def reencode_chain(side: int, quality: int) -> Chain:
 
 # The chains of the robustness table, in the order it prints them.
 ROBUSTNESS_CHAINS: tuple[str, ...] = (
-    "x0.5", "x0.5>x2", "x2", "x4", "256px>jpeg90", "512px>jpeg90", "jpeg60", "jpeg75", "jpeg95", "blur1",
+    "x0.5", "x0.5>x2", "x2", "x4", "256px>jpeg90", "512px>jpeg90", "jpeg60", "jpeg75", "jpeg95", "webp75", "blur1", "sharpen100",
 )
