@@ -455,19 +455,26 @@ def test_the_consistency_loss_is_zero_for_one_answer_and_grows_with_disagreement
 
 
 @pytest.mark.slow
-def test_consistency_training_trains_on_both_views_and_records_its_weight(tmp_path: Path, private_cache) -> None:
+@pytest.mark.parametrize("option", [["--consistency", "4"], ["--self-blend", "0.5"], ["--sharpen", "0.3"]], ids=lambda o: o[0])
+def test_training_with_each_recipe_option_runs_and_records_it(option: list[str], tmp_path: Path, private_cache) -> None:
     data = make_dataset(tmp_path / "gen")
-    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--pretrained", "none", *TINY, "--consistency", "4"]) == 0
+    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--pretrained", "none", *TINY, *option]) == 0
     state = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)
-    assert "--consistency 4" in state["command"]
+    assert " ".join(option) in state["command"]
     (epoch,) = state["history"]
     assert np.isfinite(epoch["train_loss"]) and 0.0 <= epoch["train_accuracy"] <= 1.0
 
 
-def test_a_negative_consistency_weight_is_a_clear_error(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(("options", "message"), [
+    (["--consistency", "-1"], "--consistency is a weight"),
+    (["--self-blend", "-0.1"], "--self-blend is a share"),
+    (["--self-blend", "1.5"], "--self-blend is a share"),
+    (["--blur", "0.5", "--sharpen", "0.6"], "together at most 1"),
+])
+def test_a_recipe_option_out_of_range_is_a_clear_error_before_any_work(options: list[str], message: str, tmp_path: Path, capsys) -> None:
     data = make_dataset(tmp_path / "gen", n_real=2, n_fake=2)
-    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--consistency", "-1"]) == 2
-    assert "--consistency is a weight" in capsys.readouterr().err
+    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), *options]) == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
@@ -487,24 +494,3 @@ def test_self_blending_replaces_only_fakes_and_makes_them_from_real_crops() -> N
     np.testing.assert_array_equal(crops[3:], 0)  # the training set itself is not touched
     trainer.args.self_blend = 0.0
     np.testing.assert_array_equal(train.Trainer._with_blends(trainer, index, random.Random(0)), crops[index])
-
-
-@pytest.mark.slow
-def test_self_blend_training_runs_and_records_its_share(tmp_path: Path, private_cache) -> None:
-    data = make_dataset(tmp_path / "gen")
-    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--pretrained", "none", *TINY, "--self-blend", "0.5"]) == 0
-    state = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)
-    assert "--self-blend 0.5" in state["command"]
-
-
-@pytest.mark.parametrize("share", ["-0.1", "1.5"])
-def test_a_self_blend_share_outside_0_to_1_is_a_clear_error(share: str, tmp_path: Path, capsys) -> None:
-    data = make_dataset(tmp_path / "gen", n_real=2, n_fake=2)
-    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--self-blend", share]) == 2
-    assert "--self-blend is a share" in capsys.readouterr().err
-
-
-def test_blur_and_sharpen_shares_above_one_draw_are_a_clear_error(tmp_path: Path, capsys) -> None:
-    data = make_dataset(tmp_path / "gen", n_real=2, n_fake=2)
-    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--blur", "0.5", "--sharpen", "0.6"]) == 2
-    assert "together at most 1" in capsys.readouterr().err
