@@ -26,13 +26,13 @@ from tqdm import tqdm
 from service.preprocess import PreprocessSpec, to_input
 from training import baselines, plots
 from training.augment import AugmentSpec, augment, augment_pair
-from training.selfblend import self_blend
 from training.cache import CropCache, CropSet
 from training.cli import start_command
 from training.data import DatasetError, Split, make_split, scan_dataset
 from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics, mean_dataset_auc
 from training.models import MODELS, UnknownModel, create_model, entry, head_parameters
 from training.predict import device_for, predict_probs
+from training.selfblend import self_blend
 
 log = logging.getLogger("training.train")
 
