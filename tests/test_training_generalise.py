@@ -6,6 +6,7 @@ import json
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.onnx_model import read_card
@@ -141,4 +142,22 @@ def test_compare_scores_models_and_combinations_on_validation_and_caches_them(ex
     # kept by the model's bytes: the twin reuses the model's scores, one for validation and one for the chain
     assert len(list((tmp_path / "cache" / "compare").glob("*.npz"))) == 2
     assert compare.main(argv) == 0 and capsys.readouterr().out.splitlines()[-1] == rows[-1]
+    assert compare.main([*argv, "--matched"]) == 0
+    matched = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][-1]
+    assert matched.startswith("| twin at tiny's share of reals called fake | ")
+    assert matched.split(" | ")[1:] == rows[1].split(" | ")[1:]  # the same model matched to itself: its own threshold and row
     assert compare.main([*argv, "--chain", "x0"]) == 2
+
+
+def test_a_matched_threshold_calls_as_many_reals_fake_as_the_reference() -> None:
+    from training.compare import matched_threshold, mean_real_called_fake
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(200, int), np.ones(100, int)]
+    datasets = np.array(["a"] * 100 + ["b"] * 100 + ["a"] * 100)
+    reference = rng.uniform(0, 0.8, 300)
+    shifted = reference * 0.5 + 0.3  # the same ranking, every probability moved: its own threshold lands elsewhere
+    target = mean_real_called_fake(labels, datasets, reference, 0.6)
+    threshold = matched_threshold(labels, datasets, shifted, target, near=0.6)
+    assert mean_real_called_fake(labels, datasets, shifted, threshold) == pytest.approx(target)
+    assert threshold == pytest.approx(0.6 * 0.5 + 0.3, abs=0.01)

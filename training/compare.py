@@ -6,10 +6,13 @@
 Each model scores the validation photos through the service pipeline (its raw probabilities, with the
 rotations the service uses). Each model alone and each combination (the larger probability, the mean
 logit) is put at the threshold that maximises balanced accuracy on validation, every set's real and fake
-photos weighted alike, and gets one row: each two-class set's ROC-AUC and its real photos called fake,
+photos weighted alike, and gets one row: each two-class set's ROC-AUC, its real photos called fake and its fakes caught,
 each real-only set's real photos called fake, each fake-only set's fakes caught. With --chain, the
 validation reals are also re-processed by each chain and their share called fake, at the same threshold,
 is a column: how a candidate holds on photos prepared unlike its training data, without the test split.
+With --matched, every other model gets a second row at the threshold where it calls as many validation
+reals fake as the first model does at its own (the mean over the real sets): a candidate whose own
+threshold lands elsewhere is then compared on what it catches and on the chains at equal false positives.
 The test split is never read.
 """
 from __future__ import annotations
@@ -68,7 +71,7 @@ def row_cells(labels: np.ndarray, datasets: np.ndarray, probs: np.ndarray, thres
         called_fake = probs[here] >= threshold
         if kind == "auc":
             real = labels[here] == 0
-            cells.append(f"{roc_auc_score(labels[here], probs[here]):.3f}, {called_fake[real].mean():.1%}")
+            cells.append(f"{roc_auc_score(labels[here], probs[here]):.3f}, {called_fake[real].mean():.1%}, {called_fake[~real].mean():.1%}")
         else:
             cells.append(f"{called_fake.mean():.1%}")
     return cells
@@ -78,17 +81,34 @@ def chained_cell(datasets: np.ndarray, called_fake: np.ndarray) -> str:
     return ", ".join(f"{name} {called_fake[datasets == name].mean():.1%}" for name in dict.fromkeys(datasets))
 
 
+def mean_real_called_fake(labels: np.ndarray, datasets: np.ndarray, probs: np.ndarray, threshold: float) -> float:
+    """The share of real photos called fake, averaged over the sets that have real photos."""
+    real_sets = [name for name in dict.fromkeys(datasets) if ((datasets == name) & (labels == 0)).any()]
+    return float(np.mean([(probs[(datasets == name) & (labels == 0)] >= threshold).mean() for name in real_sets]))
+
+
+def matched_threshold(labels: np.ndarray, datasets: np.ndarray, probs: np.ndarray, target: float, near: float) -> float:
+    """The threshold whose mean share of reals called fake is nearest `target`; among equals, the one nearest `near`."""
+    candidates = np.unique(np.r_[probs, near])
+    return float(min(candidates, key=lambda t: (abs(mean_real_called_fake(labels, datasets, probs, t) - target), abs(t - near))))
+
+
 def table(names: list[str], labels: np.ndarray, datasets: np.ndarray, probs: np.ndarray,
-          chained_reals: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+          chained_reals: dict[str, tuple[np.ndarray, np.ndarray]], matched: bool = False) -> str:
     """probs: (models, photos); chained_reals: chain -> (datasets of the reals, (models, reals) probabilities)."""
     columns = set_columns(labels, datasets)
-    heads = [f"{n} ROC-AUC, reals called fake" if k == "auc" else f"{n} {'called fake' if k == 'real' else 'caught'}" for n, k in columns]
+    heads = [f"{n} ROC-AUC, reals called fake, fakes caught" if k == "auc" else f"{n} {'called fake' if k == 'real' else 'caught'}" for n, k in columns]
     heads += [f"reals called fake after {chain}" for chain in chained_reals]
     lines = ["| on validation | threshold | " + " | ".join(heads) + " |", "|---" * (len(heads) + 2) + "|"]
-    for label, members, combine in candidates(names):
-        combined = combine(probs[members])
-        threshold = balanced_accuracy_threshold(labels, combined, list(datasets))
-        cells = row_cells(labels, datasets, combined, threshold, columns)
+    rows = [(label, members, combine, balanced_accuracy_threshold(labels, combine(probs[members]), list(datasets)))
+            for label, members, combine in candidates(names)]
+    if matched:
+        reference = rows[0][3]
+        target = mean_real_called_fake(labels, datasets, probs[0], reference)
+        rows += [(f"{names[i]} at {names[0]}'s share of reals called fake", [i], COMBINATIONS["the larger probability"],
+                  matched_threshold(labels, datasets, probs[i], target, reference)) for i in range(1, len(names))]
+    for label, members, combine, threshold in rows:
+        cells = row_cells(labels, datasets, combine(probs[members]), threshold, columns)
         cells += [chained_cell(sets, combine(chained[members]) >= threshold) for sets, chained in chained_reals.values()]
         lines.append(f"| {label} | {threshold:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -124,6 +144,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split", type=Path, help="split file (default: the first model's <name>.split.json)")
     p.add_argument("--chain", action="append", default=[], help="re-process the validation reals by this chain too, e.g. 'x0.5>x2'")
     p.add_argument("--tta", default="-15,0,15", help="rotations, as the service uses them")
+    p.add_argument("--matched", action="store_true", help="also put every other model at the first one's share of validation reals called fake")
     return p.parse_args(argv)
 
 
@@ -145,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     for text in chains:
         chained, chained_probs = aligned(args.model, reals, angles, text)
         chained_reals[text] = (np.array([s.dataset for s in chained]), chained_probs)
-    print(table([m.stem for m in args.model], labels, datasets, probs, chained_reals))
+    print(table([m.stem for m in args.model], labels, datasets, probs, chained_reals, args.matched))
     return 0
 
 
