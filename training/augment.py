@@ -51,9 +51,13 @@ def _appearance(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Im
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if spec.rotation:
         image = rotate(image, rng.uniform(-spec.rotation, spec.rotation))
-    if spec.lighting:
-        for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-            image = enhance(image).enhance(rng.uniform(1 - spec.lighting, 1 + spec.lighting))
+    return jitter_lighting(image, spec.lighting, rng) if spec.lighting else image
+
+
+def jitter_lighting(image: Image.Image, amount: float, rng: random.Random) -> Image.Image:
+    """Brightness, contrast and saturation each scaled by a factor drawn from [1 - amount, 1 + amount]."""
+    for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        image = enhance(image).enhance(rng.uniform(1 - amount, 1 + amount))
     return image
 
 

@@ -4,11 +4,10 @@ Self-blended images (Shiohara and Yamasaki, CVPR 2022) and Face X-ray (Li et al.
 detector the traces every composite leaves, whatever made it: a seam where the pasted region meets the
 photo, and a colour, sharpness or position that does not quite match around it. rff's photoshop edits
 and face swaps are such composites. A real crop becomes a fake by pasting a region of a changed copy of
-it back through a soft, irregular mask of the whole face or of some of its
-parts (eyes, nose, mouth), where rff's editors worked. Only the face itself is pasted: blending in another
-person's face, as Face X-ray does, gave ghosted, misaligned composites far cruder than rff's edits
-(MTCNN crops of different people differ in pose and framing), and SBI found self-blending the better
-teacher.
+it back through a soft, irregular mask of the whole face or of some of its parts (eyes, nose, mouth),
+where rff's editors worked. Only the face itself is pasted: blending in another person's face, as Face
+X-ray does, gave ghosted, misaligned composites far cruder than rff's edits (MTCNN crops of different
+people differ in pose and framing), and SBI found self-blending the better teacher.
 
 Crops are MTCNN face crops with a margin (service.preprocess.square_box), so the face box sits in the
 middle of the crop and the parts sit near the same place in every crop; the regions are drawn around
@@ -20,7 +19,9 @@ import math
 import random
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
+
+from training.augment import jitter_lighting
 
 # centre (x, y) and radii (rx, ry) of each region, as fractions of the MTCNN face box
 FACE = ((0.50, 0.55), (0.38, 0.50))
@@ -51,8 +52,7 @@ def _changed(image: Image.Image, rng: random.Random) -> Image.Image:
     image = image.transform(image.size, Image.Transform.AFFINE,
                             (1 / scale, 0, centre - centre / scale + dx, 0, 1 / scale, centre - centre / scale + dy),
                             resample=Image.Resampling.BICUBIC)
-    for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-        image = enhance(image).enhance(rng.uniform(0.9, 1.1))
+    image = jitter_lighting(image, 0.1, rng)
     shift = np.array([rng.uniform(-12, 12) for _ in range(3)], np.float32)
     image = Image.fromarray(np.clip(np.asarray(image, np.float32) + shift, 0, 255).astype(np.uint8))
     texture = rng.random()
