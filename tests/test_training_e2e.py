@@ -470,6 +470,7 @@ def test_training_with_each_recipe_option_runs_and_records_it(option: list[str],
     (["--self-blend", "-0.1"], "--self-blend is a share"),
     (["--self-blend", "1.5"], "--self-blend is a share"),
     (["--blur", "0.5", "--sharpen", "0.6"], "together at most 1"),
+    (["--part-loss", "-1"], "--part-loss is a weight"),
 ])
 def test_a_recipe_option_out_of_range_is_a_clear_error_before_any_work(options: list[str], message: str, tmp_path: Path, capsys) -> None:
     data = make_dataset(tmp_path / "gen", n_real=2, n_fake=2)
@@ -488,9 +489,34 @@ def test_self_blending_replaces_only_fakes_and_makes_them_from_real_crops() -> N
     crop_set = SimpleNamespace(crops=crops, labels=np.array([0, 0, 0, 1, 1, 1]))
     trainer = SimpleNamespace(args=SimpleNamespace(self_blend=1.0), train_set=crop_set, spec=PreprocessSpec(input_size=64))
     index = np.array([0, 3, 1, 4, 5, 2])
-    batch = train.Trainer._with_blends(trainer, index, random.Random(0))
+    batch, blended = train.Trainer._with_blends(trainer, index, random.Random(0))
     np.testing.assert_array_equal(batch[[0, 2, 5]], crops[[0, 1, 2]])  # reals as they were
     assert all(batch[i].mean() > 50 for i in (1, 3, 4))  # every fake replaced by a blended real crop
+    assert blended.tolist() == [False, True, False, True, True, False]
     np.testing.assert_array_equal(crops[3:], 0)  # the training set itself is not touched
     trainer.args.self_blend = 0.0
-    np.testing.assert_array_equal(train.Trainer._with_blends(trainer, index, random.Random(0)), crops[index])
+    batch, blended = train.Trainer._with_blends(trainer, index, random.Random(0))
+    np.testing.assert_array_equal(batch, crops[index])
+    assert not blended.any()
+
+
+@pytest.mark.slow
+def test_the_part_loss_trains_a_head_beside_the_classifier_that_is_never_exported(tmp_path: Path, private_cache) -> None:
+    data = make_dataset(tmp_path / "gen")
+    for i, fake in enumerate(sorted((data / "fake").iterdir())):
+        fake.rename(fake.with_name(f"mid_{i}_{'1100' if i % 2 else '0011'}.png"))  # rff's codes: which parts were pasted
+    run = tmp_path / "run"
+    assert train.main(["--model", "resnet18", "--data", str(data), "--out", str(run), "--pretrained", "none", *TINY, "--part-loss", "1"]) == 0
+    state = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
+    assert "--part-loss 1" in state["command"] and np.isfinite(state["history"][0]["train_loss"])
+    assert tuple(state["part_head"]["weight"].shape) == (3, 512)  # eyes, nose, mouth from resnet18's pooled features
+    assert not any(key.startswith("part") for key in state["model"])
+    assert export.main(["--checkpoint", str(run / "best.pt"), "--name", "parts", "--out", str(tmp_path / "x")]) == 0
+    graph = onnx.load(tmp_path / "x" / "parts.onnx").graph
+    assert len(graph.output) == 1  # the real-vs-fake logit alone
+
+
+def test_the_part_loss_needs_a_model_with_pooled_features(tmp_path: Path, private_cache, capsys) -> None:
+    data = make_dataset(tmp_path / "gen", n_real=4, n_fake=4)
+    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--pretrained", "none", *TINY, "--part-loss", "1"]) == 2
+    assert "--part-loss needs a timm model" in capsys.readouterr().err

@@ -31,6 +31,7 @@ from training.cli import start_command
 from training.data import DatasetError, Split, make_split, scan_dataset
 from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics, mean_dataset_auc
 from training.models import MODELS, UnknownModel, create_model, entry, head_parameters
+from training.parts import PARTS, part_targets
 from training.predict import device_for, predict_probs
 from training.selfblend import self_blend
 
@@ -71,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "Jensen-Shannon divergence of their answers (AugMix's consistency loss; 0 = off; each step costs about twice as much)")
     p.add_argument("--self-blend", type=float, default=0.0, metavar="SHARE",
                    help="replace this share of the fake photos drawn with blended fakes made from real crops (training/selfblend.py; 0 = off)")
+    p.add_argument("--part-loss", type=float, default=0.0, metavar="WEIGHT",
+                   help="with this weight, an auxiliary head learns which parts of a fake face were replaced, where its file name says "
+                        "(rff's codes, training/parts.py); it is not exported (0 = off)")
     p.add_argument("--workers", type=int, default=2, help="processes for face detection when the crop cache is cold")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
@@ -111,7 +115,10 @@ class Trainer:
         # channels_last: about 1.8x faster convolutions on CPU (oneDNN) and on CUDA with AMP
         self.model.to(self.device, memory_format=torch.channels_last)
         self.pretrained = not self.origin.startswith("random")
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        self.part_head = self._part_head()
+        self.part_targets, self.part_known = part_targets(train.samples)
+        parameters = [*self.model.parameters(), *(self.part_head.parameters() if self.part_head else [])]
+        self.optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
         self.steps_per_epoch = math.ceil((args.epoch_size or len(train.samples)) / args.batch_size)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=args.lr, total_steps=args.epochs * self.steps_per_epoch, pct_start=0.15)
         self.scaler = torch.amp.GradScaler(enabled=self.device.type == "cuda")
@@ -119,6 +126,14 @@ class Trainer:
         self.augment = None if args.no_augment else AugmentSpec(rotation=args.rotation, blur=args.blur, sharpen=args.sharpen, resize=args.resize, min_scale=args.min_scale, jpeg=args.jpeg)
         self.history: list[dict] = []
         self.best_auc, self.epoch = -1.0, 0
+
+    def _part_head(self) -> nn.Module | None:
+        """--part-loss's head on the pooled features the classifier reads; trained beside it, never exported."""
+        if self.args.part_loss <= 0:
+            return None
+        if not hasattr(self.model, "forward_head"):
+            raise DatasetError(f"--part-loss needs a timm model, whose pooled features it reads; {self.args.model} has none")
+        return nn.Linear(self.model.num_features, len(PARTS)).to(self.device)
 
     def run(self) -> None:
         stale = epochs_since_best(self.history)  # a resumed run keeps counting towards --patience
@@ -155,17 +170,19 @@ class Trainer:
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(order.view(self.steps_per_epoch, -1), desc=f"epoch {self.epoch}/{self.args.epochs}", unit="batch", mininterval=5)
         for index in bar:
-            crops = self._augmented(self._with_blends(index.numpy(), rng), rng)
-            inputs = torch.from_numpy(to_input(crops, self.spec)).to(self.device, memory_format=torch.channels_last)
+            crops, blended = self._with_blends(index.numpy(), rng)
+            inputs = torch.from_numpy(to_input(self._augmented(crops, rng), self.spec)).to(self.device, memory_format=torch.channels_last)
             labels = torch.from_numpy(self.train_set.labels[index.numpy()]).float().to(self.device)
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-                logits = self.model(inputs).squeeze(1).float()
+                logits, part_logits = self._forward(inputs)
             if self.args.consistency > 0:
                 first, second = logits.chunk(2)
                 loss = (loss_fn(first, labels) + loss_fn(second, labels)) / 2 + self.args.consistency * js_divergence(first, second)
                 logits = first
             else:
                 loss = loss_fn(logits, labels)
+            if part_logits is not None:
+                loss = loss + self.args.part_loss * self._part_loss(part_logits, index.numpy(), blended)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -179,17 +196,35 @@ class Trainer:
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
         return total_loss / seen, correct / seen
 
-    def _with_blends(self, index: np.ndarray, rng: random.Random) -> np.ndarray:
-        """The batch's crops, with --self-blend's share of its fakes replaced by real crops blended with themselves."""
-        crops = self.train_set.crops[index]
+    def _forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The real-vs-fake logits, and with --part-loss the part logits read from the same pooled features."""
+        if self.part_head is None:
+            return self.model(inputs).squeeze(1).float(), None
+        pooled = self.model.forward_head(self.model.forward_features(inputs), pre_logits=True)
+        return self.model.get_classifier()(pooled).squeeze(1).float(), self.part_head(pooled).float()
+
+    def _part_loss(self, part_logits: torch.Tensor, index: np.ndarray, blended: np.ndarray) -> torch.Tensor:
+        """Binary cross-entropy of each part, over the photos whose parts are known (a blend's are not)."""
+        views = len(part_logits) // len(index)  # two with --consistency
+        known = torch.from_numpy(np.tile(self.part_known[index] & ~blended, views)).to(self.device)
+        if not known.any():
+            return part_logits.sum() * 0
+        targets = torch.from_numpy(np.tile(self.part_targets[index], (views, 1))).to(self.device)
+        return nn.functional.binary_cross_entropy_with_logits(part_logits[known], targets[known])
+
+    def _with_blends(self, index: np.ndarray, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
+        """The batch's crops, with --self-blend's share of its fakes replaced by real crops blended with
+        themselves, and which positions were."""
+        crops, blended = self.train_set.crops[index], np.zeros(len(index), dtype=bool)
         if self.args.self_blend <= 0:
-            return crops
+            return crops, blended
         crops = crops.copy()
         reals = np.flatnonzero(self.train_set.labels == 0)
         for position in np.flatnonzero(self.train_set.labels[index] == 1):
             if rng.random() < self.args.self_blend:
                 crops[position] = self_blend(self.train_set.crops[reals[rng.randrange(len(reals))]], self.spec.margin, rng)
-        return crops
+                blended[position] = True
+        return crops, blended
 
     def _augmented(self, crops: np.ndarray, rng: random.Random) -> np.ndarray:
         """The batch as augmented; with --consistency, every crop's usual view and then every crop's certainly degraded one."""
@@ -222,6 +257,7 @@ class Trainer:
             "ema": None if self.ema is None else self.ema.state_dict(), "model_name": self.args.model, "preprocess": self.spec.model_dump(),
             "origin": self.origin, "epoch": self.epoch, "history": self.history, "best_auc": self.best_auc,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "part_head": None if self.part_head is None else self.part_head.state_dict(),
             "datasets": [str(d) for d in self.args.data], "seed": self.args.seed,
             "command": self.args.command, "recipe": self.recipe,
         }, path)
@@ -229,6 +265,8 @@ class Trainer:
     def resume(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=False)
         self.model.load_state_dict(state.get("raw_model") or state["model"])
+        if self.part_head is not None and state.get("part_head"):
+            self.part_head.load_state_dict(state["part_head"])
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -312,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             raise DatasetError(f"--consistency is a weight, 0 (off) or more, got {args.consistency}")
         if args.blur + args.sharpen > 1:
             raise DatasetError(f"--blur {args.blur} and --sharpen {args.sharpen} are shares of one draw: together at most 1")
+        if args.part_loss < 0:
+            raise DatasetError(f"--part-loss is a weight, 0 (off) or more, got {args.part_loss}")
         if not 0 <= args.self_blend <= 1:
             raise DatasetError(f"--self-blend is a share of the fakes drawn, 0 to 1, got {args.self_blend}")
         if not baseline:
@@ -341,7 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     if baseline:
         baselines.train_baseline(args, train, val, spec)
         return 0
-    trainer = Trainer(args, train, val, spec)
+    try:
+        trainer = Trainer(args, train, val, spec)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     log.info("model %s, starting from %s, on %s", args.model, trainer.origin, trainer.device)
     if args.resume and (args.out / "last.pt").exists():
         trainer.resume(args.out / "last.pt")
