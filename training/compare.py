@@ -34,7 +34,7 @@ from training.cache import DEFAULT_CACHE
 from training.cli import start_command
 from training.data import DatasetError, Sample, Split, scan_dataset
 from training.metrics import balanced_accuracy_threshold
-from training.scoring import predict_onnx
+from training.scoring import inspect_model, predict_onnx
 
 Combine = Callable[[np.ndarray], np.ndarray]  # (models, photos) probabilities -> (photos,)
 
@@ -130,9 +130,10 @@ def scores(model: Path, samples: list[Sample], angles: Sequence[float], chain: s
     return paths, predictions.probs
 
 
-def aligned(models: list[Path], samples: list[Sample], angles: Sequence[float], chain: str | None = None) -> tuple[list[Sample], np.ndarray]:
-    """The photos every model could read, and a (models, photos) array of their probabilities."""
-    by_model = [dict(zip(*scores(m, samples, angles, chain))) for m in models]
+def aligned(models: list[Path], samples: list[Sample], angles: Sequence[float] | None, chain: str | None = None) -> tuple[list[Sample], np.ndarray]:
+    """The photos every model could read, and a (models, photos) array of their probabilities; `angles` None:
+    each model at the rotations the service uses with it."""
+    by_model = [dict(zip(*scores(m, samples, inspect_model(m).angles if angles is None else angles, chain))) for m in models]
     kept = [s for s in samples if all(str(s.path) in seen for seen in by_model)]
     return kept, np.array([[seen[str(s.path)] for s in kept] for seen in by_model])
 
@@ -143,7 +144,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, action="append", required=True, help="dataset folder; repeat")
     p.add_argument("--split", type=Path, help="split file (default: the first model's <name>.split.json)")
     p.add_argument("--chain", action="append", default=[], help="re-process the validation reals by this chain too, e.g. 'x0.5>x2'")
-    p.add_argument("--tta", default="-15,0,15", help="rotations, as the service uses them")
+    p.add_argument("--tta", help="rotations for every model (default: each at those the service uses with it: FACECHECK_TTA_ANGLES, else its card's)")
     p.add_argument("--matched", action="store_true", help="also put every other model at the first one's share of validation reals called fake")
     return p.parse_args(argv)
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ChainError, DatasetError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    angles = parse_angles(args.tta)
+    angles = None if args.tta is None else parse_angles(args.tta)
     kept, probs = aligned(args.model, val, angles)
     labels, datasets = np.array([s.label for s in kept]), np.array([s.dataset for s in kept])
     reals = [s for s in kept if s.label == 0]
