@@ -3,9 +3,10 @@
     .venv/bin/python -m loadtests.benchmark                      # about 13 minutes on 2 CPU cores (7 with --pairs 0)
     .venv/bin/python -m loadtests.benchmark --device cuda        # the same on a CUDA machine
 
-Workload: 400x400 single-face JPEGs made from ../shared/data (loadtests.images), TTA -15,0,15 unless
-a row says otherwise. Each throughput row runs its clients for --seconds after a warm-up; concurrent
-clients each send one image at a time, back to back. Rows:
+Workload: 400x400 single-face JPEGs made from ../shared/data (loadtests.images), each model at the TTA
+the service uses with it (FACECHECK_TTA_ANGLES, else its card's) unless a row says otherwise. Each
+throughput row runs its clients for --seconds after a warm-up; concurrent clients each send one image
+at a time, back to back. Rows:
 - naive: one image at a time, facenet-pytorch MTCNN with defaults, PyTorch eager classifier;
 - in-process: the service's own Engine (decode, detection, crops, ONNX Runtime) without HTTP;
 - service: a real `bentoml serve` on loopback, POST /classify, adaptive batching on (FACECHECK_BATCH_SIZE=64,
@@ -46,7 +47,6 @@ from urllib3 import encode_multipart_formdata
 from loadtests.images import Payload, single_face_payloads
 from loadtests.server import REPO, running_server
 
-TTA3 = (-15.0, 0.0, 15.0)
 TTA5 = (-30.0, -15.0, 0.0, 15.0, 30.0)
 
 
@@ -130,9 +130,10 @@ def http_run(url: str, payloads: Sequence[Payload], clients: int, seconds: float
     return threaded(name, clients, seconds, warmup=2, one=one)
 
 
-def engine_run(tta: Sequence[float], device: str, payloads: Sequence[Payload], clients: int, seconds: float, name: str,
+def engine_run(tta: Sequence[float] | None, device: str, payloads: Sequence[Payload], clients: int, seconds: float, name: str,
                model: Path | None = None) -> Run:
-    """The service's Engine in this process (the served model unless `model`): `clients` asyncio tasks, one image at a time each."""
+    """The service's Engine in this process (the served model unless `model`): `clients` asyncio tasks, one image at a time each;
+    `tta` None: the rotations the service uses with the model (FACECHECK_TTA_ANGLES, else its card's)."""
     from service.cli import load_engine
     from service.config import get_settings
 
@@ -190,7 +191,7 @@ def paired_runs(model: Path, label: str, device: str, payloads: Sequence[Payload
     with running_server(server_env(FACECHECK_MODEL=str(model.resolve())), log_path=log_path) as url:
         for round_ in range(1, pairs + 1):
             for clients in client_counts:
-                inprocess = engine_run(TTA3, device, payloads, clients, seconds, f"in-process, {label}, pair {round_}", model)
+                inprocess = engine_run(None, device, payloads, clients, seconds, f"in-process, {label}, pair {round_}", model)
                 service = http_run(url, payloads, clients, seconds, f"service, {label}, pair {round_}")
                 out.append(Pair(label, clients, inprocess, service))
                 print(f"  pair {round_} {label:6} {clients:2} clients: in-process {inprocess.per_s:6.2f}, service {service.per_s:6.2f} img/s "
@@ -258,7 +259,8 @@ def naive_run(payloads: Sequence[Payload], seconds: float) -> Run:
     from service.pipeline import Pipeline
 
     settings = get_settings()
-    pipeline = Pipeline(read_card(settings.model), FaceDetector(DetectorSettings(backend="facenet")), TTA3)
+    card = read_card(settings.model)
+    pipeline = Pipeline(card, FaceDetector(DetectorSettings(backend="facenet")), settings.angles_for(card))
     classify = eager_classifier()
 
     def one(i: int) -> bool:
@@ -336,6 +338,17 @@ def detection_rates(payloads: Sequence[Payload], seconds: float) -> dict[str, di
     return rates
 
 
+def served_tta() -> str:
+    """The served model's test-time views, as the workload line states them."""
+    from service.config import get_settings
+    from service.onnx_model import read_card
+
+    settings = get_settings()
+    card = read_card(settings.model)
+    angles = ",".join(f"{a:g}" for a in settings.angles_for(card)) or "0"
+    return f"TTA {angles}" + (" and each mirrored" if card.tta_mirror else "")
+
+
 def server_env(**extra: str) -> dict[str, str]:
     # Throughput, not the cap on requests in flight, is measured here: 16 clients may all reach one API worker.
     return {**os.environ, "FACECHECK_MAX_CONCURRENCY": "64", **extra}
@@ -383,13 +396,13 @@ def main(argv: list[str] | None = None) -> int:
         note("naive", naive_run(payloads, s))
     headline = sorted({n, 16})  # the service's gap to the in-process pipeline is measured at both
     for clients in headline:
-        note(f"inprocess_{clients}", engine_run(TTA3, args.device, payloads, clients, s, f"in-process, {clients} clients"))
+        note(f"inprocess_{clients}", engine_run(None, args.device, payloads, clients, s, f"in-process, {clients} clients"))
     if not args.quick:
         note("inprocess_tta0", engine_run((), args.device, payloads, n, s, "in-process, no TTA"))
         note("inprocess_tta5", engine_run(TTA5, args.device, payloads, n, s, "in-process, TTA 5"))
     int8 = int8_sibling()
     for clients in headline if int8 else ():
-        note(f"inprocess_int8_{clients}", engine_run(TTA3, args.device, payloads, clients, s, f"in-process, int8 model, {clients} clients", int8))
+        note(f"inprocess_int8_{clients}", engine_run(None, args.device, payloads, clients, s, f"in-process, int8 model, {clients} clients", int8))
     for batching, size in (("on", "64"), ("off", "1")):
         with running_server(server_env(FACECHECK_BATCH_SIZE=size), log_path=out / f"server-batching-{batching}.log") as url:
             for clients in sorted({1, 16, n} if args.quick else {1, 4, 16, n}):
@@ -402,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             for clients in headline:
                 note(f"service_int8_{clients}", http_run(url, payloads, clients, s, f"service, int8 model, {clients} clients"))
     for other in args.compare_model:
-        note(f"inprocess_model_{other.stem}_{n}", engine_run(TTA3, args.device, payloads, n, s, f"in-process, {other}, {n} clients", other))
+        note(f"inprocess_model_{other.stem}_{n}", engine_run(None, args.device, payloads, n, s, f"in-process, {other}, {n} clients", other))
         with running_server(server_env(FACECHECK_MODEL=str(other.resolve())), log_path=out / f"server-{other.stem}.log") as url:
             note(f"service_model_{other.stem}_{n}", http_run(url, payloads, n, s, f"service, {other}, {n} clients"))
     pairs: list[Pair] = []
@@ -412,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs += paired_runs(model, label, args.device, payloads, headline, s, rounds, out / f"server-pairs-{label}.log")
 
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "command": "python -m loadtests.benchmark " + " ".join(argv or sys.argv[1:]),
-              "workload": f"{args.images} single-face JPEGs, {args.size}x{args.size}, TTA -15,0,15", "classifier_crops_per_s": classifier,
+              "workload": f"{args.images} single-face JPEGs, {args.size}x{args.size}, {served_tta()}", "classifier_crops_per_s": classifier,
               "detection_ms_per_image": detection, "runs": {k: r.summary() for k, r in runs.items()}}
     report["default_batching"] = default_batching()
     report["ratios"] = ratios(runs, classifier, detection, n, report["default_batching"]) + \
@@ -453,8 +466,8 @@ def ratios(runs: dict[str, Run], classifier: dict[str, float], detection: dict[s
                   (f"in-process pipeline, served model / {other} ({n} clients)", f"inprocess_{n}", f"inprocess_model_{other}_{n}")]
     pairs += [(f"service: batching on / off, {c} client{'s' if c > 1 else ''}", f"service_batching_on_{c}", f"service_batching_off_{c}")
               for c in sorted({1, 4, 16, n})]
-    pairs += [("TTA: no rotation / 3 rotations (in-process)", "inprocess_tta0", f"inprocess_{n}"),
-              ("TTA: 5 rotations / 3 rotations (in-process)", "inprocess_tta5", f"inprocess_{n}")]
+    pairs += [("TTA: no rotation / the model's (in-process)", "inprocess_tta0", f"inprocess_{n}"),
+              ("TTA: 5 rotations / the model's (in-process)", "inprocess_tta5", f"inprocess_{n}")]
     rows = [(label, rate[a] / rate[b]) for label, a, b in pairs if a in rate and b in rate]
     rows += [(f"classifier: ONNX Runtime / PyTorch eager, batch {b}", classifier[f"onnxruntime_batch{b}"] / classifier[f"pytorch_eager_batch{b}"]) for b in (3, 48)]
     rows += [(f"classifier: ONNX Runtime int8 / float, batch {b}", classifier[f"onnxruntime_int8_batch{b}"] / classifier[f"onnxruntime_batch{b}"])

@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 import psutil
 
-from loadtests.benchmark import TTA3, Run, engine_run, http_run, server_env
+from loadtests.benchmark import Run, engine_run, http_run, server_env
 from loadtests.images import single_face_payloads
 from loadtests.server import REPO, running_server, serve_process
 
@@ -114,7 +114,7 @@ def in_process(payloads, clients: int, seconds: float, out: Path) -> tuple[Run, 
     holder: dict[str, Run] = {}
 
     def run() -> Run:
-        holder["run"] = engine_run(TTA3, os.environ.get("FACECHECK_DEVICE", "auto"), payloads, clients, seconds, f"in-process, {clients} clients")
+        holder["run"] = engine_run(None, os.environ.get("FACECHECK_DEVICE", "auto"), payloads, clients, seconds, f"in-process, {clients} clients")
         return holder["run"]
 
     # py-spy samples this process from outside; the engine's warm-up calls run inside the sampled window.

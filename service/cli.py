@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write each photo with its faces boxed and labelled to OUTDIR/<its name>.png, e.g. sub/a.jpg -> OUTDIR/sub/a.jpg.png")
     p.add_argument("--model", type=Path, default=settings.model, metavar="M", help=f"exported .onnx model (default: FACECHECK_MODEL, {settings.model})")
     p.add_argument("--tta", type=angles, default=settings.tta_angles, metavar="ANGLES",
-                   help="test-time rotations in degrees, e.g. -15,0,15; \"\" for none (default: FACECHECK_TTA_ANGLES, "
-                        f"{','.join(f'{a:g}' for a in settings.tta_angles)})")
+                   help="test-time rotations in degrees, e.g. -15,0,15; \"\" for none (default: FACECHECK_TTA_ANGLES, else the model "
+                        "card's, those its threshold and calibration were fitted at)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=settings.device, help=f"where ONNX Runtime and MTCNN run (default: FACECHECK_DEVICE, {settings.device})")
     p.add_argument("-q", "--quiet", action="store_true", help="print the summary only, not a line per file")
     ray = p.add_argument_group("the Ray engine (pip install -e '.[ray]')")
@@ -153,7 +153,8 @@ def ray_items(args: argparse.Namespace) -> list[BatchItem]:
         card = read_card(args.model)
     except ModelLoadError as exc:
         raise CommandError(str(exc)) from None
-    config = ray_engine.JobConfig(model=str(Path(args.model).resolve()), angles=args.tta, band=settings.band_for(card),
+    angles = settings.angles_for(card) if args.tta is None else args.tta
+    config = ray_engine.JobConfig(model=str(Path(args.model).resolve()), angles=angles, band=settings.band_for(card),
                                   max_bytes=settings.max_bytes, max_pixels=settings.max_pixels, max_faces=settings.max_faces,
                                   detector=configured_detector(), filesystem=args.path if ray_engine.is_uri(args.path) else None,
                                   sort=str(args.sort.resolve()) if args.sort else None,
@@ -186,8 +187,9 @@ def find_files(path: Path, recursive: bool, exclude: Sequence[Path] = ()) -> lis
         raise CommandError(f"{path}: {exc.message}") from None
 
 
-def load_engine(model: Path, tta: Sequence[float], device: str) -> Engine:
-    """The service's Engine with the face detector and the ONNX model loaded in this process."""
+def load_engine(model: Path, tta: Sequence[float] | None, device: str) -> Engine:
+    """The service's Engine with the face detector and the ONNX model loaded in this process; `tta` None: the
+    rotations in force for the model (FACECHECK_TTA_ANGLES, else its card's)."""
     from service.faces import FaceDetector, configured_detector, detector_device
     from service.onnx_model import OnnxClassifier
     from service.pipeline import Pipeline
@@ -198,7 +200,8 @@ def load_engine(model: Path, tta: Sequence[float], device: str) -> Engine:
         detector = FaceDetector(configured_detector(), device=detector_device(device))
     except (ModelLoadError, RuntimeError) as exc:
         raise CommandError(str(exc)) from None
-    pipeline = Pipeline(classifier.card, detector, tta, settings.max_faces, settings.band_for(classifier.card))
+    angles = settings.angles_for(classifier.card) if tta is None else tta
+    pipeline = Pipeline(classifier.card, detector, angles, settings.max_faces, settings.band_for(classifier.card))
     metrics = get_metrics()
     return Engine(pipeline, local_classifier(classifier, metrics), settings.max_bytes, settings.max_pixels, metrics)
 

@@ -16,13 +16,16 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "exports" / "default.onnx"
+DEFAULT_TTA_ANGLES = (-15.0, 0.0, 15.0)  # for a model whose card records none
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACECHECK_", protected_namespaces=())
 
     model: Path = Field(DEFAULT_MODEL, description="Exported .onnx model to serve.")
-    tta_angles: Annotated[tuple[float, ...], NoDecode] = Field((-15.0, 0.0, 15.0), description="Test-time rotations in degrees; empty disables.")
+    tta_angles: Annotated[tuple[float, ...] | None, NoDecode] = Field(
+        None, description="Test-time rotations in degrees, e.g. -15,0,15; empty: the upright crop alone. Unset or 'card': the model card's, "
+                          "the rotations its threshold and calibration were fitted at (-15,0,15 where the card records none).")
     uncertain_band: Annotated[Literal["card", "off"] | tuple[float, float], NoDecode] = Field(
         "card", description="Calibrated fake probabilities answered 'uncertain': card (the model card's band; none if it has none), "
                             "off (every answer real or fake), or LOW,HIGH for [LOW, HIGH).")
@@ -62,7 +65,9 @@ class Settings(BaseSettings):
     @field_validator("tta_angles", mode="before")
     @classmethod
     def _parse_angles(cls, value: object) -> object:
-        return parse_angles(value) if isinstance(value, str) else value
+        if isinstance(value, str):
+            return None if value.strip().lower() == "card" else parse_angles(value)
+        return value
 
     @field_validator("uncertain_band", mode="before")
     @classmethod
@@ -83,6 +88,13 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    def angles_for(self, card: ModelCard | None = None) -> tuple[float, ...]:
+        """The test-time rotations in force for a model: FACECHECK_TTA_ANGLES, else those its card was fitted at."""
+        if self.tta_angles is not None:
+            return self.tta_angles
+        recorded = card.training.get("tta_angles") if card is not None else None
+        return DEFAULT_TTA_ANGLES if recorded is None else tuple(float(a) for a in recorded)
 
     def band_for(self, card: ModelCard) -> UncertainBand | None:
         """The uncertain band in force for a model: its card's, none (off), or FACECHECK_UNCERTAIN_BAND's edges."""

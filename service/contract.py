@@ -26,6 +26,8 @@ class ModelCard(BaseModel):
     preprocess: PreprocessSpec
     class_names: tuple[str, str] = CLASS_NAMES
     output: str = "probability that the face is fake (sigmoid applied inside the graph)"
+    tta_mirror: bool = Field(False, description="each rotation's crop is classified as it is and mirrored, and the two probabilities "
+                             "averaged: part of how this model is applied, as its threshold, calibration and band were fitted that way")
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="fake_probability (calibrated) at or above this is called fake, "
                              "outside the uncertain band")
     threshold_rule: str = ""

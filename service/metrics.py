@@ -39,7 +39,7 @@ def get_metrics() -> Metrics:
                                 "(classify includes the wait for an adaptive batch)", ["stage"], buckets=_SECONDS),
         faces_per_image=Histogram("facecheck_faces_per_image", "Faces detected per image", buckets=_FACES),
         batch_size=Histogram("facecheck_classifier_batch_size", "Crops per ONNX Runtime call (adaptive batches; "
-                             "a face brings one crop per TTA angle)", buckets=_BATCH),
+                             "a face brings one crop per TTA angle, two where the card mirrors)", buckets=_BATCH),
         predictions=Counter("facecheck_predictions", "Images classified, by verdict", ["label"]),
         errors=Counter("facecheck_errors", "Refused requests and files, by reason", ["reason"]),
     )

@@ -1,4 +1,4 @@
-"""One image's way through the model: faces -> crops -> rotations -> probabilities -> calibration -> labels -> a result.
+"""One image's way through the model: faces -> crops -> rotations (and mirror images) -> probabilities -> calibration -> labels -> a result.
 
 `prepare` and `assemble` are split so the service can send the crops of many requests to one batched
 ONNX Runtime call in between; `run` joins them for in-process callers (CLI, evaluation, benchmarks).
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from service.calibration import UncertainBand, label, verdict
 from service.contract import ModelCard
@@ -29,7 +29,7 @@ class Prepared:
     file: str
     faces: list[Face]
     classified: int  # faces sent to the model; the whole image counts as one when no face was found
-    crops: np.ndarray  # (units * angles, H, W, 3) uint8: a quarter of the float input's bytes to send to the classifier
+    crops: np.ndarray  # (units * angles * views, H, W, 3) uint8: a quarter of the float input's bytes to send to the classifier
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -37,10 +37,12 @@ class Pipeline:
     def __init__(self, card: ModelCard, detector: FaceDetector, angles: Sequence[float] = (-15.0, 0.0, 15.0), max_faces: int = 20,
                  band: UncertainBand | None | Literal["card"] = "card", calibrated: bool = True) -> None:
         """`band`: the uncertain band in force ("card": the card's; None: none, every answer real or fake);
-        `calibrated`: False leaves the network's probabilities as they are (to fit a calibration on them)."""
+        `calibrated`: False leaves the network's probabilities as they are (to fit a calibration on them).
+        Each rotation is one crop, or two where the card asks for its mirror image too (`tta_mirror`)."""
         self.card = card
         self.detector = detector
         self.angles = tuple(angles) or (0.0,)
+        self.views = 2 if card.tta_mirror else 1
         self.max_faces = max_faces
         self.band = card.uncertain_band if band == "card" else band
         self.calibration = card.calibration if calibrated else None
@@ -55,12 +57,13 @@ class Pipeline:
         timings["detect"] = ms_since(started)
         started = time.perf_counter()
         boxes = [face.box for face in faces[: self.max_faces]] or [None]
-        crops = [rotate(crop, angle) for crop in (crop_face(image, box, self.card.preprocess) for box in boxes) for angle in self.angles]
+        crops = [view for crop in (crop_face(image, box, self.card.preprocess) for box in boxes) for angle in self.angles
+                 for view in self._views(rotate(crop, angle))]
         timings["crop"] = ms_since(started)
         return Prepared(file, faces, len(boxes) if faces else 0, stack_crops(crops), timings)
 
     def assemble(self, prepared: Prepared, probs: np.ndarray, classify_ms: float = 0.0) -> ImageResult:
-        per_unit = np.asarray(probs, dtype=np.float64).reshape(-1, len(self.angles))
+        per_unit = np.asarray(probs, dtype=np.float64).reshape(-1, len(self.angles), self.views).mean(axis=2)
         if self.calibration is not None:
             per_unit = self.calibration.apply(per_unit)
         tta = [{f"{angle:g}": float(p) for angle, p in zip(self.angles, row)} for row in per_unit]
@@ -85,6 +88,9 @@ class Pipeline:
         started = time.perf_counter()
         probs = classify(prepared.crops)
         return self.assemble(prepared, probs, ms_since(started))
+
+    def _views(self, crop: Image.Image) -> list[Image.Image]:
+        return [crop, ImageOps.mirror(crop)] if self.views == 2 else [crop]
 
     def _face(self, face: Face, index: int, means: np.ndarray, tta: list[dict[str, float]]) -> FaceResult:
         if index >= self.max_faces:

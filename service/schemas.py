@@ -23,7 +23,7 @@ class FaceResult(BaseModel):
     fake_probability: float | None = Field(description="mean over the test-time rotations of their calibrated probabilities; null when not classified",
                                            json_schema_extra=NULLABLE)
     label: Label | None = Field(description=f"real, fake or uncertain; null when not classified. {UNCERTAIN_NOTE}", json_schema_extra=NULLABLE)
-    tta: dict[str, float] = Field(default_factory=dict, description="calibrated fake probability per rotation angle (degrees)")
+    tta: dict[str, float] = Field(default_factory=dict, description="calibrated fake probability per rotation angle (degrees); where the model card has tta_mirror, the mean of the rotated crop and its mirror image")
     classified: bool = True
 
 

@@ -135,7 +135,7 @@ class FaceCheck:
         self.metrics = get_metrics()
         start_trimming()
         detector = FaceDetector(configured_detector(), device=detector_device(settings.device))
-        self.pipeline = Pipeline(CARD, detector, settings.tta_angles, settings.max_faces, settings.band_for(CARD))
+        self.pipeline = Pipeline(CARD, detector, settings.angles_for(CARD), settings.max_faces, settings.band_for(CARD))
         classify = self._classify if BATCHING else inline_classifier(self.metrics)
         self.engine = Engine(self.pipeline, classify, settings.max_bytes, settings.max_pixels, self.metrics)
         log.info("face detector on %s; model card %s %s", detector.device, self.pipeline.card.name, self.pipeline.card.version)

@@ -22,7 +22,9 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SERVER_START_S = 600  # a generous budget for a test server to start: 10-40 s on 2 cores, idle or busy
 # The test server runs with this process's FACECHECK_* settings (data root and limits aside), so the
 # suite can be pointed at another model or other TTA angles through the environment.
-ANGLES = tuple(get_settings().tta_angles) or (0.0,)
+SERVED_CARD = read_card(get_settings().model)
+ANGLES = get_settings().angles_for(SERVED_CARD) or (0.0,)
+CROPS_PER_FACE = len(ANGLES) * (2 if SERVED_CARD.tta_mirror else 1)  # what a face sends the classifier
 ANGLE_KEYS = {f"{angle:g}" for angle in ANGLES}
 # The keyed test server's keys (tests/conftest.py): one given as itself, one by its SHA-256 only; and one it does not know.
 ENV_KEY = "fc-env-key-5b8e0f3c9a1d47e2"
@@ -63,9 +65,9 @@ def synthetic_face(size: int = 256, seed: int = 0, skin: tuple[int, int, int] = 
 
 
 def uncalibrated_card() -> ModelCard:
-    """The shipped model's card without calibration or uncertain band, as every card was before they
-    existed: for tests that feed the pipeline fixed probabilities and check what comes out by hand."""
-    return read_card(get_settings().model).model_copy(update={"calibration": Calibration(), "uncertain_band": None})
+    """The shipped model's card without calibration, uncertain band or mirrored views, as every card was
+    before they existed: for tests that feed the pipeline fixed probabilities and check what comes out by hand."""
+    return read_card(get_settings().model).model_copy(update={"calibration": Calibration(), "uncertain_band": None, "tta_mirror": False})
 
 
 def gradient(width: int = 320, height: int = 240) -> Image.Image:

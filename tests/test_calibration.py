@@ -84,7 +84,7 @@ def test_labels_and_the_verdict_rule():
 
 
 def _pipeline(band="card", calibration: Calibration | None = None, threshold: float = 0.5) -> Pipeline:
-    card = read_card(Settings().model).model_copy(update={"threshold": threshold, "calibration": calibration or Calibration()})
+    card = read_card(Settings().model).model_copy(update={"threshold": threshold, "calibration": calibration or Calibration(), "tta_mirror": False})
     return Pipeline(card, detector=None, angles=(-15.0, 0.0, 15.0), band=band)
 
 

@@ -19,9 +19,9 @@ from service.batch import CSV_COLUMNS
 from service.cli import build_parser, main
 from service.config import REPO_ROOT, get_settings
 from service.schemas import BatchResult
-from service_fixtures import SHARED_DATA, encode, gradient, synthetic_face, uncalibrated_card
+from service_fixtures import ANGLES, SHARED_DATA, encode, gradient, synthetic_face, uncalibrated_card
 
-TTA = ",".join(f"{angle:g}" for angle in get_settings().tta_angles)  # the server's angles, e.g. -15,0,15
+TTA = ",".join(f"{angle:g}" for angle in ANGLES)  # the server's angles, e.g. -15,0,15
 
 
 def run_cli(*args: str | Path, max_bytes: int | None = None, **settings: str) -> subprocess.CompletedProcess:

@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 
 from service.batch import CSV_COLUMNS
-from service.config import REPO_ROOT, get_settings
+from service.config import REPO_ROOT
 from service.folders import safe_name
 from service.schemas import BatchResult
-from service_fixtures import SHARED_DATA, encode, gradient
+from service_fixtures import ANGLES, SHARED_DATA, encode, gradient
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]'; make setup installs it with the dev extra)")
 import psutil  # noqa: E402 - Ray's dependency
 import pyarrow.parquet as pq  # noqa: E402 - Ray Data's dependency
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
-TTA = ",".join(f"{angle:g}" for angle in get_settings().tta_angles)
+TTA = ",".join(f"{angle:g}" for angle in ANGLES)
 SOURCES = ("utk-real/real", "lfw-real/real", "tpdne128/fake", "tpdne128/real", "rff/fake", "rff/real", "sdfd-sd21/fake")
 # Worker processes as `ps` names them: a prepare task while it runs, and the classifier actor.
 PREPARE_WORKER = "MapBatches(prepare_batch)"

@@ -12,7 +12,7 @@ import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service_fixtures import ANGLES, encode, shared_images, synthetic_face
+from service_fixtures import CROPS_PER_FACE, encode, shared_images, synthetic_face
 
 
 def samples(server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -52,7 +52,7 @@ def test_custom_metrics_count_a_request(server):
     assert value(after, "facecheck_faces_per_image_sum") == value(before, "facecheck_faces_per_image_sum") + 1
     label = response.json()["verdict"]
     assert value(after, "facecheck_predictions_total", label=label) == value(before, "facecheck_predictions_total", label=label) + 1
-    assert value(after, "facecheck_classifier_batch_size_sum") >= value(before, "facecheck_classifier_batch_size_sum") + len(ANGLES)
+    assert value(after, "facecheck_classifier_batch_size_sum") >= value(before, "facecheck_classifier_batch_size_sum") + CROPS_PER_FACE
     requests.post(f"{server.url}/classify", data=b"junk", headers={"Content-Type": "image/jpeg"}, timeout=120)
     errors = samples(server)
     assert value(errors, "facecheck_errors_total", reason="not_an_image") == value(after, "facecheck_errors_total", reason="not_an_image") + 1
@@ -65,7 +65,7 @@ def test_concurrent_requests_share_classifier_batches(batched_server):
     renewal after 100 calls broke the calls in flight (500s); service.py turns it off.
     """
     crops, calls = classifier_calls(batched_server, requests_sent=120)
-    assert crops == len(ANGLES) * 120  # every request's TTA crops, each exactly once
+    assert crops == CROPS_PER_FACE * 120  # every request's TTA crops, each exactly once
     assert calls < 120, f"120 requests took {calls:g} ONNX Runtime calls: nothing was batched"
     assert "adaptive batching up to 64 crops" in batched_server.log.read_text()
 
@@ -78,7 +78,7 @@ def test_without_a_gpu_each_request_is_one_call_of_its_own_crops(server):
     if get_settings().adaptive_batch_size > 1:
         pytest.skip("adaptive batching is on by default here (the classifier runs on CUDA): see the test above")
     crops, calls = classifier_calls(server, requests_sent=120)
-    assert (crops, calls) == (len(ANGLES) * 120, 120)
+    assert (crops, calls) == (CROPS_PER_FACE * 120, 120)
     assert "adaptive batching off" in server.log.read_text()
 
 
@@ -116,6 +116,7 @@ def classifier_calls(server, requests_sent: int) -> tuple[float, float]:
 def onnx_predict(tmp_path_factory):
     """training.scoring.predict_onnx with its face cache in a temporary folder."""
     from service.config import get_settings
+    from service.onnx_model import read_card
     from training import scoring
     from training.cache import CachingDetector
     from training.data import Sample
@@ -127,7 +128,7 @@ def onnx_predict(tmp_path_factory):
         original = scoring.CachingDetector
         scoring.CachingDetector = functools.partial(CachingDetector, cache)
         try:
-            result = scoring.predict_onnx(settings.model, [Sample(path, 1, "parity")], settings.tta_angles, device="cpu")
+            result = scoring.predict_onnx(settings.model, [Sample(path, 1, "parity")], settings.angles_for(read_card(settings.model)), device="cpu")
         finally:
             scoring.CachingDetector = original
         assert not result.unreadable

@@ -215,8 +215,9 @@ def test_export_with_data_records_threshold_and_metrics_that_evaluate_reproduces
     run, data = trained_cnn
     monkeypatch.setattr(export, "CropCache", partial(CropCache, tmp_path / "cache"))
     out = tmp_path / "exports"
-    assert export.main(["--checkpoint", str(run / "best.pt"), "--name", "tiny", "--out", str(out), "--data", str(data), "--tta", "0"]) == 0
+    assert export.main(["--checkpoint", str(run / "best.pt"), "--name", "tiny", "--out", str(out), "--data", str(data), "--tta", "0", "--mirror"]) == 0
     card = json.loads((out / "tiny.json").read_text())
+    assert card["tta_mirror"] is True and card["training"]["tta_angles"] == [0.0]  # what the service applies by default
     assert card["threshold_rule"].startswith("maximises balanced accuracy on the validation split")
     assert card["threshold_rule"].endswith("on the calibrated probabilities")
     assert (out / "tiny.split.json").read_text() == (run / "split.json").read_text()
@@ -232,7 +233,7 @@ def test_export_with_data_records_threshold_and_metrics_that_evaluate_reproduces
     assert calibrated["n"] == recorded["n"] and calibrated["ece_after"] == pytest.approx(recorded["ece"], abs=1e-9)
     assert calibrated["uncertain_share"] + calibrated["confident_share"] == pytest.approx(1.0)
     assert (run / "calibration" / f"reliability_{data.name}.png").is_file()
-    measured = evaluate.evaluate(out / "tiny.onnx", [data], angles=(0.0,))[data.name]
+    measured = evaluate.evaluate(out / "tiny.onnx", [data])[data.name]  # the card's rotation, mirrored as its card says
     assert measured["n"] == recorded["n"]
     for key in ("accuracy", "roc_auc", "f1", "false_positive_rate", "ece"):
         assert measured[key] == pytest.approx(recorded[key], abs=1e-9), key

@@ -305,7 +305,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", type=Path, required=True, help="an export of python -m training.export (exports/<name>.onnx); rewritten in place")
     p.add_argument("--data", type=Path, action="append", required=True, help="the dataset folders of the model's split (repeat)")
     p.add_argument("--split-file", type=Path, help="the model's split (default: <name>.split.json beside the model)")
-    p.add_argument("--tta", help="rotations, e.g. -15,0,15 (default: the card's, else the service's FACECHECK_TTA_ANGLES)")
+    p.add_argument("--tta", help="rotations, e.g. -15,0,15 (default: the card's, else FACECHECK_TTA_ANGLES, else -15,0,15)")
     p.add_argument("--precision", type=float, default=PRECISION, help=f"the precision each confident side must reach on validation (default {PRECISION})")
     p.add_argument("--figures", type=Path, help="where the reliability diagrams go (default: runs/calibrate-<name>)")
     p.add_argument("--readme", type=Path, help="write the table into this README's <!-- generalise:calibration --> section")
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         if not split_file.is_file():
             raise CalibrationError(f"split file not found: {split_file} (give --split-file)")
         try:
-            angles = parse_angles(args.tta) if args.tta is not None else tuple(card.training.get("tta_angles") or get_settings().tta_angles)
+            angles = parse_angles(args.tta) if args.tta is not None else tuple(card.training.get("tta_angles") or get_settings().angles_for())
         except ValueError:
             raise CalibrationError(f"--tta takes comma-separated degrees such as -15,0,15, got {args.tta!r}") from None
         figures = args.figures or REPO_ROOT / "runs" / f"calibrate-{args.model.stem}"

@@ -137,7 +137,7 @@ def combined_parser(kind: str, doc: str | None, data_help: str, data_required: b
     p.add_argument("--name", required=True, help=f"the {kind}'s name: <out>/<name>.onnx")
     p.add_argument("--out", type=Path, default=Path("exports"))
     p.add_argument("--data", type=Path, action="append", required=data_required, help=data_help)
-    p.add_argument("--tta", default=",".join(f"{a:g}" for a in get_settings().tta_angles), help="rotations for threshold and metrics (the service's default)")
+    p.add_argument("--tta", default=",".join(f"{a:g}" for a in get_settings().angles_for()), help="rotations for threshold and metrics (default: FACECHECK_TTA_ANGLES, else -15,0,15)")
     p.add_argument("--figures", type=Path, help=f"reliability diagrams folder (default: runs/{kind}-<name>/calibration)")
     return p
 

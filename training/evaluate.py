@@ -29,7 +29,6 @@ import torch
 
 from service.argv import join_option_values
 from service.calibration import UncertainBand
-from service.config import get_settings
 from service.config import parse_angles as parse_comma_angles
 from service.contract import ModelLoadError
 from training import baselines
@@ -106,7 +105,7 @@ def run_evaluation(model_path: Path, folders: Sequence[Path], split: str = "test
     notes: list[str] = []
     datasets = scan_folders(folders)
     chosen, used_split_file = choose_samples(datasets, split, split_file, model_path, notes)
-    main_key = angle_key(get_settings().tta_angles if angles is None else angles)
+    main_key = angle_key(info.angles if angles is None else angles)
     compared = list(dict.fromkeys(angle_key(s) for s in tta_sets))
     everything = [s for samples, _ in chosen.values() for s in samples]
     chain = reencode_chain(*reencoded) if reencoded else None
@@ -197,7 +196,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "datasets it does not list are evaluated in full")
     p.add_argument("--tta", type=parse_angles, default=None, metavar="ANGLES",
                    help="test-time rotations in degrees, averaged per face, e.g. -15,0,15 or 0 for none "
-                        "(default: the service's FACECHECK_TTA_ANGLES, -15,0,15, as in the model card)")
+                        "(default: those the service uses with the model: FACECHECK_TTA_ANGLES, else the card's)")
     p.add_argument("--reencode", type=parse_reencode, metavar="SIZE,QUALITY",
                    help="(.onnx only) first resize every image to SIZE x SIZE and re-encode it as JPEG at QUALITY, e.g. 256,85: "
                         "if the scores hold, the model judges faces, not a dataset's resolution or compression")

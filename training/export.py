@@ -111,7 +111,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", required=True, help="export name: writes <out>/<name>.onnx and <name>.json")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "exports", help="folder for the export (default: exports/)")
     p.add_argument("--data", type=Path, action="append", default=[], help="dataset folders of the checkpoint's split: enables threshold choice and test metrics")
-    p.add_argument("--tta", default=",".join(f"{a:g}" for a in get_settings().tta_angles), help="rotations used for threshold and metrics (the service's default)")
+    p.add_argument("--tta", default=",".join(f"{a:g}" for a in get_settings().angles_for()),
+                   help="rotations the threshold, calibration and metrics are fitted and measured at, recorded in the card, where the "
+                        "service takes its default from (default: FACECHECK_TTA_ANGLES, else -15,0,15)")
+    p.add_argument("--mirror", action="store_true", help="classify each rotation's crop mirrored too and average the two (the card's "
+                   "tta_mirror): twice the classifier's work per rotation; the threshold, calibration and metrics are fitted that way")
     p.add_argument("--version", help="model version (default: <date>-<weights digest>)")
     p.add_argument("--quantize", choices=["int8"], help="also write <name>-int8.onnx, with its accuracy change on the test split in its card "
                    "(needs --data; python -m training.quantize does the same for an existing export)")
@@ -147,7 +151,7 @@ def _export(args: argparse.Namespace) -> int:
         version=args.version or f"{dt.date.today():%Y.%m.%d}-{weights_digest[:8]}",
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         threshold=float(state.get("threshold", 0.5)), threshold_rule=state.get("threshold_rule", "default 0.5"),
-        training=_training_info(state, args.checkpoint),
+        tta_mirror=args.mirror, training=_training_info(state, args.checkpoint),
         command=args.command,
     )
     split_file = args.checkpoint.parent / "split.json"

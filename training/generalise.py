@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Sequence
 
 from service.calibration import UncertainBand
-from service.config import get_settings
 from service.contract import ModelLoadError
 from service.onnx_model import read_card
 from training import loso, robustness
@@ -84,17 +83,18 @@ def run_robustness(args: argparse.Namespace) -> int:
         notes: list[str] = []
         chosen, split_file = choose_samples(datasets, "test", args.split_file, model, notes)
         chains = [robustness.UNPROCESSED, *(parse_chain(c).name for c in chains_to_report(args, model))]
+        angles = info.angles if args.tta is None else args.tta
         if args.from_card:
-            results = card_results(model, chains, args.tta)
+            results = card_results(model, chains, angles)
         else:
             samples = limited([s for selected, _ in chosen.values() for s in selected], args.limit)
-            results = robustness.measure(model, samples, args.tta, chains, info.threshold, band=info.uncertain_band)
+            results = robustness.measure(model, samples, angles, chains, info.threshold, band=info.uncertain_band)
         png = (args.figures or args.out) / f"robustness-{model.stem}.png"
         robustness.plot(results, f"{model.name}: test split re-processed, threshold {info.threshold:.2f}", png)
         worst = robustness.worst(results)
-        summaries[str(model)] = {"threshold": info.threshold, "split_file": str(split_file), "angles": list(args.tta), "limit": args.limit,
+        summaries[str(model)] = {"threshold": info.threshold, "split_file": str(split_file), "angles": list(angles), "limit": args.limit,
                                  "results": results, "worst": worst}
-        print(f"\n{model} ({info.name}), threshold {info.threshold:.3f}, test split of {split_file}, angles {list(args.tta)}"
+        print(f"\n{model} ({info.name}), threshold {info.threshold:.3f}, test split of {split_file}, angles {list(angles)}"
               + (f", at most {args.limit} photos per set" if args.limit else ""))
         print(robustness.table(results))
         print(robustness.worst_line(worst))
@@ -201,8 +201,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     for sub, default_tta in ((r, None), (lo, "0")):
         sub.add_argument("--data", type=Path, action="append", required=True, help="dataset folder with real/ and/or fake/; repeat")
         sub.add_argument("--split-file", type=Path, help="the split (robustness default: the model's own; loso default: made with --seed)")
-        sub.add_argument("--tta", type=parse_angles, default=parse_angles(default_tta) if default_tta else tuple(get_settings().tta_angles),
-                         help="test-time rotations, e.g. -15,0,15 (robustness default: the service's; loso default: 0)")
+        sub.add_argument("--tta", type=parse_angles, default=parse_angles(default_tta) if default_tta else None,
+                         help="test-time rotations, e.g. -15,0,15 (robustness default: those the service uses with the model; loso default: 0)")
         sub.add_argument("--readme", type=Path, help="write the table into this README's generalise section")
         sub.add_argument("--figures", type=Path, help="where the PNGs go (default: --out), e.g. docs/generalisation for the README's links")
     args, rest = p.parse_known_args(argv)

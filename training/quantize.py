@@ -163,7 +163,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split-file", type=Path, help="the model's split (default: <name>.split.json beside the model)")
     p.add_argument("--calibration", type=int, default=256, help="training crops that calibrate the activation ranges")
     p.add_argument("--float-convs", type=int, default=FLOAT_CONVS, help=f"the first convolutions kept in float, with the head (default {FLOAT_CONVS})")
-    p.add_argument("--tta", default=",".join(f"{a:g}" for a in get_settings().tta_angles), help="rotations for threshold and metrics (the service's default)")
+    p.add_argument("--tta", help="rotations for threshold and metrics (default: those in force for the float model: FACECHECK_TTA_ANGLES, else its card's)")
     return p.parse_args(argv)
 
 
@@ -195,7 +195,7 @@ def check_cards(model: Path) -> int:
     return 0 if check["holds"] else 1
 
 
-def quantize_export(model: Path, folders: Sequence[Path], split_file: Path | None, calibration: int, tta: str, command: str,
+def quantize_export(model: Path, folders: Sequence[Path], split_file: Path | None, calibration: int, tta: str | None, command: str,
                     float_convs: int = FLOAT_CONVS) -> Path:
     """Write <name>-int8.onnx, its card and split beside `model`; returns the new model's path."""
     card = read_card(model)
@@ -203,7 +203,7 @@ def quantize_export(model: Path, folders: Sequence[Path], split_file: Path | Non
     if not split_file.is_file():
         raise FileNotFoundError(f"split file not found: {split_file} (give --split-file)")
     split = Split.load(split_file)
-    angles = parse_angles(tta)
+    angles = get_settings().angles_for(card) if tta is None else parse_angles(tta)
     target = model.with_name(f"{model.stem}-int8.onnx")
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / target.name

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from service.calibration import UncertainBand
-from service.config import REPO_ROOT, get_settings
+from service.config import DEFAULT_TTA_ANGLES, REPO_ROOT, get_settings
 from service.imaging import ImageError, read_image_file
 from service.onnx_model import OnnxClassifier
 from service.pipeline import Pipeline
@@ -191,6 +191,7 @@ class ModelInfo:
     threshold: float
     threshold_rule: str
     uncertain_band: UncertainBand | None = None  # an export's, from its card; a checkpoint has none
+    angles: tuple[float, ...] = DEFAULT_TTA_ANGLES  # the rotations the service would use with it (an export's card's)
 
 
 def inspect_model(model_path: Path) -> ModelInfo:
@@ -208,13 +209,14 @@ def inspect_model(model_path: Path) -> ModelInfo:
         except Exception as exc:  # noqa: BLE001 - onnx raises several types for a non-ONNX file
             raise EvaluationError(f"{path} is not a loadable ONNX model ({exc.__class__.__name__})") from exc
         card = card_from_metadata(metadata, path)
-        return ModelInfo(path, "onnx", card.name, card.preprocess, card.threshold, card.threshold_rule or "from the model card", card.uncertain_band)
+        return ModelInfo(path, "onnx", card.name, card.preprocess, card.threshold, card.threshold_rule or "from the model card", card.uncertain_band,
+                         get_settings().angles_for(card))
     if path.suffix not in CHECKPOINT_SUFFIXES:
         raise EvaluationError(f"unknown model file {path}: expected a training checkpoint (.pt) or an exported model (.onnx)")
     state = load_state(path)
     rule = state.get("threshold_rule", "") if "threshold" in state else "none recorded in the checkpoint (not a finished best.pt?): 0.5"
     return ModelInfo(path, "checkpoint", state["model_name"], PreprocessSpec.model_validate(state["preprocess"]),
-                     float(state.get("threshold", 0.5)), rule)
+                     float(state.get("threshold", 0.5)), rule, angles=get_settings().angles_for())
 
 
 def default_split_file(model_path: Path) -> Path:
