@@ -151,7 +151,7 @@ def _export(args: argparse.Namespace) -> int:
         version=args.version or f"{dt.date.today():%Y.%m.%d}-{weights_digest[:8]}",
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         threshold=float(state.get("threshold", 0.5)), threshold_rule=state.get("threshold_rule", "default 0.5"),
-        tta_mirror=args.mirror, training=_training_info(state, args.checkpoint),
+        tta_mirror=args.mirror, training={**_training_info(state, args.checkpoint), "tta_angles": list(parse_angles(args.tta))},
         command=args.command,
     )
     split_file = args.checkpoint.parent / "split.json"
