@@ -221,3 +221,12 @@ def test_uncertain_metrics_report_both_sides():
     forced = uncertain_metrics(labels, probs, 0.5, None)
     assert (forced["real_answered_fake"], forced["fake_answered_fake"]) == (0.5, pytest.approx(1 / 3))
     assert uncertain_metrics(np.array([0, 0]), np.array([0.7, 0.2]), 0.5, None)["fake_answered_fake"] is None
+
+
+def test_calibrating_again_measures_every_chain_and_keeps_the_cards_own():
+    from training.chains import ROBUSTNESS_CHAINS
+
+    card = uncalibrated_card()
+    older = card.model_copy(update={"metrics": {"robustness": {"chains": {"x0.5": {}, "jpeg95": {}, "x0.25>jpeg50": {}}}}})
+    assert calibrate.chains_to_measure(older) == [*ROBUSTNESS_CHAINS, "x0.25>jpeg50"]
+    assert calibrate.chains_to_measure(card.model_copy(update={"metrics": {}})) == list(ROBUSTNESS_CHAINS)

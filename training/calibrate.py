@@ -205,7 +205,7 @@ def calibrate_model(model: Path, folders: Sequence[Path], split: Split, angles: 
     raw_test = predict_onnx(model, test, angles, device="cpu", desc="test, uncalibrated", calibrated=False)
     calibration, fitting = choose_calibration(raw_val)
     log.info("calibration: %s", calibration.model_dump(exclude={"rule"}))
-    chains = list(card.metrics.get("robustness", {}).get("chains", {})) or list(ROBUSTNESS_CHAINS)
+    chains = chains_to_measure(card)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / model.name
         shutil.copyfile(model, staged)
@@ -231,6 +231,13 @@ def calibrate_model(model: Path, folders: Sequence[Path], split: Split, angles: 
     if figures is not None:
         reliability_figures(raw_test, test_probs, band, figures)
     return card
+
+
+def chains_to_measure(card: ModelCard) -> list[str]:
+    """Every robustness chain there is, then any other the card was measured on: calibrating again never
+    drops a chain from the card, and brings an older card up to the chains added since."""
+    recorded = card.metrics.get("robustness", {}).get("chains", {})
+    return [*ROBUSTNESS_CHAINS, *(chain for chain in recorded if chain not in ROBUSTNESS_CHAINS)]
 
 
 def per_set(raw: Predictions, calibrated: np.ndarray, threshold: float, band: UncertainBand) -> dict[str, dict[str, Any]]:
