@@ -177,7 +177,9 @@ def test_several_api_workers_answer_every_request(tmp_path, batch_size, classifi
     """FACECHECK_API_WORKERS=3: three FaceCheck processes on the one socket, every request answered; each runs
     the classifier itself without adaptive batching, and all share one Classifier with it."""
     log = tmp_path / "serve.log"
-    with running_server(server_env(tmp_path, FACECHECK_API_WORKERS="3", FACECHECK_BATCH_SIZE=batch_size), timeout_s=SERVER_START_S, log_path=log) as url:
+    # a latency budget no busy machine reaches: this is about every worker answering, not about shedding load
+    env = server_env(tmp_path, FACECHECK_API_WORKERS="3", FACECHECK_BATCH_SIZE=batch_size, FACECHECK_BATCH_LATENCY_MS="120000")
+    with running_server(env, timeout_s=SERVER_START_S, log_path=log) as url:
         assert (len(workers(url, "FaceCheck")), len(workers(url, "Classifier"))) == (3, classifiers)
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(lambda _: post(url, FACE, "image/jpeg"), range(12)))
