@@ -20,6 +20,7 @@ from service.onnx_model import OnnxClassifier, read_card
 from service.pipeline import Pipeline
 from service.preprocess import crop_face, stack_crops
 from service_fixtures import encode, synthetic_face, uncalibrated_card
+from training.calibrate import card_angles
 from training.card import attach_card
 
 
@@ -57,6 +58,14 @@ def test_the_rotations_in_force_are_the_settings_else_the_cards_else_the_default
     assert Settings(tta_angles=None).angles_for() == DEFAULT_TTA_ANGLES
     assert Settings(tta_angles="-5,5").angles_for(fitted_upright) == (-5.0, 5.0)
     assert Settings(tta_angles="").angles_for(fitted_upright) == ()  # the upright crop alone
+
+
+def test_calibrate_measures_at_the_cards_rotations_an_empty_list_being_upright_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("training.calibrate.get_settings", lambda: Settings(tta_angles=None))
+    card = uncalibrated_card()
+    assert card_angles(card.model_copy(update={"training": {"tta_angles": []}})) == ()
+    assert card_angles(card.model_copy(update={"training": {"tta_angles": [-10, 10]}})) == (-10.0, 10.0)
+    assert card_angles(card.model_copy(update={"training": {}})) == DEFAULT_TTA_ANGLES
 
 
 def test_the_cli_applies_a_mirroring_cards_views_and_rotations_by_default(tmp_path: Path) -> None:

@@ -319,6 +319,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(join_option_values(argv, ("--tta",)))
 
 
+def card_angles(card: ModelCard) -> tuple[float, ...]:
+    """The rotations a card was fitted at, an empty list meaning upright only; else the settings' default."""
+    recorded = card.training.get("tta_angles")
+    return get_settings().angles_for() if recorded is None else tuple(float(a) for a in recorded)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv, command = start_command("training.calibrate", argv)
     args = parse_args(argv)
@@ -331,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         if not split_file.is_file():
             raise CalibrationError(f"split file not found: {split_file} (give --split-file)")
         try:
-            angles = parse_angles(args.tta) if args.tta is not None else tuple(card.training.get("tta_angles") or get_settings().angles_for())
+            angles = parse_angles(args.tta) if args.tta is not None else card_angles(card)
         except ValueError:
             raise CalibrationError(f"--tta takes comma-separated degrees such as -15,0,15, got {args.tta!r}") from None
         figures = args.figures or REPO_ROOT / "runs" / f"calibrate-{args.model.stem}"
