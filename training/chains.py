@@ -11,7 +11,8 @@ on the same photo after any of these. Chains are written as steps joined by `>`,
     webp75        save as WebP at quality 75 and decode again (how many sites serve photos)
 
     "x0.5>x2"     down to half the size and back up, as a thumbnail that is viewed enlarged
-    "256px>jpeg90" the preparation of an FFHQ photo downscaled from 1024 px and saved at quality 90
+    "256px>jpeg90" the size and quality of an FFHQ photo downscaled from 1024 px and saved at quality 90
+                   (not its detail, where the photo was smaller than 256 px to begin with)
 """
 from __future__ import annotations
 
