@@ -1,6 +1,7 @@
 """The evaluation command: options, where it finds the split, clear errors, and TTA sets through ONNX."""
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from service.config import REPO_ROOT
+from service.config import REPO_ROOT, Settings
 from training import evaluate, scoring
 from training.cache import CachingDetector
 from training.data import Sample, make_split, scan_dataset
@@ -31,7 +32,7 @@ def test_help_explains_every_option(capsys) -> None:
         evaluate.main(["--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--model", "--data", "--split", "--split-file", "--tta", "--tta-sets", "--out", "--threshold", "--workers", "--device"):
+    for option in ("--model", "--data", "--split", "--split-file", "--tta", "--tta-sets", "--band", "--out", "--threshold", "--workers", "--device"):
         assert option in text
     assert "split.json" in text and ".split.json" in text and "runs/eval-" in text
 
@@ -137,3 +138,50 @@ def test_onnx_angle_sets_match_the_service_pipeline_run_per_set(tmp_path: Path, 
         assert [s.key for s in together[angles].samples] == [s.key for s in alone.samples]
         assert [s.path.name for s, _ in alone.unreadable] == ["gone.png"]
     assert not np.allclose(together[(0.0,)].probs, together[(-15.0, 0.0, 15.0)].probs)
+
+
+@pytest.mark.slow
+def test_band_option_measures_the_band_it_names_as_the_service_would_answer(tmp_path: Path, monkeypatch, capsys) -> None:
+    """--band takes FACECHECK_UNCERTAIN_BAND's values; without it the setting, then the card, are in force."""
+    if not DEFAULT_ONNX.is_file():
+        pytest.skip(f"needs the exported default model at {DEFAULT_ONNX}")
+    monkeypatch.setattr(scoring, "CachingDetector", partial(CachingDetector, tmp_path / "cache"))
+    data = make_dataset(tmp_path / "data", 3, 3)
+    probs = evaluate.run_evaluation(DEFAULT_ONNX, [data], workers=1).datasets["data"].predictions.probs
+    low, high = float(np.quantile(probs, 0.25)), float(np.quantile(probs, 0.75))
+    inside = int(np.sum((probs >= low) & (probs < high)))
+    assert 0 < inside < len(probs)
+
+    assert evaluate.main(["--model", str(DEFAULT_ONNX), "--data", str(data), "--band", f"{low},{high}", "--workers", "1",
+                          "--out", str(tmp_path / "narrow")]) == 0
+    assert f"uncertain band [{low:.3f}, {high:.3f}) from --band" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "narrow" / "metrics.json").read_text())
+    assert saved["uncertain_band"]["low"] == low and saved["uncertain_band"]["high"] == high
+    assert saved["uncertain_band_source"] == "--band"
+    assert saved["datasets"]["data"]["uncertain"] == inside
+
+    off = evaluate.run_evaluation(DEFAULT_ONNX, [data], workers=1, band="off")
+    assert off.model.uncertain_band is None and off.metrics["data"]["uncertain"] == 0
+
+    monkeypatch.setattr(scoring, "get_settings", lambda: Settings(uncertain_band="0,1"))
+    from_setting = evaluate.run_evaluation(DEFAULT_ONNX, [data], workers=1)
+    assert from_setting.model.band_source == "FACECHECK_UNCERTAIN_BAND"
+    assert from_setting.metrics["data"]["uncertain"] == len(probs)
+
+
+@pytest.mark.parametrize("value", ["0.9,0.2", "wide", "0.1,0.5,0.9"])
+def test_a_malformed_band_exits_2_naming_the_option(value: str, tmp_path: Path, capsys) -> None:
+    if not DEFAULT_ONNX.is_file():
+        pytest.skip(f"needs the exported default model at {DEFAULT_ONNX}")
+    data = make_dataset(tmp_path / "data")
+    assert evaluate.main(["--model", str(DEFAULT_ONNX), "--data", str(data), "--band", value, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --band: ") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_band_needs_an_export(tmp_path: Path, capsys) -> None:
+    model = tmp_path / "best.pt"
+    torch.save({"model_name": "cnn", "preprocess": {}}, model)
+    assert evaluate.main(["--model", str(model), "--data", str(make_dataset(tmp_path / "data")), "--band", "0.2,0.8"]) == 2
+    assert "--band needs an exported model" in capsys.readouterr().err

@@ -93,7 +93,8 @@ def choose_samples(datasets: dict[str, tuple[Path, list[Sample]]], split: str, s
 
 def run_evaluation(model_path: Path, folders: Sequence[Path], split: str = "test", split_file: Path | None = None,
                    angles: Sequence[float] | None = None, threshold: float | None = None, device: str = "auto",
-                   tta_sets: Sequence[Sequence[float]] = (), workers: int = 2, reencoded: Reencode | None = None) -> Report:
+                   tta_sets: Sequence[Sequence[float]] = (), workers: int = 2, reencoded: Reencode | None = None,
+                   band: str | None = None) -> Report:
     model_path = Path(model_path)
     if not folders:
         raise EvaluationError("no dataset folder given (--data FOLDER)")
@@ -101,7 +102,7 @@ def run_evaluation(model_path: Path, folders: Sequence[Path], split: str = "test
         raise EvaluationError("--device cuda, but torch sees no CUDA GPU here")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise EvaluationError(f"--threshold must lie in [0, 1], got {threshold}")
-    info = inspect_model(model_path)
+    info = inspect_model(model_path, band)
     notes: list[str] = []
     datasets = scan_folders(folders)
     chosen, used_split_file = choose_samples(datasets, split, split_file, model_path, notes)
@@ -203,6 +204,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tta-sets", type=parse_angle_sets, default=[], metavar="SETS",
                    help="also compare several rotation sets, separated by ';', e.g. \"0;-15,0,15;-30,-15,0,15,30\": "
                         "prints a table of ROC-AUC / accuracy per dataset and set")
+    p.add_argument("--band", metavar="card|off|LOW,HIGH",
+                   help="(.onnx only) the uncertain band to answer with, as FACECHECK_UNCERTAIN_BAND takes it, e.g. 0.13,0.9 to see what a "
+                        "stricter fake edge costs on the validation split before serving it (default: the service's: that setting, else the card's)")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="where metrics.json and the PNGs go (default: <checkpoint folder>/eval, or runs/eval-<name> for an .onnx)")
     p.add_argument("--threshold", type=float, metavar="X",
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         report = run_evaluation(args.model, args.data, args.split, args.split_file, args.tta, args.threshold, args.device, args.tta_sets,
-                                args.workers, args.reencode)
+                                args.workers, args.reencode, args.band)
     except (EvaluationError, DatasetError, ModelLoadError, UnknownModel, baselines.BaselineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -45,6 +45,7 @@ class Report:
             "model": str(self.model.path), "model_name": self.model.name, "kind": self.model.kind,
             "threshold": self.threshold, "threshold_source": self.threshold_source,
             "uncertain_band": self.model.uncertain_band.model_dump() if self.model.uncertain_band else None,
+            "uncertain_band_source": self.model.band_source,
             "split": self.split, "split_file": str(self.split_file) if self.split_file else None,
             "angles": list(self.angles), "preprocess": self.model.preprocess.model_dump(),
             "reencoded": {"size": self.reencoded[0], "jpeg_quality": self.reencoded[1]} if self.reencoded else None,
@@ -59,7 +60,9 @@ class Report:
 
 COLUMNS = [("n", "n"), ("accuracy", "acc"), ("balanced_accuracy", "bal acc"), ("precision", "prec"), ("recall", "recall"),
            ("f1", "F1"), ("macro_f1", "macro F1"), ("roc_auc", "ROC-AUC"), ("false_positive_rate", "FPR real"), ("ece", "ECE"),
-           ("ece_by_chance", "ECE by chance"), ("uncertain_share", "uncertain"), ("confident_accuracy", "conf acc")]
+           ("ece_by_chance", "ECE by chance"), ("uncertain_share", "uncertain"), ("confident_accuracy", "conf acc"),
+           ("real_answered_fake", "reals answered fake"), ("fake_answered_fake", "fakes answered fake")]
+BAND_COLUMNS = ("uncertain_share", "confident_accuracy", "real_answered_fake", "fake_answered_fake")
 
 
 def _cell(value: object) -> str:
@@ -75,7 +78,7 @@ def _shown(metrics: dict, key: str) -> object:
     band's columns for a model without an uncertain band."""
     if key in ("precision", "recall", "f1") and metrics["per_class"]["fake"]["support"] == 0:
         return None
-    if key in ("uncertain_share", "confident_accuracy") and metrics.get("uncertain_band") is None:
+    if key in BAND_COLUMNS and metrics.get("uncertain_band") is None:
         return None
     return metrics[key]
 
@@ -146,8 +149,11 @@ def print_report(report: Report) -> None:
           + (f", images re-encoded as {report.reencoded[0]}px JPEG q{report.reencoded[1]}" if report.reencoded else ""))
     if model.uncertain_band is not None:
         band = model.uncertain_band
-        print(f"uncertain band [{band.low:.3f}, {band.high:.3f}) from the model card: 'uncertain' is the share of photos in it, "
-              "'conf acc' the accuracy of the answers outside it ('acc': every answer forced to real or fake)")
+        print(f"uncertain band [{band.low:.3f}, {band.high:.3f}) from {model.band_source}: 'uncertain' is the share of photos in it, "
+              "'conf acc' the accuracy of the answers outside it ('acc': every answer forced to real or fake); "
+              "'answered fake': the share of each class whose verdict is fake")
+    elif model.kind == "onnx" and model.band_source != "the model card":
+        print(f"no uncertain band ({model.band_source} off): every answer real or fake")
     print(metrics_table(report))
     for name, r in report.datasets.items():
         m = r.metrics

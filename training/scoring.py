@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from service.calibration import UncertainBand
-from service.config import DEFAULT_TTA_ANGLES, REPO_ROOT, get_settings
+from service.config import DEFAULT_TTA_ANGLES, REPO_ROOT, Settings, get_settings, parse_band
 from service.imaging import ImageError, read_image_file
 from service.onnx_model import OnnxClassifier
 from service.pipeline import Pipeline
@@ -190,12 +190,16 @@ class ModelInfo:
     preprocess: PreprocessSpec
     threshold: float
     threshold_rule: str
-    uncertain_band: UncertainBand | None = None  # an export's, from its card; a checkpoint has none
+    uncertain_band: UncertainBand | None = None  # the band the service would answer with (an export's card's by default); a checkpoint has none
     angles: tuple[float, ...] = DEFAULT_TTA_ANGLES  # the rotations the service would use with it (an export's card's)
+    band_source: str = "the model card"  # where uncertain_band came from: the card, FACECHECK_UNCERTAIN_BAND or --band
 
 
-def inspect_model(model_path: Path) -> ModelInfo:
-    """Read what evaluation needs to know about a model file, without scoring anything."""
+def inspect_model(model_path: Path, band: str | None = None) -> ModelInfo:
+    """Read what evaluation needs to know about a model file, without scoring anything. An export's
+    rotations and uncertain band are those the service would use with it: FACECHECK_TTA_ANGLES and
+    FACECHECK_UNCERTAIN_BAND where set, else its card's; `band` (card, off or LOW,HIGH, as that setting
+    takes it) overrides the setting."""
     path = Path(model_path)
     if not path.is_file():
         raise EvaluationError(f"model file not found: {path}")
@@ -209,14 +213,27 @@ def inspect_model(model_path: Path) -> ModelInfo:
         except Exception as exc:  # noqa: BLE001 - onnx raises several types for a non-ONNX file
             raise EvaluationError(f"{path} is not a loadable ONNX model ({exc.__class__.__name__})") from exc
         card = card_from_metadata(metadata, path)
-        return ModelInfo(path, "onnx", card.name, card.preprocess, card.threshold, card.threshold_rule or "from the model card", card.uncertain_band,
-                         get_settings().angles_for(card))
+        settings, source = band_settings(band)
+        return ModelInfo(path, "onnx", card.name, card.preprocess, card.threshold, card.threshold_rule or "from the model card",
+                         settings.band_for(card), settings.angles_for(card), "the model card" if settings.uncertain_band == "card" else source)
+    if band is not None:
+        raise EvaluationError("--band needs an exported model (.onnx), whose probabilities are calibrated; a checkpoint's are not")
     if path.suffix not in CHECKPOINT_SUFFIXES:
         raise EvaluationError(f"unknown model file {path}: expected a training checkpoint (.pt) or an exported model (.onnx)")
     state = load_state(path)
     rule = state.get("threshold_rule", "") if "threshold" in state else "none recorded in the checkpoint (not a finished best.pt?): 0.5"
     return ModelInfo(path, "checkpoint", state["model_name"], PreprocessSpec.model_validate(state["preprocess"]),
                      float(state.get("threshold", 0.5)), rule, angles=get_settings().angles_for())
+
+
+def band_settings(band: str | None) -> tuple[Settings, str]:
+    """The service's settings with `band` in place of FACECHECK_UNCERTAIN_BAND, and which of the two is in force."""
+    if band is None:
+        return get_settings(), "FACECHECK_UNCERTAIN_BAND"
+    try:
+        return get_settings().model_copy(update={"uncertain_band": parse_band(band)}), "--band"
+    except ValueError as exc:
+        raise EvaluationError(f"--band: {exc}") from None
 
 
 def default_split_file(model_path: Path) -> Path:
