@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.config import Settings
 from service.onnx_model import read_card
 from test_training_e2e import TINY, make_dataset
 from training import export, generalise, loso, report, robustness, scoring, train
@@ -69,6 +70,17 @@ def test_robustness_scores_each_chain_and_writes_json_png_and_readme(exported, t
     assert generalise.main(own) == 0  # without --chains, a card reports the chains it recorded, however old
     reported = json.loads((tmp_path / "own" / "robustness.json").read_text())[str(model)]["results"]
     assert list(reported) == ["none", *read_card(model).metrics["robustness"]["chains"]]
+
+
+@pytest.mark.slow
+def test_robustness_answers_with_the_band_the_service_would_use(exported, tmp_path: Path, capsys, monkeypatch) -> None:
+    model, data = exported
+    monkeypatch.setattr(scoring, "get_settings", lambda: Settings(uncertain_band="off"))
+    argv = ["robustness", "--model", str(model), "--data", str(data), "--chains", "x0.5", "--tta", "0", "--out", str(tmp_path / "off")]
+    assert generalise.main(argv) == 0
+    assert "The verdicts" not in capsys.readouterr().out  # FACECHECK_UNCERTAIN_BAND=off: every answer is real or fake
+    results = json.loads((tmp_path / "off" / "robustness.json").read_text())[str(model)]["results"]
+    assert all("uncertain_share" not in m for per_set in results.values() for m in per_set.values())
 
 
 @pytest.mark.slow
