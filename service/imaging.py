@@ -10,13 +10,15 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Our own pixel limit is checked explicitly; Pillow's global one would raise on its own terms.
 Image.MAX_IMAGE_PIXELS = None
 # JPEG includes MPO (a JPEG with more pictures, as phones write them): Pillow's JPEG opener returns those.
-FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+# AVIF (as many sites now serve photos) where Pillow was built with libavif, as its wheels are since 11.3.
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", *(("AVIF",) if features.check("avif") else ()))
+FORMAT_NAMES = ", ".join({"WEBP": "WebP"}.get(f, f) for f in FORMATS[:-1]) + f" or {FORMATS[-1]}"
 
 
 class ImageError(ValueError):
@@ -37,7 +39,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageError(f"not an image in a supported format: JPEG, PNG, GIF, WebP, BMP or TIFF ({exc.__class__.__name__})") from exc
+        raise ImageError(f"not an image in a supported format: {FORMAT_NAMES} ({exc.__class__.__name__})") from exc
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}", 413, "too_many_pixels")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from service.imaging import FORMATS
 from service_fixtures import SHARED_DATA, encode, gradient, png_bomb, synthetic_face
 
 ORIENTATION = 0x0112  # the EXIF tag
@@ -202,6 +203,7 @@ def corpus(max_bytes: int) -> list[Item]:
         Item("bad-exif.jpg", bad_exif_jpeg(face), "image/jpeg", 200, face=True, note="EXIF orientation 9 (invalid) in a cut EXIF block: ignored"),
         Item("black.png", save(Image.new("RGB", (400, 300)), "PNG"), "image/png", 200, face=False, note="all black"),
         Item("face.webp", save(face, "WEBP", quality=90), "image/webp", 200, face=True, note="WebP (lossy)"),
+        *([Item("face.avif", save(face, "AVIF", quality=70), "image/avif", 200, face=True, note="AVIF (lossy)")] if "AVIF" in FORMATS else []),
         Item("face.bmp", save(face, "BMP"), "image/bmp", 200, face=True, note="BMP"),
         Item("face.tiff", save(face, "TIFF", compression="tiff_deflate"), "image/tiff", 200, face=True, note="TIFF, deflate"),
         Item("trailing-junk.jpg", jpeg + b"\0junk after the end of the image" * 10, "image/jpeg", 200, face=True,
