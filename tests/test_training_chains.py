@@ -49,6 +49,14 @@ def test_webp_step_is_a_real_webp_round_trip(photo: Image.Image) -> None:
     np.testing.assert_array_equal(np.asarray(parse_chain("webp75")(photo)), expected)
 
 
+def test_avif_step_is_a_real_avif_round_trip(photo: Image.Image) -> None:
+    buffer = io.BytesIO()
+    photo.save(buffer, format="AVIF", quality=60)
+    expected = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(parse_chain("avif60")(photo)), expected)
+    assert not np.array_equal(expected, np.asarray(photo.convert("RGB")))
+
+
 def test_sharpen_adds_contrast_at_edges() -> None:
     ramp = np.repeat(np.repeat(np.linspace(60, 200, 32, dtype=np.uint8)[None, :, None], 32, axis=0), 3, axis=2)
     ramp[:, 16:] = 200
@@ -63,7 +71,7 @@ def test_reencode_chain_is_resize_then_jpeg(photo: Image.Image) -> None:
     assert [s.kind for s in reencode_chain(256, 85).steps] == ["side", "jpeg"]
 
 
-@pytest.mark.parametrize("text", ["", "x", "jpeg101", "jpeg0", "x0", "x9", "300dpi", "x0.5>>x2", "blur0", "webp0", "webp101", "sharpen0", "sharpen999", "sharpen"])
+@pytest.mark.parametrize("text", ["", "x", "jpeg101", "jpeg0", "x0", "x9", "300dpi", "x0.5>>x2", "blur0", "webp0", "webp101", "avif0", "avif101", "sharpen0", "sharpen999", "sharpen"])
 def test_bad_chains_are_refused_with_the_failing_step(text: str) -> None:
     with pytest.raises(ChainError, match="chain"):
         parse_chain(text)

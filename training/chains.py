@@ -9,6 +9,7 @@ on the same photo after any of these. Chains are written as steps joined by `>`,
     blur1         Gaussian blur, radius 1 px
     sharpen100    unsharp mask, radius 2 px, strength 100% (what phone cameras and photo apps add)
     webp75        save as WebP at quality 75 and decode again (how many sites serve photos)
+    avif60        save as AVIF at quality 60 and decode again (as more and more sites do)
 
     "x0.5>x2"     down to half the size and back up, as a thumbnail that is viewed enlarged
     "256px>jpeg90" the size and quality of an FFHQ photo downscaled from 1024 px and saved at quality 90
@@ -24,8 +25,8 @@ from PIL import Image, ImageFilter
 
 from service.preprocess import RESAMPLE
 
-_STEP = re.compile(r"^(?:x(?P<scale>\d+(?:\.\d+)?)|(?P<side>\d+)px|jpeg(?P<quality>\d+)|webp(?P<webp>\d+)|blur(?P<radius>\d+(?:\.\d+)?)"
-                   r"|sharpen(?P<sharpen>\d+))$")
+_STEP = re.compile(r"^(?:x(?P<scale>\d+(?:\.\d+)?)|(?P<side>\d+)px|jpeg(?P<quality>\d+)|webp(?P<webp>\d+)|avif(?P<avif>\d+)"
+                   r"|blur(?P<radius>\d+(?:\.\d+)?)|sharpen(?P<sharpen>\d+))$")
 
 
 class ChainError(ValueError):
@@ -33,7 +34,7 @@ class ChainError(ValueError):
 
 
 def roundtrip(image: Image.Image, quality: int, format: str = "JPEG") -> Image.Image:
-    """`image` saved in a lossy format (JPEG or WebP) at this quality and decoded again."""
+    """`image` saved in a lossy format (JPEG, WebP or AVIF) at this quality and decoded again."""
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format=format, quality=quality)
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
@@ -46,7 +47,7 @@ def _resized(image: Image.Image, factor: float) -> Image.Image:
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # scale, side, jpeg, webp, blur, sharpen
+    kind: str  # scale, side, jpeg, webp, avif, blur, sharpen
     value: float
 
     def __call__(self, image: Image.Image) -> Image.Image:
@@ -54,7 +55,7 @@ class Step:
             return _resized(image, self.value)
         if self.kind == "side":
             return _resized(image, self.value / max(image.size))
-        if self.kind in ("jpeg", "webp"):
+        if self.kind in ("jpeg", "webp", "avif"):
             return roundtrip(image, int(self.value), self.kind.upper())
         if self.kind == "sharpen":
             return image.convert("RGB").filter(ImageFilter.UnsharpMask(radius=2, percent=int(self.value), threshold=0))
@@ -77,10 +78,10 @@ def parse_chain(text: str) -> Chain:
     for part in text.strip().split(">"):
         match = _STEP.match(part.strip())
         if not match:
-            raise ChainError(f"unknown step {part.strip()!r} in chain {text!r}: use x<scale>, <side>px, jpeg<quality>, webp<quality>, "
+            raise ChainError(f"unknown step {part.strip()!r} in chain {text!r}: use x<scale>, <side>px, jpeg<quality>, webp<quality>, avif<quality>, "
                              "blur<radius> or sharpen<percent>")
         kind, value = next((k, float(v)) for k, v in match.groupdict().items() if v is not None)
-        if (kind in ("quality", "webp") and not 1 <= value <= 100) or (kind == "sharpen" and not 1 <= value <= 500) \
+        if (kind in ("quality", "webp", "avif") and not 1 <= value <= 100) or (kind == "sharpen" and not 1 <= value <= 500) \
                 or (kind in ("scale", "side", "radius") and value <= 0) or (kind == "scale" and value > 8):
             raise ChainError(f"step {part.strip()!r} in chain {text!r} is out of range")
         steps.append(Step({"quality": "jpeg", "radius": "blur"}.get(kind, kind), value))
