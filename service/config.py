@@ -93,8 +93,8 @@ class Settings(BaseSettings):
         """The test-time rotations in force for a model: FACECHECK_TTA_ANGLES, else those its card was fitted at."""
         if self.tta_angles is not None:
             return self.tta_angles
-        recorded = card.training.get("tta_angles") if card is not None else None
-        return DEFAULT_TTA_ANGLES if recorded is None else tuple(float(a) for a in recorded)
+        recorded = recorded_angles(card) if card is not None else None
+        return DEFAULT_TTA_ANGLES if recorded is None else recorded
 
     def band_for(self, card: ModelCard) -> UncertainBand | None:
         """The uncertain band in force for a model: its card's, none (off), or FACECHECK_UNCERTAIN_BAND's edges."""
@@ -135,6 +135,12 @@ class Settings(BaseSettings):
     @property
     def sorted_root(self) -> Path:
         return self.output_root or self.data_root / "sorted"
+
+
+def recorded_angles(card: ModelCard) -> tuple[float, ...] | None:
+    """The rotations a card was fitted at (empty: the upright crop alone), or None where it records none."""
+    recorded = card.training.get("tta_angles")
+    return None if recorded is None else tuple(float(a) for a in recorded)
 
 
 def parse_angles(text: str) -> tuple[float, ...]:

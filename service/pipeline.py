@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from service.calibration import UncertainBand, label, verdict
+from service.config import DEFAULT_TTA_ANGLES
 from service.contract import ModelCard
 from service.faces import Face, FaceDetector
 from service.preprocess import crop_face, rotate, stack_crops
@@ -34,7 +35,7 @@ class Prepared:
 
 
 class Pipeline:
-    def __init__(self, card: ModelCard, detector: FaceDetector, angles: Sequence[float] = (-15.0, 0.0, 15.0), max_faces: int = 20,
+    def __init__(self, card: ModelCard, detector: FaceDetector, angles: Sequence[float] = DEFAULT_TTA_ANGLES, max_faces: int = 20,
                  band: UncertainBand | None | Literal["card"] = "card", calibrated: bool = True) -> None:
         """`band`: the uncertain band in force ("card": the card's; None: none, every answer real or fake);
         `calibrated`: False leaves the network's probabilities as they are (to fit a calibration on them).

@@ -44,7 +44,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from service.argv import join_option_values
 from service.calibration import Calibration, UncertainBand
-from service.config import REPO_ROOT, get_settings, parse_angles
+from service.config import REPO_ROOT, get_settings, parse_angles, recorded_angles
 from service.contract import ModelCard, ModelLoadError
 from service.onnx_model import read_card
 from training import plots
@@ -321,8 +321,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def card_angles(card: ModelCard) -> tuple[float, ...]:
     """The rotations a card was fitted at, an empty list meaning upright only; else the settings' default."""
-    recorded = card.training.get("tta_angles")
-    return get_settings().angles_for() if recorded is None else tuple(float(a) for a in recorded)
+    recorded = recorded_angles(card)
+    return get_settings().angles_for() if recorded is None else recorded
 
 
 def main(argv: list[str] | None = None) -> int:
