@@ -80,3 +80,14 @@ def test_sharpening_adds_detail_and_is_drawn_only_where_no_blur_was() -> None:
     blur_first = NONE.model_copy(update={"blur": 1.0, "sharpen": 1.0})
     assert all(_detail(augment(crop, blur_first, random.Random(seed))) <= _detail(crop) for seed in range(10))
 
+
+
+def test_black_and_white_is_drawn_at_its_rate() -> None:
+    crop = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    gray = NONE.model_copy(update={"gray": 1.0})
+    out = augment(crop, gray, random.Random(0))
+    np.testing.assert_array_equal(out[..., 0], np.asarray(Image.fromarray(crop).convert("L")))
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    some = NONE.model_copy(update={"gray": 0.3})
+    outs = [augment(crop, some, random.Random(seed)) for seed in range(400)]
+    assert 80 < sum(bool((out[..., 0] == out[..., 2]).all()) for out in outs) < 160

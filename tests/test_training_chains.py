@@ -66,12 +66,27 @@ def test_sharpen_adds_contrast_at_edges() -> None:
     np.testing.assert_array_equal(sharpened[:, :8], 60)  # flat areas stay as they were
 
 
+def test_gray_is_the_luma_in_three_equal_channels(photo: Image.Image) -> None:
+    out = np.asarray(parse_chain("gray")(photo))
+    assert out.shape == (120, 80, 3)
+    np.testing.assert_array_equal(out[..., 0], np.asarray(photo.convert("L")))
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+
+
+def test_noise_has_the_asked_spread_and_repeats() -> None:
+    flat = Image.new("RGB", (64, 64), (128, 128, 128))
+    once = np.asarray(parse_chain("noise8")(flat)).astype(float)
+    assert 7.5 < once.std() < 8.5 and abs(once.mean() - 128) < 0.5
+    np.testing.assert_array_equal(once, np.asarray(parse_chain("noise8")(flat)))
+
+
 def test_reencode_chain_is_resize_then_jpeg(photo: Image.Image) -> None:
     assert reencode_chain(256, 85).name == "256px>jpeg85"
     assert [s.kind for s in reencode_chain(256, 85).steps] == ["side", "jpeg"]
 
 
-@pytest.mark.parametrize("text", ["", "x", "jpeg101", "jpeg0", "x0", "x9", "300dpi", "x0.5>>x2", "blur0", "webp0", "webp101", "avif0", "avif101", "sharpen0", "sharpen999", "sharpen"])
+@pytest.mark.parametrize("text", ["", "x", "jpeg101", "jpeg0", "x0", "x9", "300dpi", "x0.5>>x2", "blur0", "webp0", "webp101", "avif0", "avif101", "sharpen0", "sharpen999", "sharpen",
+                                  "gray1", "grey", "noise", "noise0", "noise65"])
 def test_bad_chains_are_refused_with_the_failing_step(text: str) -> None:
     with pytest.raises(ChainError, match="chain"):
         parse_chain(text)

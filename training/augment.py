@@ -1,4 +1,4 @@
-"""Training-time augmentation of face crops: flips, rotation, lighting, blur or sharpening, resize and JPEG re-encoding.
+"""Training-time augmentation of face crops: flips, rotation, lighting, black and white, blur or sharpening, resize and JPEG re-encoding.
 
 Blur, sharpening, random resizing and JPEG re-encoding keep a detector from learning a dataset's
 sharpness, resolution or compression instead of the face (the sets here differ in all three). They run
@@ -27,6 +27,7 @@ class AugmentSpec(BaseModel):
     flip: float = Field(0.5, ge=0, le=1)
     rotation: float = Field(15.0, ge=0, le=180, description="degrees, uniform in [-r, r]")
     lighting: float = Field(0.2, ge=0, le=1, description="brightness/contrast/saturation jitter")
+    gray: float = Field(0.0, ge=0, le=1, description="probability of black and white (luma in three channels)")
     blur: float = Field(0.2, ge=0, le=1, description="probability of a Gaussian blur, sigma 0.1-1.5")
     sharpen: float = Field(0.0, ge=0, le=1, description="probability of an unsharp mask (radius 0.5-4 px, 50-250%) where no blur was drawn")
     resize: float = Field(0.5, ge=0, le=1, description="probability of a down-and-up resize")
@@ -46,12 +47,15 @@ def augment_pair(crop: np.ndarray, spec: AugmentSpec, rng: random.Random) -> tup
 
 
 def _appearance(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Image.Image:
-    """Flip, rotation and lighting: what changes a photo's look but not its detail."""
+    """Flip, rotation, lighting and colour: what changes a photo's look but not its detail."""
     if rng.random() < spec.flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if spec.rotation:
         image = rotate(image, rng.uniform(-spec.rotation, spec.rotation))
-    return jitter_lighting(image, spec.lighting, rng) if spec.lighting else image
+    if spec.lighting:
+        image = jitter_lighting(image, spec.lighting, rng)
+    # drawn only when asked for, so that recipes recorded without it draw the same crops
+    return image.convert("L").convert("RGB") if spec.gray and rng.random() < spec.gray else image
 
 
 def jitter_lighting(image: Image.Image, amount: float, rng: random.Random) -> Image.Image:

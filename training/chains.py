@@ -10,6 +10,9 @@ on the same photo after any of these. Chains are written as steps joined by `>`,
     sharpen100    unsharp mask, radius 2 px, strength 100% (what phone cameras and photo apps add)
     webp75        save as WebP at quality 75 and decode again (how many sites serve photos)
     avif60        save as AVIF at quality 60 and decode again (as more and more sites do)
+    gray          black and white (luma), kept as three channels, as a monochrome portrait is
+    noise8        Gaussian noise of standard deviation 8 (of 255) per pixel and channel, as a phone's
+                  sensor leaves in dim light; the same noise for photos of one size, so a run repeats
 
     "x0.5>x2"     down to half the size and back up, as a thumbnail that is viewed enlarged
     "256px>jpeg90" the size and quality of an FFHQ photo downscaled from 1024 px and saved at quality 90
@@ -21,12 +24,13 @@ import io
 import re
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageFilter
 
 from service.preprocess import RESAMPLE
 
 _STEP = re.compile(r"^(?:x(?P<scale>\d+(?:\.\d+)?)|(?P<side>\d+)px|jpeg(?P<quality>\d+)|webp(?P<webp>\d+)|avif(?P<avif>\d+)"
-                   r"|blur(?P<radius>\d+(?:\.\d+)?)|sharpen(?P<sharpen>\d+))$")
+                   r"|blur(?P<radius>\d+(?:\.\d+)?)|sharpen(?P<sharpen>\d+)|(?P<gray>gray)|noise(?P<noise>\d+(?:\.\d+)?))$")
 
 
 class ChainError(ValueError):
@@ -45,9 +49,15 @@ def _resized(image: Image.Image, factor: float) -> Image.Image:
     return image.convert("RGB").resize(size, RESAMPLE["bicubic"])
 
 
+def _noisy(image: Image.Image, sigma: float) -> Image.Image:
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    noise = np.random.default_rng(0).normal(0.0, sigma, pixels.shape).astype(np.float32)
+    return Image.fromarray(np.clip(pixels + noise, 0, 255).round().astype(np.uint8))
+
+
 @dataclass(frozen=True)
 class Step:
-    kind: str  # scale, side, jpeg, webp, avif, blur, sharpen
+    kind: str  # scale, side, jpeg, webp, avif, blur, sharpen, gray, noise
     value: float
 
     def __call__(self, image: Image.Image) -> Image.Image:
@@ -59,6 +69,10 @@ class Step:
             return roundtrip(image, int(self.value), self.kind.upper())
         if self.kind == "sharpen":
             return image.convert("RGB").filter(ImageFilter.UnsharpMask(radius=2, percent=int(self.value), threshold=0))
+        if self.kind == "gray":
+            return image.convert("L").convert("RGB")
+        if self.kind == "noise":
+            return _noisy(image, self.value)
         return image.convert("RGB").filter(ImageFilter.GaussianBlur(self.value))
 
 
@@ -79,10 +93,11 @@ def parse_chain(text: str) -> Chain:
         match = _STEP.match(part.strip())
         if not match:
             raise ChainError(f"unknown step {part.strip()!r} in chain {text!r}: use x<scale>, <side>px, jpeg<quality>, webp<quality>, avif<quality>, "
-                             "blur<radius> or sharpen<percent>")
-        kind, value = next((k, float(v)) for k, v in match.groupdict().items() if v is not None)
+                             "blur<radius>, sharpen<percent>, gray or noise<sigma>")
+        kind, value = next((k, 0.0 if k == "gray" else float(v)) for k, v in match.groupdict().items() if v is not None)
         if (kind in ("quality", "webp", "avif") and not 1 <= value <= 100) or (kind == "sharpen" and not 1 <= value <= 500) \
-                or (kind in ("scale", "side", "radius") and value <= 0) or (kind == "scale" and value > 8):
+                or (kind in ("scale", "side", "radius") and value <= 0) or (kind == "scale" and value > 8) \
+                or (kind == "noise" and not 0 < value <= 64):
             raise ChainError(f"step {part.strip()!r} in chain {text!r} is out of range")
         steps.append(Step({"quality": "jpeg", "radius": "blur"}.get(kind, kind), value))
     return Chain(text.strip(), tuple(steps))
