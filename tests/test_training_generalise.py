@@ -3,6 +3,7 @@ pipeline of a real export, and leave-one-source-out training, each written into 
 from __future__ import annotations
 
 import json
+import re
 from functools import partial
 from pathlib import Path
 
@@ -158,6 +159,14 @@ def test_compare_scores_models_and_combinations_on_validation_and_caches_them(ex
     matched = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][-1]
     assert matched.startswith("| twin at tiny's share of reals called fake | ")
     assert matched.split(" | ")[1:] == rows[1].split(" | ")[1:]  # the same model matched to itself: its own threshold and row
+    assert compare.main([*argv, "--chain-fakes"]) == 0
+    with_fakes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert "reals called fake / fakes caught after x0.5>x2" in with_fakes[0]
+    assert with_fakes[1].rsplit(" | ", 1)[0] == rows[1].rsplit(" | ", 1)[0]  # the unprocessed cells are the same
+    reals_cell, both_cell = rows[1].split(" | ")[-1], with_fakes[1].split(" | ")[-1]
+    assert re.fullmatch(r"\S+ \d+\.\d% \|", reals_cell) and re.fullmatch(r"\S+ \d+\.\d% / \d+\.\d% caught \|", both_cell)
+    assert both_cell.split(" / ")[0] == reals_cell.split(" |")[0]  # the reals' share is the cached one
+    assert len(list((tmp_path / "cache" / "compare").glob("*.npz"))) == 3  # only the chained fakes were scored anew
     assert compare.main([*argv, "--chain", "x0"]) == 2
 
 

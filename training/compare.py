@@ -10,6 +10,8 @@ photos weighted alike, and gets one row: each two-class set's ROC-AUC, its real 
 each real-only set's real photos called fake, each fake-only set's fakes caught. With --chain, the
 validation reals are also re-processed by each chain and their share called fake, at the same threshold,
 is a column: how a candidate holds on photos prepared unlike its training data, without the test split.
+With --chain-fakes the validation fakes go through each chain too, and the column adds the share caught:
+a preparation can hide a fake (a black-and-white copy, a heavy re-save) as well as accuse a real person.
 With --matched, every other model gets a second row at the threshold where it calls as many validation
 reals fake as the first model does at its own (the mean over the real sets): a candidate whose own
 threshold lands elsewhere is then compared on what it catches and on the chains at equal false positives.
@@ -77,8 +79,14 @@ def row_cells(labels: np.ndarray, datasets: np.ndarray, probs: np.ndarray, thres
     return cells
 
 
-def chained_cell(datasets: np.ndarray, called_fake: np.ndarray) -> str:
-    return ", ".join(f"{name} {called_fake[datasets == name].mean():.1%}" for name in dict.fromkeys(datasets))
+def chained_cell(datasets: np.ndarray, labels: np.ndarray, called_fake: np.ndarray) -> str:
+    """Per set, its reals called fake; where fakes went through the chain too, '/ N% caught' for them."""
+    parts = []
+    for name in dict.fromkeys(datasets):
+        real, fake = (datasets == name) & (labels == 0), (datasets == name) & (labels == 1)
+        shares = ([f"{called_fake[real].mean():.1%}"] if real.any() else []) + ([f"{called_fake[fake].mean():.1%} caught"] if fake.any() else [])
+        parts.append(f"{name} {' / '.join(shares)}")
+    return ", ".join(parts)
 
 
 def mean_real_called_fake(labels: np.ndarray, datasets: np.ndarray, probs: np.ndarray, threshold: float) -> float:
@@ -94,11 +102,12 @@ def matched_threshold(labels: np.ndarray, datasets: np.ndarray, probs: np.ndarra
 
 
 def table(names: list[str], labels: np.ndarray, datasets: np.ndarray, probs: np.ndarray,
-          chained_reals: dict[str, tuple[np.ndarray, np.ndarray]], matched: bool = False) -> str:
-    """probs: (models, photos); chained_reals: chain -> (datasets of the reals, (models, reals) probabilities)."""
+          chained: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], matched: bool = False) -> str:
+    """probs: (models, photos); chained: chain -> (datasets, labels, (models, photos) probabilities) of the re-processed photos."""
     columns = set_columns(labels, datasets)
     heads = [f"{n} ROC-AUC, reals called fake, fakes caught" if k == "auc" else f"{n} {'called fake' if k == 'real' else 'caught'}" for n, k in columns]
-    heads += [f"reals called fake after {chain}" for chain in chained_reals]
+    heads += [f"reals called fake{' / fakes caught' if (chain_labels == 1).any() else ''} after {chain}"
+              for chain, (_, chain_labels, _) in chained.items()]
     lines = ["| on validation | threshold | " + " | ".join(heads) + " |", "|---" * (len(heads) + 2) + "|"]
     rows = [(label, members, combine, balanced_accuracy_threshold(labels, combine(probs[members]), list(datasets)))
             for label, members, combine in candidates(names)]
@@ -109,7 +118,7 @@ def table(names: list[str], labels: np.ndarray, datasets: np.ndarray, probs: np.
                   matched_threshold(labels, datasets, probs[i], target, reference)) for i in range(1, len(names))]
     for label, members, combine, threshold in rows:
         cells = row_cells(labels, datasets, combine(probs[members]), threshold, columns)
-        cells += [chained_cell(sets, combine(chained[members]) >= threshold) for sets, chained in chained_reals.values()]
+        cells += [chained_cell(sets, chain_labels, combine(chain_probs[members]) >= threshold) for sets, chain_labels, chain_probs in chained.values()]
         lines.append(f"| {label} | {threshold:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -138,12 +147,24 @@ def aligned(models: list[Path], samples: list[Sample], angles: Sequence[float] |
     return kept, np.array([[seen[str(s.path)] for s in kept] for seen in by_model])
 
 
+def chained(models: list[Path], kept: list[Sample], angles: Sequence[float] | None, chain: str, with_fakes: bool
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reals (and with_fakes, the fakes) re-processed by `chain`: datasets, labels, (models, photos) probabilities.
+    Reals and fakes are scored apart, so that a comparison of reals alone reuses the scores it cached."""
+    wanted = (0, 1) if with_fakes else (0,)
+    groups = [aligned(models, photos, angles, chain) for photos in ([s for s in kept if s.label == label] for label in wanted) if photos]
+    photos = [s for group, _ in groups for s in group]
+    probs = np.concatenate([p for _, p in groups], axis=1)
+    return np.array([s.dataset for s in photos]), np.array([s.label for s in photos]), probs
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, action="append", required=True, help="an export; repeat to compare and combine")
     p.add_argument("--data", type=Path, action="append", required=True, help="dataset folder; repeat")
     p.add_argument("--split", type=Path, help="split file (default: the first model's <name>.split.json)")
     p.add_argument("--chain", action="append", default=[], help="re-process the validation reals by this chain too, e.g. 'x0.5>x2'")
+    p.add_argument("--chain-fakes", action="store_true", help="re-process the validation fakes by each chain too, and give the share caught")
     p.add_argument("--tta", help="rotations for every model (default: each at those the service uses with it: FACECHECK_TTA_ANGLES, else its card's)")
     p.add_argument("--matched", action="store_true", help="also put every other model at the first one's share of validation reals called fake")
     return p.parse_args(argv)
@@ -162,12 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     angles = None if args.tta is None else parse_angles(args.tta)
     kept, probs = aligned(args.model, val, angles)
     labels, datasets = np.array([s.label for s in kept]), np.array([s.dataset for s in kept])
-    reals = [s for s in kept if s.label == 0]
-    chained_reals = {}
-    for text in chains:
-        chained, chained_probs = aligned(args.model, reals, angles, text)
-        chained_reals[text] = (np.array([s.dataset for s in chained]), chained_probs)
-    print(table([m.stem for m in args.model], labels, datasets, probs, chained_reals, args.matched))
+    print(table([m.stem for m in args.model], labels, datasets, probs, {text: chained(args.model, kept, angles, text, args.chain_fakes) for text in chains},
+                args.matched))
     return 0
 
 
