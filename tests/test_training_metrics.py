@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.metrics import balanced_accuracy_threshold, binary_metrics, chance_ece, confusion, expected_calibration_error, mean_dataset_auc
+from training.metrics import balanced_accuracy_threshold, binary_metrics, cautious_threshold, chance_ece, confusion, expected_calibration_error, mean_dataset_auc
 
 # 4 real, 4 fake. At threshold 0.5: reals 0.12 0.22 0.32 right, 0.62 wrong; fakes 0.82 0.92 0.72 right, 0.42 wrong.
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
@@ -80,6 +80,26 @@ def test_threshold_choice_weights_each_datasets_real_and_fake_alike() -> None:
     assert balanced_accuracy_threshold(labels, probs) == pytest.approx(0.55)
     # per (set, label) group: t = 0.9 gives a-real 1, b-real 1, b-fake 1/2 -> 0.833; t = 0.55: 1, 1/3, 1 -> 0.778
     assert balanced_accuracy_threshold(labels, probs, sets) == pytest.approx(0.9)
+
+
+def test_cautious_threshold_is_the_highest_within_a_standard_error_of_the_best() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(200, int), np.ones(200, int)]
+    probs = np.r_[rng.uniform(0.0, 0.6, 200), rng.uniform(0.4, 1.0, 200)]  # overlapping: a flat optimum
+    balanced = lambda t: binary_metrics(labels, probs, t)["balanced_accuracy"]  # noqa: E731
+    best = balanced_accuracy_threshold(labels, probs)
+    real_recall, fake_recall = (probs[:200] < best).mean(), (probs[200:] >= best).mean()
+    standard_error = np.sqrt(real_recall * (1 - real_recall) / 200 + fake_recall * (1 - fake_recall) / 200) / 2
+    cautious = cautious_threshold(labels, probs)
+    assert cautious > best and balanced(cautious) >= balanced(best) - standard_error
+    assert all(balanced(t) < balanced(best) - standard_error for t in probs[probs > cautious])
+    assert (probs[:200] >= cautious).mean() < (probs[:200] >= best).mean()  # fewer reals called fake
+
+
+def test_cautious_threshold_on_separated_classes_still_catches_every_fake() -> None:
+    labels, probs = np.array([0, 0, 0, 1, 1, 1]), np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    assert balanced_accuracy_threshold(labels, probs) == pytest.approx(0.5)
+    assert cautious_threshold(labels, probs) == pytest.approx(0.7)  # no error to spend: the highest perfect one
 
 
 def test_mean_dataset_auc_scores_each_set_alone() -> None:

@@ -11,9 +11,10 @@
    minimising the log loss of each image's probability) and isotonic regression (on each image's
    probability). Isotonic is kept only where its cross-validated ECE on validation is clearly lower
    (ISOTONIC_GAIN); otherwise temperature.
-3. The model with that calibration is measured as an export is (training/card.py): the threshold that
-   maximises balanced accuracy on the calibrated validation probabilities, the test metrics per set and
-   the re-processing chains, all through the service's pipeline.
+3. The model with that calibration is measured as an export is (training/card.py): the threshold
+   (training.metrics.CAUTIOUS_RULE: the highest whose balanced accuracy on the calibrated validation
+   probabilities is within a standard error of the best), the test metrics per set and the
+   re-processing chains, all through the service's pipeline.
 4. The uncertain band: the narrowest [low, high) around the threshold outside which, on validation, the fake
    answers (p >= high) and the real answers (p < low) are each at least --precision precise, with real
    and fake photos weighted half and half and the sets of a class alike.

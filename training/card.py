@@ -14,7 +14,7 @@ from service.contract import CARD_KEY, ModelCard, card_path
 from training import robustness
 from training.chains import ROBUSTNESS_CHAINS
 from training.data import Split, scan_dataset
-from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics
+from training.metrics import CAUTIOUS_RULE, binary_metrics, cautious_threshold
 from training.scoring import predict_onnx
 
 
@@ -42,7 +42,7 @@ def write_card_json(onnx_path: Path, card: ModelCard) -> None:
 
 
 def service_threshold_rule(angles: Sequence[float]) -> str:
-    return f"{THRESHOLD_RULE}; TTA {list(angles)}, through the service pipeline"
+    return f"{CAUTIOUS_RULE}; TTA {list(angles)}, through the service pipeline"
 
 
 def evaluate_through_service(onnx_path: Path, split: Split, folders: Sequence[Path], angles: Sequence[float],
@@ -52,7 +52,7 @@ def evaluate_through_service(onnx_path: Path, split: Split, folders: Sequence[Pa
     instead of faces falls apart there)."""
     samples = [s for folder in folders for s in scan_dataset(folder)]
     val = predict_onnx(onnx_path, split.select(samples, "val"), angles, device="cpu", desc="validation")
-    threshold = balanced_accuracy_threshold(val.labels, val.probs, val.datasets)
+    threshold = cautious_threshold(val.labels, val.probs, val.datasets)
     test = split.select(samples, "test")
     found = predict_onnx(onnx_path, test, angles, device="cpu", desc="test")
     sets = np.array(found.datasets)

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, features
 
 from service.preprocess import RESAMPLE
 
@@ -110,5 +110,7 @@ def reencode_chain(side: int, quality: int) -> Chain:
 
 # The chains of the robustness table, in the order it prints them.
 ROBUSTNESS_CHAINS: tuple[str, ...] = (
-    "x0.5", "x0.5>x2", "x2", "x4", "256px>jpeg90", "512px>jpeg90", "jpeg60", "jpeg75", "jpeg95", "webp75", "blur1", "sharpen100",
+    "x0.5", "x0.5>x2", "x2", "x4", "256px>jpeg90", "512px>jpeg90", "jpeg60", "jpeg75", "jpeg95", "webp75",
+    *(("avif60",) if features.check("avif") else ()),  # where Pillow was built with libavif, as its wheels are
+    "blur1", "sharpen100", "gray", "noise8",
 )

@@ -86,23 +86,44 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5
 
 
 THRESHOLD_RULE = "maximises balanced accuracy on the validation split, every dataset's real and fake photos weighted alike"
+CAUTIOUS_RULE = ("the highest threshold whose balanced accuracy on the validation split, every dataset's real and fake photos weighted "
+                 "alike, is within one standard error of the best: on a flat optimum, the side that calls fewer real photos fake")
 
 
-def balanced_accuracy_threshold(labels: np.ndarray, probs: np.ndarray, datasets: list[str] | None = None) -> float:
-    """The threshold that maximises the mean recall over (dataset, label) groups: balanced accuracy
-    for one dataset. Pooled, the most numerous set would decide it; the training sampler, too, weights
-    every group alike."""
+def _group_recalls(labels: np.ndarray, probs: np.ndarray, datasets: list[str] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate thresholds (ascending), each (dataset, label) group's recall at each, and the groups' sizes."""
     labels, probs = np.asarray(labels, dtype=int), np.asarray(probs, dtype=float)
     names = np.zeros(len(labels)) if datasets is None else np.asarray(datasets)
     candidates = np.unique(np.concatenate([probs, [0.5]]))
-    recalls = []
+    recalls, sizes = [], []
     for name in np.unique(names):
         for label in (0, 1):
             group = np.sort(probs[(names == name) & (labels == label)])
             if len(group):
                 below = np.searchsorted(group, candidates, side="left") / len(group)  # share under each threshold
                 recalls.append(below if label == 0 else 1.0 - below)
-    return float(candidates[int(np.argmax(np.mean(recalls, axis=0)))])
+                sizes.append(len(group))
+    return candidates, np.array(recalls), np.array(sizes)
+
+
+def balanced_accuracy_threshold(labels: np.ndarray, probs: np.ndarray, datasets: list[str] | None = None) -> float:
+    """The threshold that maximises the mean recall over (dataset, label) groups: balanced accuracy
+    for one dataset. Pooled, the most numerous set would decide it; the training sampler, too, weights
+    every group alike."""
+    candidates, recalls, _ = _group_recalls(labels, probs, datasets)
+    return float(candidates[int(np.argmax(recalls.mean(axis=0)))])
+
+
+def cautious_threshold(labels: np.ndarray, probs: np.ndarray, datasets: list[str] | None = None) -> float:
+    """CAUTIOUS_RULE: where balanced accuracy is flat around its best, which threshold wins is chance; among
+    those it cannot tell apart (within one binomial standard error of the best), the highest, which calls
+    the fewest real photos fake."""
+    candidates, recalls, sizes = _group_recalls(labels, probs, datasets)
+    balanced = recalls.mean(axis=0)
+    best = int(np.argmax(balanced))
+    at_best = recalls[:, best]
+    standard_error = float(np.sqrt(np.sum(at_best * (1 - at_best) / sizes))) / len(sizes)
+    return float(candidates[np.flatnonzero(balanced >= balanced[best] - standard_error - 1e-12).max()])
 
 
 def uncertain_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, band: UncertainBand | None) -> dict:
