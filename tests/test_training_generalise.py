@@ -167,6 +167,10 @@ def test_compare_scores_models_and_combinations_on_validation_and_caches_them(ex
     assert re.fullmatch(r"\S+ \d+\.\d% \|", reals_cell) and re.fullmatch(r"\S+ \d+\.\d% / \d+\.\d% caught \|", both_cell)
     assert both_cell.split(" / ")[0] == reals_cell.split(" |")[0]  # the reals' share is the cached one
     assert len(list((tmp_path / "cache" / "compare").glob("*.npz"))) == 3  # only the chained fakes were scored anew
+    assert compare.main([*argv, "--cautious"]) == 0
+    cautious = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    threshold = lambda row: float(row.split(" | ")[1])  # noqa: E731
+    assert all(threshold(c) >= threshold(r) for c, r in zip(cautious[1:], rows[1:]))  # the tie broken upward, never down
     assert compare.main([*argv, "--chain", "x0"]) == 2
 
 

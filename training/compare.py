@@ -15,6 +15,8 @@ a preparation can hide a fake (a black-and-white copy, a heavy re-save) as well 
 With --matched, every other model gets a second row at the threshold where it calls as many validation
 reals fake as the first model does at its own (the mean over the real sets): a candidate whose own
 threshold lands elsewhere is then compared on what it catches and on the chains at equal false positives.
+With --cautious, every row's own threshold follows the export's rule instead (training.metrics.CAUTIOUS_RULE:
+the highest within a standard error of the best balanced accuracy), as the candidate would be served.
 The test split is never read.
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ from training.chains import ChainError, parse_chain
 from training.cache import DEFAULT_CACHE
 from training.cli import start_command
 from training.data import DatasetError, Sample, Split, scan_dataset
-from training.metrics import balanced_accuracy_threshold
+from training.metrics import balanced_accuracy_threshold, cautious_threshold
 from training.scoring import inspect_model, predict_onnx
 
 Combine = Callable[[np.ndarray], np.ndarray]  # (models, photos) probabilities -> (photos,)
@@ -102,14 +104,15 @@ def matched_threshold(labels: np.ndarray, datasets: np.ndarray, probs: np.ndarra
 
 
 def table(names: list[str], labels: np.ndarray, datasets: np.ndarray, probs: np.ndarray,
-          chained: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], matched: bool = False) -> str:
+          chained: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], matched: bool = False, cautious: bool = False) -> str:
     """probs: (models, photos); chained: chain -> (datasets, labels, (models, photos) probabilities) of the re-processed photos."""
     columns = set_columns(labels, datasets)
     heads = [f"{n} ROC-AUC, reals called fake, fakes caught" if k == "auc" else f"{n} {'called fake' if k == 'real' else 'caught'}" for n, k in columns]
     heads += [f"reals called fake{' / fakes caught' if (chain_labels == 1).any() else ''} after {chain}"
               for chain, (_, chain_labels, _) in chained.items()]
     lines = ["| on validation | threshold | " + " | ".join(heads) + " |", "|---" * (len(heads) + 2) + "|"]
-    rows = [(label, members, combine, balanced_accuracy_threshold(labels, combine(probs[members]), list(datasets)))
+    choose = cautious_threshold if cautious else balanced_accuracy_threshold
+    rows = [(label, members, combine, choose(labels, combine(probs[members]), list(datasets)))
             for label, members, combine in candidates(names)]
     if matched:
         reference = rows[0][3]
@@ -166,6 +169,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--chain", action="append", default=[], help="re-process the validation reals by this chain too, e.g. 'x0.5>x2'")
     p.add_argument("--chain-fakes", action="store_true", help="re-process the validation fakes by each chain too, and give the share caught")
     p.add_argument("--tta", help="rotations for every model (default: each at those the service uses with it: FACECHECK_TTA_ANGLES, else its card's)")
+    p.add_argument("--cautious", action="store_true", help="each row's own threshold by the export's rule (the highest within a standard error "
+                   "of the best balanced accuracy) instead of the best balanced accuracy")
     p.add_argument("--matched", action="store_true", help="also put every other model at the first one's share of validation reals called fake")
     return p.parse_args(argv)
 
@@ -184,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     kept, probs = aligned(args.model, val, angles)
     labels, datasets = np.array([s.label for s in kept]), np.array([s.dataset for s in kept])
     print(table([m.stem for m in args.model], labels, datasets, probs, {text: chained(args.model, kept, angles, text, args.chain_fakes) for text in chains},
-                args.matched))
+                args.matched, args.cautious))
     return 0
 
 
