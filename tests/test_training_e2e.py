@@ -218,7 +218,7 @@ def test_export_with_data_records_threshold_and_metrics_that_evaluate_reproduces
     assert export.main(["--checkpoint", str(run / "best.pt"), "--name", "tiny", "--out", str(out), "--data", str(data), "--tta", "0", "--mirror"]) == 0
     card = json.loads((out / "tiny.json").read_text())
     assert card["tta_mirror"] is True and card["training"]["tta_angles"] == [0.0]  # what the service applies by default
-    assert card["threshold_rule"].startswith("maximises balanced accuracy on the validation split")
+    assert card["threshold_rule"].startswith("the highest threshold whose balanced accuracy on the validation split")
     assert card["threshold_rule"].endswith("on the calibrated probabilities")
     assert (out / "tiny.split.json").read_text() == (run / "split.json").read_text()
     recorded = card["metrics"]["test"][data.name]
