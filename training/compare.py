@@ -104,12 +104,12 @@ def matched_threshold(labels: np.ndarray, datasets: np.ndarray, probs: np.ndarra
 
 
 def table(names: list[str], labels: np.ndarray, datasets: np.ndarray, probs: np.ndarray,
-          chained: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], matched: bool = False, cautious: bool = False) -> str:
-    """probs: (models, photos); chained: chain -> (datasets, labels, (models, photos) probabilities) of the re-processed photos."""
+          chain_scores: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], matched: bool = False, cautious: bool = False) -> str:
+    """probs: (models, photos); chain_scores: chain -> (datasets, labels, (models, photos) probabilities) of the re-processed photos."""
     columns = set_columns(labels, datasets)
     heads = [f"{n} ROC-AUC, reals called fake, fakes caught" if k == "auc" else f"{n} {'called fake' if k == 'real' else 'caught'}" for n, k in columns]
     heads += [f"reals called fake{' / fakes caught' if (chain_labels == 1).any() else ''} after {chain}"
-              for chain, (_, chain_labels, _) in chained.items()]
+              for chain, (_, chain_labels, _) in chain_scores.items()]
     lines = ["| on validation | threshold | " + " | ".join(heads) + " |", "|---" * (len(heads) + 2) + "|"]
     choose = cautious_threshold if cautious else balanced_accuracy_threshold
     rows = [(label, members, combine, choose(labels, combine(probs[members]), list(datasets)))
@@ -121,7 +121,7 @@ def table(names: list[str], labels: np.ndarray, datasets: np.ndarray, probs: np.
                   matched_threshold(labels, datasets, probs[i], target, reference)) for i in range(1, len(names))]
     for label, members, combine, threshold in rows:
         cells = row_cells(labels, datasets, combine(probs[members]), threshold, columns)
-        cells += [chained_cell(sets, chain_labels, combine(chain_probs[members]) >= threshold) for sets, chain_labels, chain_probs in chained.values()]
+        cells += [chained_cell(sets, chain_labels, combine(chain_probs[members]) >= threshold) for sets, chain_labels, chain_probs in chain_scores.values()]
         lines.append(f"| {label} | {threshold:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
