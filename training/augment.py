@@ -20,7 +20,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import BaseModel, Field
 
 from service.preprocess import RESAMPLE, rotate
-from training.chains import roundtrip
+from training.chains import monochrome, roundtrip
 
 
 class AugmentSpec(BaseModel):
@@ -55,7 +55,7 @@ def _appearance(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Im
     if spec.lighting:
         image = jitter_lighting(image, spec.lighting, rng)
     # drawn only when asked for, so that recipes recorded without it draw the same crops
-    return image.convert("L").convert("RGB") if spec.gray and rng.random() < spec.gray else image
+    return monochrome(image) if spec.gray and rng.random() < spec.gray else image
 
 
 def jitter_lighting(image: Image.Image, amount: float, rng: random.Random) -> Image.Image:

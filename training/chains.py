@@ -49,6 +49,11 @@ def _resized(image: Image.Image, factor: float) -> Image.Image:
     return image.convert("RGB").resize(size, RESAMPLE["bicubic"])
 
 
+def monochrome(image: Image.Image) -> Image.Image:
+    """Black and white: the luma, in three equal channels."""
+    return image.convert("L").convert("RGB")
+
+
 def _noisy(image: Image.Image, sigma: float) -> Image.Image:
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     noise = np.random.default_rng(0).normal(0.0, sigma, pixels.shape).astype(np.float32)
@@ -70,7 +75,7 @@ class Step:
         if self.kind == "sharpen":
             return image.convert("RGB").filter(ImageFilter.UnsharpMask(radius=2, percent=int(self.value), threshold=0))
         if self.kind == "gray":
-            return image.convert("L").convert("RGB")
+            return monochrome(image)
         if self.kind == "noise":
             return _noisy(image, self.value)
         return image.convert("RGB").filter(ImageFilter.GaussianBlur(self.value))
