@@ -1,6 +1,7 @@
 """The evaluation command: options, where it finds the split, clear errors, and TTA sets through ONNX."""
 from __future__ import annotations
 
+import csv
 import json
 from functools import partial
 from pathlib import Path
@@ -152,6 +153,7 @@ def test_band_option_measures_the_band_it_names_as_the_service_would_answer(tmp_
     inside = int(np.sum((probs >= low) & (probs < high)))
     assert 0 < inside < len(probs)
 
+    (data / "real" / "broken.png").write_bytes(b"\x89PNG broken")
     assert evaluate.main(["--model", str(DEFAULT_ONNX), "--data", str(data), "--band", f"{low},{high}", "--workers", "1",
                           "--out", str(tmp_path / "narrow")]) == 0
     assert f"uncertain band [{low:.3f}, {high:.3f}) from --band" in capsys.readouterr().out
@@ -159,6 +161,19 @@ def test_band_option_measures_the_band_it_names_as_the_service_would_answer(tmp_
     assert saved["uncertain_band"]["low"] == low and saved["uncertain_band"]["high"] == high
     assert saved["uncertain_band_source"] == "--band"
     assert saved["datasets"]["data"]["uncertain"] == inside
+
+    with (tmp_path / "narrow" / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(probs) + 1, "every photo given has a row, the unreadable one too"
+    broken = [r for r in rows if r["file"].endswith("broken.png")]
+    assert broken[0]["fake_probability"] == "" and broken[0]["error"]
+    scored = [r for r in rows if r["fake_probability"]]
+    assert sorted(float(r["fake_probability"]) for r in scored) == pytest.approx(sorted(probs), abs=1e-6)
+    assert sum(r["answer"] == "uncertain" for r in scored) == inside
+    for r in scored:
+        p = float(r["fake_probability"])
+        assert r["answer"] == ("uncertain" if low <= p < high else "fake" if p >= saved["threshold"] else "real")
+        assert r["truth"] == Path(r["file"]).parent.name
 
     off = evaluate.run_evaluation(DEFAULT_ONNX, [data], workers=1, band="off")
     assert off.model.uncertain_band is None and off.metrics["data"]["uncertain"] == 0

@@ -1,6 +1,7 @@
 """The evaluation report of `python -m training.evaluate`: its tables, metrics.json and the PNGs."""
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.calibration import label as answer
 from service.preprocess import PreprocessSpec
 from training import plots
 from training.cache import CropCache
@@ -104,8 +106,9 @@ def tta_table(report: Report) -> str:
 
 def write_outputs(report: Report, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "metrics.json"]
+    written = [out / "metrics.json", out / "predictions.csv"]
     (out / "metrics.json").write_text(json.dumps(report.to_json(), indent=1))
+    write_predictions(report, out / "predictions.csv")
     curves = {name: (r.predictions.labels, r.predictions.probs) for name, r in report.datasets.items()}
     if any(len(set(labels.tolist())) == 2 for labels, _ in curves.values()):
         plots.roc(curves, out / "roc.png")
@@ -121,6 +124,28 @@ def write_outputs(report: Report, out: Path) -> list[Path]:
         if _wrong_faces(r, report.model.preprocess, report.threshold, out / f"wrong_{name}.png"):
             written.append(out / f"wrong_{name}.png")
     return written
+
+
+PREDICTION_COLUMNS = ["dataset", "file", "truth", "fake_probability", "answer", "face_found", "error"]
+
+
+def write_predictions(report: Report, path: Path) -> None:
+    """One row per photo evaluated, unreadable ones included: its probability and the answer the service
+    would give it (fake, real, or uncertain inside the model's band)."""
+    with path.open("w", newline="") as handle:
+        rows = csv.writer(handle)
+        rows.writerow(PREDICTION_COLUMNS)
+        for name, result in report.datasets.items():
+            p = result.predictions
+            for sample, probability, found in zip(p.samples, p.probs, p.face_found):
+                rows.writerow([name, sample.path, _truth(sample.label), f"{probability:.6f}",
+                               answer(float(probability), report.threshold, report.model.uncertain_band), bool(found), ""])
+            for sample, error in p.unreadable:
+                rows.writerow([name, sample.path, _truth(sample.label), "", "", False, error])
+
+
+def _truth(label: int) -> str:
+    return "fake" if label else "real"
 
 
 def _wrong_faces(result: DatasetResult, spec: PreprocessSpec, threshold: float, path: Path, count: int = 16) -> bool:
