@@ -62,10 +62,11 @@ def test_robustness_scores_each_chain_and_writes_json_png_and_readme(exported, t
     assert generalise.main(argv) == 0  # a second run replaces the section, it does not add one
     assert readme.read_text().count("| `x0.5` |") == 2  # once at the threshold, once with the band
     carded = tmp_path / "carded"
+    capsys.readouterr()
     assert generalise.main([*argv[:-4], "--out", str(carded), "--from-card"]) == 0  # the export measured the same chains on the same split
     recorded = json.loads((carded / "robustness.json").read_text())[str(model)]["results"]
-    assert recorded == {chain: {name: {k: m[k] for k in robustness.KEPT} for name, m in per_set.items()}
-                        for chain, per_set in summary["results"].items()}
+    assert recorded == summary["results"], "the card holds what measuring gives, the band's verdicts included"
+    assert "The verdicts, with the uncertain band" in capsys.readouterr().out
     assert generalise.main([*argv[:-4], "--out", str(carded), "--from-card", "--chains", "x0.5;jpeg61"]) == 2  # a chain no card records
     own = ["robustness", "--model", str(model), "--data", str(data), "--tta", "0", "--out", str(tmp_path / "own"), "--from-card"]
     assert generalise.main(own) == 0  # without --chains, a card reports the chains it recorded, however old
@@ -82,6 +83,18 @@ def test_robustness_answers_with_the_band_the_service_would_use(exported, tmp_pa
     assert "The verdicts" not in capsys.readouterr().out  # FACECHECK_UNCERTAIN_BAND=off: every answer is real or fake
     results = json.loads((tmp_path / "off" / "robustness.json").read_text())[str(model)]["results"]
     assert all("uncertain_share" not in m for per_set in results.values() for m in per_set.values())
+
+
+@pytest.mark.slow
+def test_from_card_leaves_out_verdicts_measured_with_another_band(exported, tmp_path: Path, capsys, monkeypatch) -> None:
+    model, data = exported
+    monkeypatch.setattr(scoring, "get_settings", lambda: Settings(uncertain_band="0.01,0.99"))
+    argv = ["robustness", "--model", str(model), "--data", str(data), "--tta", "0", "--out", str(tmp_path / "other"), "--from-card"]
+    assert generalise.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "The verdicts" not in printed and "measured with the band" in printed
+    results = json.loads((tmp_path / "other" / "robustness.json").read_text())[str(model)]["results"]
+    assert all(set(m) == set(robustness.KEPT) for per_set in results.values() for m in per_set.values())
 
 
 @pytest.mark.slow

@@ -11,13 +11,15 @@
    minimising the log loss of each image's probability) and isotonic regression (on each image's
    probability). Isotonic is kept only where its cross-validated ECE on validation is clearly lower
    (ISOTONIC_GAIN); otherwise temperature.
-3. The model with that calibration is measured as an export is (training/card.py): the threshold
-   (training.metrics.CAUTIOUS_RULE: the highest whose balanced accuracy on the calibrated validation
-   probabilities is within a standard error of the best), the test metrics per set and the
-   re-processing chains, all through the service's pipeline.
+3. The threshold, through the service's pipeline with that calibration (training/card.py):
+   training.metrics.CAUTIOUS_RULE, the highest whose balanced accuracy on the calibrated validation
+   probabilities is within a standard error of the best.
 4. The uncertain band: the narrowest [low, high) around the threshold outside which, on validation, the fake
    answers (p >= high) and the real answers (p < low) are each at least --precision precise, with real
    and fake photos weighted half and half and the sets of a class alike.
+   The model is then measured as an export is, through the service's pipeline: the test metrics per set
+   and the re-processing chains, each with the verdicts the band gives (so that
+   `training.generalise robustness --from-card` can show them without measuring again).
 5. Per test set: ECE before and after; the ECE that a perfectly calibrated model would show on the same
    photos by chance (95th percentile, training.metrics.chance_ece); the share of photos in the band; and
    the accuracy of the confident answers next to that of every answer forced to real or fake. A
@@ -49,7 +51,7 @@ from service.config import REPO_ROOT, get_settings, parse_angles, recorded_angle
 from service.contract import ModelCard, ModelLoadError
 from service.onnx_model import read_card
 from training import plots
-from training.card import ExportError, attach_card, evaluate_through_service, service_threshold_rule, write_card_json
+from training.card import ExportError, attach_card, measure_test, service_threshold_rule, validation_threshold, write_card_json
 from training.chains import ROBUSTNESS_CHAINS
 from training.cli import start_command
 from training.data import DatasetError, Split, scan_dataset
@@ -211,9 +213,10 @@ def calibrate_model(model: Path, folders: Sequence[Path], split: Split, angles: 
         staged = Path(tmp) / model.name
         shutil.copyfile(model, staged)
         attach_card(staged, card.model_copy(update={"calibration": calibration, "uncertain_band": None}))
-        threshold, metrics = evaluate_through_service(staged, split, folders, angles, chains)
+        threshold = validation_threshold(staged, split, samples, angles)
         val_probs, test_probs = image_probs(raw_val, calibration), image_probs(raw_test, calibration)
         band, band_fit = choose_band(raw_val.labels, val_probs, raw_val.datasets, threshold, precision)
+        metrics = measure_test(staged, split, samples, angles, threshold, chains, band)
         metrics["calibration"] = {
             "command": command, "angles": list(angles),
             "validation": {"n": len(val_probs), "ece_before": expected_calibration_error(raw_val.labels, image_probs(raw_val)),

@@ -10,10 +10,11 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
+from service.calibration import UncertainBand
 from service.contract import CARD_KEY, ModelCard, card_path
 from training import robustness
 from training.chains import ROBUSTNESS_CHAINS
-from training.data import Split, scan_dataset
+from training.data import Sample, Split, scan_dataset
 from training.metrics import CAUTIOUS_RULE, binary_metrics, cautious_threshold
 from training.scoring import predict_onnx
 
@@ -51,22 +52,38 @@ def evaluate_through_service(onnx_path: Path, split: Split, folders: Sequence[Pa
     again after each re-processing chain (a model that learned a dataset's resolution or compression
     instead of faces falls apart there)."""
     samples = [s for folder in folders for s in scan_dataset(folder)]
+    threshold = validation_threshold(onnx_path, split, samples, angles)
+    return threshold, measure_test(onnx_path, split, samples, angles, threshold, chains)
+
+
+def validation_threshold(onnx_path: Path, split: Split, samples: Sequence[Sample], angles: Sequence[float]) -> float:
     val = predict_onnx(onnx_path, split.select(samples, "val"), angles, device="cpu", desc="validation")
-    threshold = cautious_threshold(val.labels, val.probs, val.datasets)
+    return cautious_threshold(val.labels, val.probs, val.datasets)
+
+
+def measure_test(onnx_path: Path, split: Split, samples: Sequence[Sample], angles: Sequence[float], threshold: float,
+                 chains: Sequence[str] = ROBUSTNESS_CHAINS, band: UncertainBand | None = None) -> dict[str, Any]:
+    """The test split's metrics per set at `threshold`, unprocessed and after each chain; with the model's
+    `band`, also the verdicts the service gives (robustness.VERDICTS), so that a card can show them later."""
     test = split.select(samples, "test")
     found = predict_onnx(onnx_path, test, angles, device="cpu", desc="test")
     sets = np.array(found.datasets)
     metrics: dict[str, Any] = {"test": {}, "robustness": {"split": "test", "angles": list(angles), "chains": {}}}
     for name in dict.fromkeys(found.datasets):
         inside = sets == name
-        metrics["test"][name] = binary_metrics(found.labels[inside], found.probs[inside], threshold) | {"faces_found": int(found.face_found[inside].sum())}
-    metrics["robustness"]["chains"] = robustness.measure(onnx_path, test, angles, chains, threshold)
-    return threshold, metrics
+        metrics["test"][name] = (binary_metrics(found.labels[inside], found.probs[inside], threshold)
+                                 | robustness.verdicts(found.labels[inside], found.probs[inside], threshold, band)
+                                 | {"faces_found": int(found.face_found[inside].sum())})
+    if band is not None:
+        metrics["robustness"]["band"] = list(band.edges)
+    metrics["robustness"]["chains"] = robustness.measure(onnx_path, test, angles, chains, threshold, band=band)
+    return metrics
 
 
 def robustness_results(metrics: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     """A card's robustness figures as robustness.measure gives them, the unprocessed test split first."""
-    unprocessed = {name: {key: m.get(key) for key in robustness.KEPT} for name, m in metrics["test"].items()}
+    shown = robustness.KEPT + (robustness.VERDICTS if "band" in metrics.get("robustness", {}) else ())
+    unprocessed = {name: {key: m.get(key) for key in shown} for name, m in metrics["test"].items()}
     for name, m in unprocessed.items():
         m["recall"] = None if metrics["test"][name]["per_class"]["fake"]["support"] == 0 else m["recall"]
     return {robustness.UNPROCESSED: unprocessed, **metrics.get("robustness", {}).get("chains", {})}

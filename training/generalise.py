@@ -6,8 +6,8 @@
 robustness: the test split of each dataset re-processed by chains a photo meets on its way to a user
 (scaled 0.5x-4x, resized to 256 and 512 px, JPEG 60-95, blurred; training/chains.py), each scored through
 the service's own pipeline at the model's threshold: ROC-AUC, real photos called fake, fakes caught. A
-measured run (not --from-card) of a model with an uncertain band adds the verdicts the service gives with
-it: real photos answered fake, fakes answered fake, photos answered uncertain.
+model with an uncertain band adds the verdicts the service gives with it: real photos answered fake, fakes
+answered fake, photos answered uncertain (with --from-card, where the card recorded them with that band).
 
 loso: leave-one-source-out (training/loso.py). For each source, the recipe is trained without it at a
 small budget, and the held-out photos are scored: how many fakes are caught, how many reals called fake.
@@ -85,7 +85,7 @@ def run_robustness(args: argparse.Namespace) -> int:
         chains = [robustness.UNPROCESSED, *(parse_chain(c).name for c in chains_to_report(args, model))]
         angles = info.angles if args.tta is None else args.tta
         if args.from_card:
-            results = card_results(model, chains, angles)
+            results = card_results(model, chains, angles, info.uncertain_band, notes)
         else:
             samples = limited([s for selected, _ in chosen.values() for s in selected], args.limit)
             results = robustness.measure(model, samples, angles, chains, info.threshold, band=info.uncertain_band)
@@ -132,14 +132,22 @@ def chains_to_report(args: argparse.Namespace, model: Path) -> list[str]:
     return list(ROBUSTNESS_CHAINS)
 
 
-def card_results(model: Path, chains: Sequence[str], angles: Sequence[float]) -> dict[str, dict[str, dict]]:
-    """The figures the model's card recorded at export (training.card), where it measured these chains with these rotations."""
+def card_results(model: Path, chains: Sequence[str], angles: Sequence[float], band: UncertainBand | None,
+                 notes: list[str]) -> dict[str, dict[str, dict]]:
+    """The figures the model's card recorded at export (training.card), where it measured these chains with
+    these rotations; the verdicts only where it measured them with the band now in force."""
     metrics = read_card(model).metrics
     recorded = robustness_results(metrics) if metrics.get("test") else {}
     missing = [chain for chain in chains if chain not in recorded]
     if missing or metrics.get("robustness", {}).get("angles") != list(angles):
         raise GeneraliseError(f"{model}'s card has no figures for {', '.join(missing) or 'these rotations'}: measure them (leave out --from-card)")
-    return {chain: recorded[chain] for chain in chains}
+    results = {chain: recorded[chain] for chain in chains}
+    measured_with = metrics.get("robustness", {}).get("band")
+    if band is not None and measured_with is not None and list(band.edges) != measured_with:
+        notes.append(f"the card's verdicts were measured with the band {measured_with}, not the one in force: measure again to see this band's")
+        results = {chain: {name: {k: v for k, v in m.items() if k not in robustness.VERDICTS} for name, m in per_set.items()}
+                   for chain, per_set in results.items()}
+    return results
 
 
 # --- leave-one-source-out -----------------------------------------------------------------------------

@@ -28,10 +28,15 @@ def summary(labels: np.ndarray, probs: np.ndarray, threshold: float, band: Uncer
     kept = {key: metrics[key] for key in KEPT}
     if metrics["per_class"]["fake"]["support"] == 0:
         kept["recall"] = None
-    if band is not None:
-        verdicts = uncertain_metrics(labels, probs, threshold, band)
-        kept.update({key: verdicts[key] for key in VERDICTS})
-    return kept
+    return kept | verdicts(labels, probs, threshold, band)
+
+
+def verdicts(labels: np.ndarray, probs: np.ndarray, threshold: float, band: UncertainBand | None) -> dict[str, Any]:
+    """With an uncertain band, the share of photos the service answers uncertain, and of each class the share it answers fake."""
+    if band is None:
+        return {}
+    found = uncertain_metrics(labels, probs, threshold, band)
+    return {key: found[key] for key in VERDICTS}
 
 
 def measure(onnx_path: Path, samples: Sequence[Sample], angles: Sequence[float], chains: Sequence[str], threshold: float,
