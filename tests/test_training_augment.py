@@ -91,3 +91,14 @@ def test_black_and_white_is_drawn_at_its_rate() -> None:
     some = NONE.model_copy(update={"gray": 0.3})
     outs = [augment(crop, some, random.Random(seed)) for seed in range(400)]
     assert 80 < sum(bool((out[..., 0] == out[..., 2]).all()) for out in outs) < 160
+
+
+def test_noise_is_drawn_at_its_rate_with_the_asked_spread() -> None:
+    flat = np.full((48, 48, 3), 128, dtype=np.uint8)
+    always = NONE.model_copy(update={"noise": 1.0})
+    spreads = [augment(flat, always, random.Random(seed)).astype(float).std() for seed in range(20)]
+    assert all(1.5 < s < 13.0 for s in spreads) and max(spreads) - min(spreads) > 3  # sigma drawn in 2-12, per crop
+    assert not augment(flat, NONE, random.Random(0)).std()
+    some = NONE.model_copy(update={"noise": 0.3})
+    outs = [augment(flat, some, random.Random(seed)) for seed in range(400)]
+    assert 80 < sum(bool(out.std()) for out in outs) < 160

@@ -1,9 +1,10 @@
-"""Training-time augmentation of face crops: flips, rotation, lighting, black and white, blur or sharpening, resize and JPEG re-encoding.
+"""Training-time augmentation of face crops: flips, rotation, lighting, black and white, blur or sharpening, resize, noise and JPEG re-encoding.
 
 Blur, sharpening, random resizing and JPEG re-encoding keep a detector from learning a dataset's
 sharpness, resolution or compression instead of the face (the sets here differ in all three). They run
 in the order a photo meets them on its way to a user: blurred or sharpened (as cameras and photo apps
-do), scaled down, saved as JPEG at that size, scaled back up for viewing.
+do), scaled down, noisy at that size (a small phone photo in dim light), saved as JPEG at that size,
+scaled back up for viewing.
 
 `augment_pair` gives two views of one crop for consistency training (training/train.py, --consistency):
 the same flip, rotation and lighting, then the usual random degradation for the first view and a certain
@@ -20,7 +21,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import BaseModel, Field
 
 from service.preprocess import RESAMPLE, rotate
-from training.chains import monochrome, roundtrip
+from training.chains import monochrome, noisy, roundtrip
 
 
 class AugmentSpec(BaseModel):
@@ -32,6 +33,7 @@ class AugmentSpec(BaseModel):
     sharpen: float = Field(0.0, ge=0, le=1, description="probability of an unsharp mask (radius 0.5-4 px, 50-250%) where no blur was drawn")
     resize: float = Field(0.5, ge=0, le=1, description="probability of a down-and-up resize")
     min_scale: float = Field(0.3, gt=0, le=1, description="smallest resize scale; scales are log-uniform in [min_scale, 1]")
+    noise: float = Field(0.0, ge=0, le=1, description="probability of Gaussian noise, standard deviation 2-12 of 255, at the reduced size when resized")
     jpeg: float = Field(0.5, ge=0, le=1, description="probability of JPEG re-encoding, quality 50-95 (at the reduced size when resized)")
 
 
@@ -74,15 +76,19 @@ def _random_degradation(image: Image.Image, spec: AugmentSpec, rng: random.Rando
         image = image.filter(ImageFilter.UnsharpMask(radius=rng.uniform(0.5, 4.0), percent=rng.randint(50, 250), threshold=rng.randint(0, 3)))
     scale = math.exp(rng.uniform(math.log(spec.min_scale), 0.0)) if rng.random() < spec.resize else 1.0
     quality = rng.randint(50, 95) if rng.random() < spec.jpeg else None
-    return _degrade(image, scale, quality, rng)
+    # drawn only when asked for, so that recipes recorded without it draw the same crops
+    sigma = rng.uniform(2.0, 12.0) if spec.noise and rng.random() < spec.noise else 0.0
+    return _degrade(image, scale, quality, rng, sigma)
 
 
-def _degrade(image: Image.Image, scale: float, quality: int | None, rng: random.Random) -> Image.Image:
-    """Scale down, save as JPEG at that size, scale back up: each step only where asked."""
+def _degrade(image: Image.Image, scale: float, quality: int | None, rng: random.Random, sigma: float = 0.0) -> Image.Image:
+    """Scale down, add noise, save as JPEG at that size, scale back up: each step only where asked."""
     size = image.size
     filters = list(RESAMPLE.values())
     if scale < 1.0:
         image = image.resize((max(8, round(size[0] * scale)), max(8, round(size[1] * scale))), rng.choice(filters))
+    if sigma:
+        image = noisy(image, sigma, np.random.default_rng(rng.getrandbits(32)))
     if quality is not None:
         image = roundtrip(image, quality)
     return image if image.size == size else image.resize(size, rng.choice(filters))

@@ -54,9 +54,11 @@ def monochrome(image: Image.Image) -> Image.Image:
     return image.convert("L").convert("RGB")
 
 
-def _noisy(image: Image.Image, sigma: float) -> Image.Image:
+def noisy(image: Image.Image, sigma: float, rng: np.random.Generator | None = None) -> Image.Image:
+    """Gaussian noise of standard deviation `sigma` (of 255) per pixel and channel; without `rng`, the same
+    noise every time for photos of one size."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    noise = np.random.default_rng(0).normal(0.0, sigma, pixels.shape).astype(np.float32)
+    noise = (rng or np.random.default_rng(0)).normal(0.0, sigma, pixels.shape).astype(np.float32)
     return Image.fromarray(np.clip(pixels + noise, 0, 255).round().astype(np.uint8))
 
 
@@ -77,7 +79,7 @@ class Step:
         if self.kind == "gray":
             return monochrome(image)
         if self.kind == "noise":
-            return _noisy(image, self.value)
+            return noisy(image, self.value)
         return image.convert("RGB").filter(ImageFilter.GaussianBlur(self.value))
 
 
