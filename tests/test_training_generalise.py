@@ -86,13 +86,17 @@ def test_robustness_answers_with_the_band_the_service_would_use(exported, tmp_pa
 
 
 @pytest.mark.slow
-def test_from_card_leaves_out_verdicts_measured_with_another_band(exported, tmp_path: Path, capsys, monkeypatch) -> None:
+@pytest.mark.parametrize("setting", ["0.01,0.99", "off"])
+def test_from_card_leaves_out_verdicts_measured_with_another_band(exported, tmp_path: Path, capsys, monkeypatch, setting: str) -> None:
     model, data = exported
-    monkeypatch.setattr(scoring, "get_settings", lambda: Settings(uncertain_band="0.01,0.99"))
-    argv = ["robustness", "--model", str(model), "--data", str(data), "--tta", "0", "--out", str(tmp_path / "other"), "--from-card"]
+    monkeypatch.setattr(scoring, "get_settings", lambda: Settings(uncertain_band=setting))
+    argv = ["robustness", "--model", str(model), "--data", str(data), "--tta", "0", "--out", str(tmp_path / "other"), "--from-card",
+            "--readme", str(tmp_path / "README.md")]
+    (tmp_path / "README.md").write_text(README)
     assert generalise.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "The verdicts" not in printed and "measured with the band" in printed
+    assert "The verdicts" not in printed and "as the service answers them" not in (tmp_path / "README.md").read_text()
+    assert ("records no verdicts with the band in force" in printed) == (setting != "off")
     results = json.loads((tmp_path / "other" / "robustness.json").read_text())[str(model)]["results"]
     assert all(set(m) == set(robustness.KEPT) for per_set in results.values() for m in per_set.values())
 

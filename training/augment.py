@@ -68,7 +68,7 @@ def jitter_lighting(image: Image.Image, amount: float, rng: random.Random) -> Im
 
 
 def _random_degradation(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Image.Image:
-    """Blur or sharpen, then scale down, save as JPEG and scale up, each drawn at its spec's rate."""
+    """Blur or sharpen, then scale down, add noise, save as JPEG and scale up, each drawn at its spec's rate."""
     texture = rng.random()
     if texture < spec.blur:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.1, 1.5)))

@@ -11,7 +11,7 @@ An .onnx model goes through the service's own pipeline (decode, MTCNN faces, cro
 ONNX Runtime, the card's calibration, most-fake face), so its numbers are the service's numbers. A
 checkpoint is scored on the cached crop of each image's best face, exactly as in training.
 
-Prints a table per dataset (and one per TTA angle set with --tta-sets) and writes metrics.json, predictions.csv (one row per photo: its probability and the answer it gets), roc.png,
+Prints a table per dataset (and one per TTA angle set with --tta-sets) and writes metrics.json, predictions.csv (one row per photo: its probability and the answer it gets at the threshold and band evaluated), roc.png,
 confusion_<dataset>.png, reliability_<dataset>.png and wrong_<dataset>.png (the most confidently wrong
 faces) to --out. Where the model's card has an uncertain band, the table also gives the share of photos
 in it and the accuracy of the confident answers alone, next to the accuracy of every answer forced to real

@@ -142,12 +142,14 @@ def card_results(model: Path, chains: Sequence[str], angles: Sequence[float], ba
     if missing or metrics.get("robustness", {}).get("angles") != list(angles):
         raise GeneraliseError(f"{model}'s card has no figures for {', '.join(missing) or 'these rotations'}: measure them (leave out --from-card)")
     results = {chain: recorded[chain] for chain in chains}
-    measured_with = metrics.get("robustness", {}).get("band")
-    if band is not None and measured_with is not None and list(band.edges) != measured_with:
-        notes.append(f"the card's verdicts were measured with the band {measured_with}, not the one in force: measure again to see this band's")
-        results = {chain: {name: {k: v for k, v in m.items() if k not in robustness.VERDICTS} for name, m in per_set.items()}
-                   for chain, per_set in results.items()}
-    return results
+    measured_with, in_force = metrics.get("robustness", {}).get("band"), list(band.edges) if band is not None else None
+    if measured_with == in_force:
+        return results
+    if in_force is not None:
+        notes.append(f"the card records no verdicts with the band in force {in_force} (it measured them with {measured_with}): "
+                     f"leave out --from-card to measure them")
+    return {chain: {name: {k: v for k, v in m.items() if k not in robustness.VERDICTS} for name, m in per_set.items()}
+            for chain, per_set in results.items()}
 
 
 # --- leave-one-source-out -----------------------------------------------------------------------------

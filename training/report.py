@@ -130,15 +130,15 @@ PREDICTION_COLUMNS = ["dataset", "file", "truth", "fake_probability", "answer", 
 
 
 def write_predictions(report: Report, path: Path) -> None:
-    """One row per photo evaluated, unreadable ones included: its probability and the answer the service
-    would give it (fake, real, or uncertain inside the model's band)."""
+    """One row per photo evaluated, unreadable ones included: its probability (its most-fake face's) and the
+    answer that probability gets at the threshold and band evaluated: fake, real, or uncertain inside the band."""
     with path.open("w", newline="") as handle:
         rows = csv.writer(handle)
         rows.writerow(PREDICTION_COLUMNS)
         for name, result in report.datasets.items():
             p = result.predictions
             for sample, probability, found in zip(p.samples, p.probs, p.face_found):
-                rows.writerow([name, sample.path, _truth(sample.label), f"{probability:.6f}",
+                rows.writerow([name, sample.path, _truth(sample.label), float(probability),
                                answer(float(probability), report.threshold, report.model.uncertain_band), bool(found), ""])
             for sample, error in p.unreadable:
                 rows.writerow([name, sample.path, _truth(sample.label), "", "", False, error])
