@@ -102,3 +102,13 @@ def test_noise_is_drawn_at_its_rate_with_the_asked_spread() -> None:
     some = NONE.model_copy(update={"noise": 0.3})
     outs = [augment(flat, some, random.Random(seed)) for seed in range(400)]
     assert 80 < sum(bool(out.std()) for out in outs) < 160
+
+
+def test_beauty_filter_is_drawn_at_its_rate_and_flattens_texture() -> None:
+    skin = np.clip(np.random.default_rng(2).normal(150, 6, (48, 48, 3)), 0, 255).astype(np.uint8)
+    always = NONE.model_copy(update={"smooth": 1.0})
+    assert all(augment(skin, always, random.Random(seed)).astype(float).std() < skin.std() / 1.5 for seed in range(10))
+    np.testing.assert_array_equal(augment(skin, NONE, random.Random(0)), skin)
+    some = NONE.model_copy(update={"smooth": 0.3})
+    outs = [augment(skin, some, random.Random(seed)) for seed in range(300)]
+    assert 60 < sum(not np.array_equal(out, skin) for out in outs) < 120

@@ -80,13 +80,32 @@ def test_noise_has_the_asked_spread_and_repeats() -> None:
     np.testing.assert_array_equal(once, np.asarray(parse_chain("noise8")(flat)))
 
 
+def _skin_with_an_edge() -> Image.Image:
+    """A noisy flat patch (skin's fine texture) beside a darker one: a beauty filter flattens each, keeps the edge."""
+    pixels = np.random.default_rng(1).normal(150, 6, (64, 64, 3))
+    pixels[:, 32:] -= 100
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def test_smooth_flattens_texture_and_keeps_edges() -> None:
+    skin = _skin_with_an_edge()
+    before, after = np.asarray(skin).astype(float), np.asarray(parse_chain("smooth40")(skin)).astype(float)
+    assert after[:, 4:28].std() < before[:, 4:28].std() / 2  # the texture on each side is flattened
+
+    def step(pixels: np.ndarray) -> float:
+        return float(pixels[:, 31].mean() - pixels[:, 32].mean())
+
+    blurred = np.asarray(parse_chain("blur2")(skin)).astype(float)
+    assert step(after) > 90 and step(blurred) < 60  # the edge stays as sharp as it was, where a blur spreads it
+
+
 def test_reencode_chain_is_resize_then_jpeg(photo: Image.Image) -> None:
     assert reencode_chain(256, 85).name == "256px>jpeg85"
     assert [s.kind for s in reencode_chain(256, 85).steps] == ["side", "jpeg"]
 
 
 @pytest.mark.parametrize("text", ["", "x", "jpeg101", "jpeg0", "x0", "x9", "300dpi", "x0.5>>x2", "blur0", "webp0", "webp101", "avif0", "avif101", "sharpen0", "sharpen999", "sharpen",
-                                  "gray1", "grey", "noise", "noise0", "noise65"])
+                                  "gray1", "grey", "noise", "noise0", "noise65", "smooth", "smooth0", "smooth256", "smooth1.5"])
 def test_bad_chains_are_refused_with_the_failing_step(text: str) -> None:
     with pytest.raises(ChainError, match="chain"):
         parse_chain(text)

@@ -1,4 +1,4 @@
-"""Training-time augmentation of face crops: flips, rotation, lighting, black and white, blur or sharpening, resize, noise and JPEG re-encoding.
+"""Training-time augmentation of face crops: flips, rotation, lighting, black and white, a beauty filter, blur or sharpening, resize, noise and JPEG re-encoding.
 
 Blur, sharpening, random resizing and JPEG re-encoding keep a detector from learning a dataset's
 sharpness, resolution or compression instead of the face (the sets here differ in all three). They run
@@ -21,7 +21,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import BaseModel, Field
 
 from service.preprocess import RESAMPLE, rotate
-from training.chains import monochrome, noisy, roundtrip
+from training.chains import monochrome, noisy, roundtrip, smoothed
 
 
 class AugmentSpec(BaseModel):
@@ -29,6 +29,7 @@ class AugmentSpec(BaseModel):
     rotation: float = Field(15.0, ge=0, le=180, description="degrees, uniform in [-r, r]")
     lighting: float = Field(0.2, ge=0, le=1, description="brightness/contrast/saturation jitter")
     gray: float = Field(0.0, ge=0, le=1, description="probability of black and white (luma in three channels)")
+    smooth: float = Field(0.0, ge=0, le=1, description="probability of a beauty filter (bilateral smoothing, colour range 15-60 of 255, spatial 1.5-4.5 px)")
     blur: float = Field(0.2, ge=0, le=1, description="probability of a Gaussian blur, sigma 0.1-1.5")
     sharpen: float = Field(0.0, ge=0, le=1, description="probability of an unsharp mask (radius 0.5-4 px, 50-250%) where no blur was drawn")
     resize: float = Field(0.5, ge=0, le=1, description="probability of a down-and-up resize")
@@ -68,7 +69,10 @@ def jitter_lighting(image: Image.Image, amount: float, rng: random.Random) -> Im
 
 
 def _random_degradation(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Image.Image:
-    """Blur or sharpen, then scale down, add noise, save as JPEG and scale up, each drawn at its spec's rate."""
+    """A beauty filter, blur or sharpen, then scale down, add noise, save as JPEG and scale up, each drawn at its spec's rate."""
+    # drawn only when asked for, so that recipes recorded without it draw the same crops
+    if spec.smooth and rng.random() < spec.smooth:
+        image = smoothed(image, rng.uniform(15.0, 60.0), rng.uniform(1.5, 4.5))
     texture = rng.random()
     if texture < spec.blur:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.1, 1.5)))

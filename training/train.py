@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--blur", type=float, default=AugmentSpec().blur, help="probability of a Gaussian blur")
     p.add_argument("--gray", type=float, default=AugmentSpec().gray,
                    help="probability of turning a crop black and white, fakes and reals alike, so that colour alone cannot mean fake")
+    p.add_argument("--smooth", type=float, default=AugmentSpec().smooth,
+                   help="probability of a beauty filter (edge-preserving smoothing of skin), fakes and reals alike, as phone cameras and photo apps apply")
     p.add_argument("--noise", type=float, default=AugmentSpec().noise,
                    help="probability of Gaussian noise (standard deviation 2-12 of 255), fakes and reals alike, as a phone leaves in dim light")
     p.add_argument("--sharpen", type=float, default=AugmentSpec().sharpen, help="probability of an unsharp mask where no blur was drawn (--blur + --sharpen at most 1)")
@@ -127,7 +129,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=args.lr, total_steps=args.epochs * self.steps_per_epoch, pct_start=0.15)
         self.scaler = torch.amp.GradScaler(enabled=self.device.type == "cuda")
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema > 0 else None
-        self.augment = None if args.no_augment else AugmentSpec(rotation=args.rotation, gray=args.gray, noise=args.noise, blur=args.blur, sharpen=args.sharpen, resize=args.resize, min_scale=args.min_scale, jpeg=args.jpeg)
+        self.augment = None if args.no_augment else AugmentSpec(rotation=args.rotation, gray=args.gray, smooth=args.smooth, noise=args.noise, blur=args.blur, sharpen=args.sharpen, resize=args.resize, min_scale=args.min_scale, jpeg=args.jpeg)
         self.history: list[dict] = []
         self.best_auc, self.epoch = -1.0, 0
 
