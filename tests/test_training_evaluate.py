@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from service.config import REPO_ROOT, Settings
+from service_fixtures import gradient, synthetic_face
 from training import evaluate, scoring
 from training.cache import CachingDetector
 from training.data import Sample, make_split, scan_dataset
@@ -200,3 +201,33 @@ def test_band_needs_an_export(tmp_path: Path, capsys) -> None:
     torch.save({"model_name": "cnn", "preprocess": {}}, model)
     assert evaluate.main(["--model", str(model), "--data", str(make_dataset(tmp_path / "data")), "--band", "0.2,0.8"]) == 2
     assert "--band needs an exported model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_export_reports_each_photos_face_size_and_the_verdicts_by_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The same drawn faces at 256 and 512 px: the larger photo's face is twice as wide in predictions.csv, and
+    metrics.json splits each class's verdicts at the widths' quartiles."""
+    if not DEFAULT_ONNX.is_file():
+        pytest.skip(f"needs the exported default model at {DEFAULT_ONNX}")
+    monkeypatch.setattr(scoring, "CachingDetector", partial(CachingDetector, tmp_path / "cache"))
+    for truth in ("real", "fake"):
+        (tmp_path / "data" / truth).mkdir(parents=True)
+        for seed in range(4):
+            for size in (256, 512):
+                synthetic_face(size, seed=seed + (10 if truth == "fake" else 0)).save(tmp_path / "data" / truth / f"{seed}-{size}.png")
+    gradient().save(tmp_path / "data" / "real" / "plain.png")
+    assert evaluate.main(["--model", str(DEFAULT_ONNX), "--data", str(tmp_path / "data"), "--workers", "1", "--out", str(tmp_path / "out")]) == 0
+    assert "called fake at the threshold by the deciding face's width" in capsys.readouterr().out
+
+    with (tmp_path / "out" / "predictions.csv").open(newline="") as handle:
+        rows = {Path(r["file"]).name: r for r in csv.DictReader(handle)}
+    assert rows["plain.png"]["face_found"] == "False" and rows["plain.png"]["face_px"] == ""
+    for seed in range(4):
+        small, large = float(rows[f"{seed}-256.png"]["face_px"]), float(rows[f"{seed}-512.png"]["face_px"])
+        assert large / small == pytest.approx(2.0, rel=0.1)
+    sizes = json.loads((tmp_path / "out" / "metrics.json").read_text())["datasets"]["data"]["by_face_size"]
+    assert set(sizes) == {"real", "fake"} and sizes["real"]["n"] == 8, "the photo without a face is left out"
+    low, _, high = sizes["real"]["width_quartiles_px"]
+    assert sizes["real"]["width_range_px"][0] <= low < high <= sizes["real"]["width_range_px"][1]
+    assert all(0.0 <= share <= 1.0 for share in sizes["real"]["called_fake"].values())
+

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.metrics import balanced_accuracy_threshold, binary_metrics, cautious_threshold, chance_ece, confusion, expected_calibration_error, mean_dataset_auc
+from training.metrics import (balanced_accuracy_threshold, binary_metrics, by_face_size, cautious_threshold, chance_ece, confusion, expected_calibration_error,
+                              mean_dataset_auc)
 
 # 4 real, 4 fake. At threshold 0.5: reals 0.12 0.22 0.32 right, 0.62 wrong; fakes 0.82 0.92 0.72 right, 0.42 wrong.
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
@@ -133,3 +134,21 @@ def test_chance_ece_bounds_the_ece_of_labels_drawn_from_the_probabilities() -> N
     probs = rng.random(300)
     draws = [expected_calibration_error((rng.random(300) < probs).astype(int), probs) for _ in range(200)]
     assert 0.90 <= np.mean(np.array(draws) <= chance_ece(probs)) <= 0.99
+
+
+def test_by_face_size_splits_each_class_at_its_quartiles() -> None:
+    """Eight real faces 10-80 px wide, the larger half called fake; eight fakes, all caught; faceless photos left out."""
+    widths = np.array([10, 20, 30, 40, 50, 60, 70, 80] * 2 + [np.nan, np.nan], dtype=float)
+    labels = np.array([0] * 8 + [1] * 8 + [0, 1])
+    probs = np.array([0.1, 0.1, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9] + [0.9] * 8 + [0.9, 0.1])
+    rows = by_face_size(labels, probs, widths, threshold=0.5)
+    assert rows["real"]["n"] == 8 and rows["real"]["width_range_px"] == [10.0, 80.0]
+    assert rows["real"]["width_quartiles_px"] == pytest.approx([27.5, 45.0, 62.5])
+    assert rows["real"]["called_fake"] == {"smallest quarter": 0.0, "middle half": 0.5, "largest quarter": 1.0}
+    assert rows["fake"]["called_fake"] == {"smallest quarter": 1.0, "middle half": 1.0, "largest quarter": 1.0}
+
+
+def test_by_face_size_leaves_out_a_class_with_too_few_faces() -> None:
+    labels = np.array([0] * 8 + [1] * 3)
+    rows = by_face_size(labels, np.full(11, 0.2), np.arange(11, dtype=float) + 20, threshold=0.5)
+    assert set(rows) == {"real"} and rows["real"]["called_fake"]["largest quarter"] == 0.0

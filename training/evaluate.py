@@ -11,11 +11,14 @@ An .onnx model goes through the service's own pipeline (decode, MTCNN faces, cro
 ONNX Runtime, the card's calibration, most-fake face), so its numbers are the service's numbers. A
 checkpoint is scored on the cached crop of each image's best face, exactly as in training.
 
-Prints a table per dataset (and one per TTA angle set with --tta-sets) and writes metrics.json, predictions.csv (one row per photo: its probability and the answer it gets at the threshold and band evaluated), roc.png,
+Prints a table per dataset (and one per TTA angle set with --tta-sets) and writes metrics.json, predictions.csv (one row per photo: its
+probability, the answer it gets at the threshold and band evaluated, and for an export its deciding face's width in pixels), roc.png,
 confusion_<dataset>.png, reliability_<dataset>.png and wrong_<dataset>.png (the most confidently wrong
 faces) to --out. Where the model's card has an uncertain band, the table also gives the share of photos
 in it and the accuracy of the confident answers alone, next to the accuracy of every answer forced to real
-or fake at the threshold.
+or fake at the threshold. For an export, a last table asks whether a face's size moves the verdict: per
+dataset and class, the share called fake among the smallest quarter of faces (by width in the photo's
+pixels), the middle half and the largest quarter.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from service.contract import ModelLoadError
 from training import baselines
 from training.chains import reencode_chain
 from training.data import SPLITS, DatasetError, Sample, Split, scan_dataset
-from training.metrics import binary_metrics, chance_ece, uncertain_metrics
+from training.metrics import binary_metrics, by_face_size, chance_ece, uncertain_metrics
 from training.models import UnknownModel
 from training.report import DatasetResult, Report, print_report, write_outputs
 from training.scoring import (AngleSet, EvaluationError, Predictions, Reencode, angle_key, angle_label, default_out, default_split_file,
@@ -141,19 +144,23 @@ def evaluate(model_path: Path, folders: Sequence[Path], split: str = "test", spl
 
 def _only(predictions: Predictions, dataset: str) -> Predictions:
     keep = np.array([s.dataset == dataset for s in predictions.samples], dtype=bool)
+    face_px = predictions.face_px[keep] if predictions.face_px is not None else None
     return Predictions([s for s in predictions.samples if s.dataset == dataset], predictions.probs[keep], predictions.face_found[keep],
-                       predictions.threshold, [(s, e) for s, e in predictions.unreadable if s.dataset == dataset])
+                       predictions.threshold, [(s, e) for s, e in predictions.unreadable if s.dataset == dataset], face_px=face_px)
 
 
 def describe(predictions: Predictions, threshold: float, band: UncertainBand | None = None) -> dict:
     """binary_metrics and uncertain_metrics, the ECE a calibrated model shows here by chance (chance_ece), plus what
-    happened on the way: faces found, files that could not be read."""
+    happened on the way: faces found, files that could not be read; for an export, the verdicts by face size
+    (by_face_size)."""
     metrics = binary_metrics(predictions.labels, predictions.probs, threshold) | uncertain_metrics(predictions.labels, predictions.probs, threshold, band)
     metrics["ece_by_chance"] = chance_ece(predictions.probs) if len(predictions.probs) else None
     metrics["faces_found"] = int(np.sum(predictions.face_found))
     metrics["no_face"] = int(len(predictions.samples) - metrics["faces_found"])
     metrics["unreadable"] = [{"file": str(sample.path), "error": error} for sample, error in predictions.unreadable]
     metrics["classes"] = sorted({"fake" if s.label else "real" for s in predictions.samples})
+    if predictions.face_px is not None:
+        metrics["by_face_size"] = by_face_size(predictions.labels, predictions.probs, predictions.face_px, threshold)
     return metrics
 
 

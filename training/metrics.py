@@ -151,3 +151,27 @@ def uncertain_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, b
         "real_answered_fake": _safe_div(answered_fake[labels == 0].sum(), (labels == 0).sum()) if (labels == 0).any() else None,
         "fake_answered_fake": _safe_div(answered_fake[labels == 1].sum(), (labels == 1).sum()) if (labels == 1).any() else None,
     }
+
+
+FACE_SIZE_GROUPS = ("smallest quarter", "middle half", "largest quarter")
+
+
+def by_face_size(labels: np.ndarray, probs: np.ndarray, face_px: np.ndarray, threshold: float, least: int = 8) -> dict:
+    """Whether a face's size in the photo's pixels moves the verdict: per class, the deciding faces split at
+    their width's quartiles, and the share of each group called fake at the threshold (for real photos, the
+    false-positive rate; for fakes, the share caught). Photos without a face are left out, and a class with
+    fewer than `least` faces gets no row."""
+    labels, probs, face_px = np.asarray(labels, dtype=int), np.asarray(probs, dtype=float), np.asarray(face_px, dtype=float)
+    rows = {}
+    for name, label in (("real", 0), ("fake", 1)):
+        mine = (labels == label) & np.isfinite(face_px)
+        if mine.sum() < least:
+            continue
+        width, called_fake = face_px[mine], probs[mine] >= threshold
+        low, middle, high = np.quantile(width, [0.25, 0.5, 0.75])
+        groups = (width <= low, (width > low) & (width < high), width >= high)
+        rows[name] = {"n": int(mine.sum()), "width_quartiles_px": [float(low), float(middle), float(high)],
+                      "width_range_px": [float(width.min()), float(width.max())],
+                      "called_fake": {group: _safe_div(called_fake[g].sum(), g.sum()) if g.any() else None
+                                      for group, g in zip(FACE_SIZE_GROUPS, groups)}}
+    return rows

@@ -13,6 +13,7 @@ from service.calibration import label as answer
 from service.preprocess import PreprocessSpec
 from training import plots
 from training.cache import CropCache
+from training.metrics import FACE_SIZE_GROUPS
 from training.scoring import AngleSet, ModelInfo, Predictions, Reencode, angle_label
 
 @dataclass
@@ -104,6 +105,21 @@ def tta_table(report: Report) -> str:
     return format_table(["dataset \\ angles (AUC / acc)", *labels], rows)
 
 
+def face_size_table(report: Report) -> str | None:
+    """Per dataset and class, the share called fake among the smallest, middle and largest faces (metrics'
+    by_face_size); None where no dataset has it (a checkpoint scores cached crops, which keep no size)."""
+    rows = []
+    for name, result in report.datasets.items():
+        for truth, row in result.metrics.get("by_face_size", {}).items():
+            low, middle, high = row["width_quartiles_px"]
+            rows.append([name, truth, str(row["n"]), f"{row['width_range_px'][0]:.0f}-{row['width_range_px'][1]:.0f}",
+                         f"{low:.0f} / {middle:.0f} / {high:.0f}",
+                         *("–" if row["called_fake"][group] is None else f"{row['called_fake'][group]:.1%}" for group in FACE_SIZE_GROUPS)])
+    if not rows:
+        return None
+    return format_table(["dataset", "truth", "faces", "width px", "quartiles px", *(f"called fake: {g}" for g in FACE_SIZE_GROUPS)], rows)
+
+
 def write_outputs(report: Report, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "metrics.json", out / "predictions.csv"]
@@ -126,22 +142,25 @@ def write_outputs(report: Report, out: Path) -> list[Path]:
     return written
 
 
-PREDICTION_COLUMNS = ["dataset", "file", "truth", "fake_probability", "answer", "face_found", "error"]
+PREDICTION_COLUMNS = ["dataset", "file", "truth", "fake_probability", "answer", "face_found", "face_px", "error"]
 
 
 def write_predictions(report: Report, path: Path) -> None:
-    """One row per photo evaluated, unreadable ones included: its probability (its most-fake face's) and the
-    answer that probability gets at the threshold and band evaluated: fake, real, or uncertain inside the band."""
+    """One row per photo evaluated, unreadable ones included: its probability (its most-fake face's), the
+    answer that probability gets at the threshold and band evaluated (fake, real, or uncertain inside the band)
+    and, for an export, that face's width in the photo's pixels (blank without a face)."""
     with path.open("w", newline="") as handle:
         rows = csv.writer(handle)
         rows.writerow(PREDICTION_COLUMNS)
         for name, result in report.datasets.items():
             p = result.predictions
-            for sample, probability, found in zip(p.samples, p.probs, p.face_found):
+            widths = p.face_px if p.face_px is not None else np.full(len(p.samples), np.nan)
+            for sample, probability, found, width in zip(p.samples, p.probs, p.face_found, widths):
                 rows.writerow([name, sample.path, _truth(sample.label), float(probability),
-                               answer(float(probability), report.threshold, report.model.uncertain_band), bool(found), ""])
+                               answer(float(probability), report.threshold, report.model.uncertain_band), bool(found),
+                               f"{width:.1f}" if np.isfinite(width) else "", ""])
             for sample, error in p.unreadable:
-                rows.writerow([name, sample.path, _truth(sample.label), "", "", False, error])
+                rows.writerow([name, sample.path, _truth(sample.label), "", "", False, "", error])
 
 
 def _truth(label: int) -> str:
@@ -190,6 +209,10 @@ def print_report(report: Report) -> None:
             print(f"  unreadable: {item['file']}: {item['error']}")
         if len(m["unreadable"]) > 5:
             print(f"  ... and {len(m['unreadable']) - 5} more (see metrics.json)")
+    sizes = face_size_table(report)
+    if sizes:
+        print("\ncalled fake at the threshold by the deciding face's width in the photo's pixels (split at its quartiles):")
+        print(sizes)
     if report.tta_sets:
         print("\ntest-time rotation sets (ROC-AUC / accuracy):")
         print(tta_table(report))

@@ -48,6 +48,9 @@ class Predictions(Labelled):
     # probabilities (U, angles), and the index in `samples` of the image it belongs to (U,)
     units: np.ndarray | None = None
     owners: np.ndarray | None = None
+    # .onnx only: the width in pixels of each sample's deciding (most-fake) face, as the photo reached the
+    # detector (after any chain); NaN where no face was found
+    face_px: np.ndarray | None = None
 
 
 def angle_key(angles: Sequence[float]) -> AngleSet:
@@ -84,6 +87,7 @@ def predict_onnx_sets(model_path: Path, samples: Sequence[Sample], angle_sets: S
     kept, found, unreadable, owners = [], [], [], []
     probs: dict[AngleSet, list[float]] = {s: [] for s in sets}
     units: dict[AngleSet, list[list[float]]] = {s: [] for s in sets}
+    widths: dict[AngleSet, list[float]] = {s: [] for s in sets}
     for sample in tqdm(samples, desc=desc, unit="img", mininterval=2):
         try:
             image = read_image_file(str(sample.path), settings.max_bytes, settings.max_pixels)
@@ -93,17 +97,22 @@ def predict_onnx_sets(model_path: Path, samples: Sequence[Sample], angle_sets: S
         if chain is not None:
             image = chain(image)
         result = pipeline.run(image, classifier.predict_crops, file=str(sample.path))
-        ttas = [face.tta for face in result.faces if face.classified] or [result.whole_image or {}]
+        faces = [face for face in result.faces if face.classified]
+        ttas = [face.tta for face in faces] or [result.whole_image or {}]
         for angle_set in sets:
             rows = [[tta[f"{a:g}"] for a in angle_set] for tta in ttas]
-            probs[angle_set].append(max(float(np.mean(row)) for row in rows))
+            means = [float(np.mean(row)) for row in rows]
+            deciding = int(np.argmax(means))
+            probs[angle_set].append(means[deciding])
+            widths[angle_set].append(faces[deciding].box[2] - faces[deciding].box[0] if faces else float("nan"))
             units[angle_set].extend(rows)
         owners.extend([len(kept)] * len(ttas))
         kept.append(sample)
         found.append(result.face_found)
     threshold = classifier.card.threshold
     return {s: Predictions(kept, np.array(probs[s], dtype=np.float64), np.array(found, dtype=bool), threshold, unreadable,
-                           np.array(units[s], dtype=np.float64).reshape(-1, len(s)), np.array(owners, dtype=np.int64)) for s in sets}
+                           np.array(units[s], dtype=np.float64).reshape(-1, len(s)), np.array(owners, dtype=np.int64),
+                           np.array(widths[s], dtype=np.float64)) for s in sets}
 
 
 def load_state(path: Path, device: torch.device | str = "cpu") -> dict:
