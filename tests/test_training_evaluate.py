@@ -230,4 +230,3 @@ def test_an_export_reports_each_photos_face_size_and_the_verdicts_by_it(tmp_path
     low, _, high = sizes["real"]["width_quartiles_px"]
     assert sizes["real"]["width_range_px"][0] <= low < high <= sizes["real"]["width_range_px"][1]
     assert all(0.0 <= share <= 1.0 for share in sizes["real"]["called_fake"].values())
-

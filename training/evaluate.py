@@ -16,7 +16,7 @@ probability, the answer it gets at the threshold and band evaluated, and for an 
 confusion_<dataset>.png, reliability_<dataset>.png and wrong_<dataset>.png (the most confidently wrong
 faces) to --out. Where the model's card has an uncertain band, the table also gives the share of photos
 in it and the accuracy of the confident answers alone, next to the accuracy of every answer forced to real
-or fake at the threshold. For an export, a last table asks whether a face's size moves the verdict: per
+or fake at the threshold. For an export, a further table asks whether a face's size moves the verdict: per
 dataset and class, the share called fake among the smallest quarter of faces (by width in the photo's
 pixels), the middle half and the largest quarter.
 """
