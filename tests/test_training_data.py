@@ -79,6 +79,19 @@ def test_split_reused_from_file_selects_the_same_samples(dataset: Path, tmp_path
     assert sum(len(loaded.select(grown, name)) for name in ("train", "val", "test")) == len(samples)
 
 
+def test_a_split_extended_by_a_new_set_keeps_the_recorded_parts_and_splits_the_new_one(tmp_path: Path) -> None:
+    write_images(tmp_path / "one" / "real", 10)
+    write_images(tmp_path / "two" / "fake", 10)
+    first = scan_dataset(tmp_path / "one")
+    recorded = make_split(first, seed=3)
+    both = first + scan_dataset(tmp_path / "two")
+    extended, added = recorded.extended(both, seed=3)
+    assert added == ["two"]
+    assert extended.datasets["one"] == recorded.datasets["one"]
+    assert extended.datasets["two"] == make_split(scan_dataset(tmp_path / "two"), seed=3).datasets["two"]
+    assert extended.extended(both, seed=3) == (extended, [])
+
+
 def test_select_keeps_datasets_apart_when_file_names_repeat(tmp_path: Path) -> None:
     write_images(tmp_path / "one" / "real", 6)
     write_images(tmp_path / "two" / "real", 6)

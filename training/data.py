@@ -84,6 +84,15 @@ class Split(BaseModel):
         chosen = {(name, key) for name, parts in self.datasets.items() for key in parts[split]}
         return [s for s in samples if (s.dataset, s.key) in chosen]
 
+    def extended(self, samples: list[Sample], seed: int) -> tuple["Split", list[str]]:
+        """This split with every dataset it lacks split afresh (`make_split`, this seed), and those datasets' names.
+        The datasets it has keep their parts, file for file."""
+        new = sorted({s.dataset for s in samples} - set(self.datasets))
+        if not new:
+            return self, []
+        added = make_split([s for s in samples if s.dataset in new], seed=seed, fractions=self.fractions)
+        return self.model_copy(update={"datasets": {**self.datasets, **added.datasets}}), new
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.model_dump_json(indent=1))

@@ -95,9 +95,13 @@ def preprocess_spec(args: argparse.Namespace) -> PreprocessSpec:
 
 
 def load_split(args: argparse.Namespace, samples: list) -> Split:
-    """The run's split, always saved as <out>/split.json, where evaluate and export look for it."""
+    """The run's split, always saved as <out>/split.json, where evaluate and export look for it. A set the
+    reused split lacks (one added to a recipe) gets its own seeded split beside the recorded ones."""
     path = args.split or args.out / "split.json"
     split = Split.load(path) if path.exists() else make_split(samples, seed=args.seed)
+    split, added = split.extended(samples, args.seed)
+    if added:
+        log.info("%s: not in %s, split afresh (seed %d)", ", ".join(added), path, args.seed)
     split.save(args.out / "split.json")
     return split
 
