@@ -1,0 +1,72 @@
+"""The DCGAN-made set: learns from the training part's real photos only, writes real/ and fake/ prepared alike
+(128 px JPEG), resumes from its checkpoint, and says so when there is nothing to learn from."""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training import dcgan
+from training.cache import CropCache
+from training.data import Split, make_split, scan_dataset
+
+TINY = ["--steps", "2", "--count", "4", "--width", "8"]
+
+
+def _faces_set(root: Path, count: int = 12) -> Path:
+    rng = np.random.default_rng(0)
+    for label in ("real", "fake"):
+        (root / label).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(root / label / f"{label}{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    monkeypatch.setattr(dcgan, "CropCache", partial(CropCache, tmp_path / "cache"))
+    data = _faces_set(tmp_path / "faces")
+    split = tmp_path / "split.json"
+    make_split(scan_dataset(data), seed=0).save(split)
+    return data, split
+
+
+def test_it_writes_a_set_of_real_and_generated_faces_prepared_alike(dataset, tmp_path: Path) -> None:
+    data, split = dataset
+    out = tmp_path / "made"
+    assert dcgan.main(["--data", str(data), "--split", str(split), "--out", str(out), *TINY]) == 0
+    samples = scan_dataset(out)
+    assert sorted(s.label for s in samples) == [0] * 4 + [1] * 4
+    for sample in samples:
+        with Image.open(sample.path) as image:
+            assert (image.format, image.size) == ("JPEG", (128, 128))
+    train_keys = {Path(k).stem for k in Split.load(split).datasets["faces"]["train"]}
+    learned_from = {p.stem.removeprefix("faces_") for p in (out / "real").iterdir()}
+    assert learned_from <= train_keys and all(name.startswith("real") for name in learned_from)
+    with Image.open(out / "samples.png") as grid:
+        assert grid.size == (8 * dcgan.SIZE, 8 * dcgan.SIZE)
+
+
+def test_resume_goes_on_from_the_checkpoint(dataset, tmp_path: Path, monkeypatch) -> None:
+    data, split = dataset
+    out = tmp_path / "made"
+    where = ["--data", str(data), "--split", str(split), "--out", str(out), "--count", "4", "--width", "8"]
+    assert dcgan.main([*where, "--steps", "2"]) == 0
+    steps_run = []
+    step = dcgan.Gan.train_step
+    monkeypatch.setattr(dcgan.Gan, "train_step", lambda gan, real: steps_run.append(1) or step(gan, real))
+    assert dcgan.main([*where, "--steps", "3", "--resume"]) == 0
+    assert len(steps_run) == 1
+    assert torch.load(out / "gan.pt", weights_only=True)["step"] == 3
+
+
+def test_a_split_without_real_training_photos_is_refused(dataset, tmp_path: Path, capsys) -> None:
+    data, _ = dataset
+    empty = tmp_path / "other.json"
+    make_split(scan_dataset(data), seed=0).model_copy(update={"datasets": {}}).save(empty)
+    assert dcgan.main(["--data", str(data), "--split", str(empty), "--out", str(tmp_path / "made"), *TINY]) == 2
+    assert "no real photos" in capsys.readouterr().err
