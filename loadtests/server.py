@@ -29,7 +29,7 @@ def running_server(env: dict[str, str] | None = None, timeout_s: float = 180, lo
     env: the server's whole environment (default: this process's)."""
     port = free_port()
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    command = [str(Path(sys.executable).parent / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(command, cwd=REPO, env=dict(os.environ) if env is None else env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -129,12 +129,13 @@ def test_facenet_backend_refuses_min_face_fraction() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the CUDA path of the detector and classifier")
 def test_cuda_path_matches_cpu() -> None:
     from service.config import get_settings
-    from service.onnx_model import OnnxClassifier
+    from service.onnx_model import OnnxClassifier, read_card
 
     image = synthetic_face(320, 7)
     cpu, cuda = FaceDetector(DetectorSettings(), "cpu"), FaceDetector(DetectorSettings(), "cuda")
     assert_same_faces(cuda.detect(image), cpu.detect(image))
     on_gpu = OnnxClassifier(get_settings().model, "cuda")
     assert on_gpu.provider == "CUDAExecutionProvider"
-    crops = np.random.default_rng(3).standard_normal((5, 3, 128, 128)).astype(np.float32)
+    size = read_card(get_settings().model).preprocess.input_size
+    crops = np.random.default_rng(3).standard_normal((5, 3, size, size)).astype(np.float32)
     np.testing.assert_allclose(on_gpu.predict(crops), OnnxClassifier(get_settings().model, "cpu").predict(crops), atol=1e-3)

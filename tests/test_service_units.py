@@ -236,6 +236,7 @@ def test_adaptive_batching_defaults_to_on_with_cuda_and_off_on_cpu(monkeypatch):
     from service.config import Settings
 
     monkeypatch.setenv("FACECHECK_BATCH_SIZE", "auto")
+    monkeypatch.setenv("FACECHECK_DEVICE", "auto")  # gpu_check.sh runs the tests with FACECHECK_DEVICE=cuda
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     for cuda, expected in ((True, 64), (False, 1)):
         monkeypatch.setattr(onnx_model, "cuda_present", lambda cuda=cuda: cuda)
