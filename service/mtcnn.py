@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from service.onnx_model import with_options
+
 NETS_DIR = Path(__file__).parent / "mtcnn"
 THRESHOLDS = (0.6, 0.7, 0.7)  # facenet-pytorch's defaults for P-, R- and O-Net
 PYRAMID_FACTOR = 0.709
@@ -63,7 +65,7 @@ class OnnxMTCNN:
         # No ONNX Runtime memory arena: it keeps the high-water mark of every pyramid size it has seen.
         options.enable_cpu_mem_arena = False
         self.pnet, self.rnet, self.onet = (
-            ort.InferenceSession(str(NETS_DIR / f"{name}.onnx"), options, providers=list(providers)) for name in ("pnet", "rnet", "onet"))
+            ort.InferenceSession(str(NETS_DIR / f"{name}.onnx"), options, providers=with_options(providers)) for name in ("pnet", "rnet", "onet"))
 
     def detect(self, image: Image.Image, min_face_size: float = 20.0, smallest_face: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Boxes (n, 4) and scores (n,) of the faces in an RGB image, in its pixels.

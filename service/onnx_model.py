@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -28,6 +29,16 @@ def providers_for(device: str) -> list[str]:
     ort.preload_dlls()
     wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return [p for p in wanted if p in available]
+
+
+# ONNX Runtime's default, EXHAUSTIVE, times every cuDNN algorithm for each new input shape, and MTCNN's
+# pyramid and candidate counts give new shapes on nearly every photo.
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+
+
+def with_options(providers: Sequence[str]) -> list[str | tuple[str, dict[str, str]]]:
+    """The providers as InferenceSession takes them, the CUDA one with CUDA_OPTIONS."""
+    return [(p, CUDA_OPTIONS) if p == "CUDAExecutionProvider" else p for p in providers]
 
 
 def cuda_present() -> bool:
@@ -90,7 +101,7 @@ class OnnxClassifier:
         # Idle intra-op threads sleep instead of spinning: face detection needs the same cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers_for(device))
+            self.session = ort.InferenceSession(str(self.path), options, providers=with_options(providers_for(device)))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types for a bad file
             raise ModelLoadError(f"{self.path} is not a loadable ONNX model: {exc}") from exc
         if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
