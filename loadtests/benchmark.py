@@ -211,7 +211,7 @@ def paired_ratios(pairs: Sequence[Pair]) -> list[tuple[str, float]]:
 def eager_classifier():
     """The served model's computation in PyTorch eager mode: its architecture (an ensemble's members, each
     on the crop resized to its own size, the larger probability answering) with the checkpoint its card
-    names where present (the model's own weights), else ImageNet-initialised; the same computation either way."""
+    names where present (the model's own weights), else randomly initialised; the same computation either way."""
     import torch
 
     from service.config import get_settings

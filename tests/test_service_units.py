@@ -385,3 +385,11 @@ def test_an_exception_escaping_the_app_is_a_json_500():
     assert (broken_answer.status_code, broken_answer.json()) == (500, {"error": "the server failed to answer; see its log", "status": 500,
                                                                        "reason": "internal_server_error"})
     assert (missing.status_code, missing.json()["reason"], missing.headers["content-type"]) == (404, "not_found", "application/json")
+
+
+def test_cuda_sessions_choose_cudnn_algorithms_by_heuristic():
+    from service.onnx_model import with_options
+
+    assert with_options(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
+    assert with_options(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
