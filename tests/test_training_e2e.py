@@ -456,7 +456,7 @@ def test_the_consistency_loss_is_zero_for_one_answer_and_grows_with_disagreement
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("option", [["--consistency", "4"], ["--self-blend", "0.5"], ["--sharpen", "0.3"]], ids=lambda o: o[0])
+@pytest.mark.parametrize("option", [["--consistency", "4"], ["--self-blend", "0.5"], ["--sharpen", "0.3"], ["--loader-workers", "2"]], ids=lambda o: o[0])
 def test_training_with_each_recipe_option_runs_and_records_it(option: list[str], tmp_path: Path, private_cache) -> None:
     data = make_dataset(tmp_path / "gen")
     assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--pretrained", "none", *TINY, *option]) == 0
@@ -472,6 +472,7 @@ def test_training_with_each_recipe_option_runs_and_records_it(option: list[str],
     (["--self-blend", "1.5"], "--self-blend is a share"),
     (["--blur", "0.5", "--sharpen", "0.6"], "together at most 1"),
     (["--part-loss", "-1"], "--part-loss is a weight"),
+    (["--loader-workers", "-1"], "--loader-workers is a number of processes"),
 ])
 def test_a_recipe_option_out_of_range_is_a_clear_error_before_any_work(options: list[str], message: str, tmp_path: Path, capsys) -> None:
     data = make_dataset(tmp_path / "gen", n_real=2, n_fake=2)
@@ -481,24 +482,40 @@ def test_a_recipe_option_out_of_range_is_a_clear_error_before_any_work(options: 
 
 
 def test_self_blending_replaces_only_fakes_and_makes_them_from_real_crops() -> None:
-    from types import SimpleNamespace
-
     from service.preprocess import PreprocessSpec
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
     crops[3:] = 0  # the fakes are black: a replaced one shows a real crop's pixels
-    crop_set = SimpleNamespace(crops=crops, labels=np.array([0, 0, 0, 1, 1, 1]))
-    trainer = SimpleNamespace(args=SimpleNamespace(self_blend=1.0), train_set=crop_set, spec=PreprocessSpec(input_size=64))
+    labels = np.array([0, 0, 0, 1, 1, 1])
     index = np.array([0, 3, 1, 4, 5, 2])
-    batch, blended = train.Trainer._with_blends(trainer, index, random.Random(0))
+
+    def batches(share: float) -> train.BatchMaker:
+        return train.BatchMaker(crops, labels, index[None], PreprocessSpec(input_size=64), None, share, False, "0")
+
+    batch, blended = batches(1.0).with_blends(index, random.Random(0))
     np.testing.assert_array_equal(batch[[0, 2, 5]], crops[[0, 1, 2]])  # reals as they were
     assert all(batch[i].mean() > 50 for i in (1, 3, 4))  # every fake replaced by a blended real crop
     assert blended.tolist() == [False, True, False, True, True, False]
     np.testing.assert_array_equal(crops[3:], 0)  # the training set itself is not touched
-    trainer.args.self_blend = 0.0
-    batch, blended = train.Trainer._with_blends(trainer, index, random.Random(0))
+    batch, blended = batches(0.0).with_blends(index, random.Random(0))
     np.testing.assert_array_equal(batch, crops[index])
     assert not blended.any()
+
+
+def test_loader_workers_make_the_same_batches_as_the_training_process() -> None:
+    from torch.utils.data import DataLoader
+
+    from service.preprocess import PreprocessSpec
+    from training.augment import AugmentSpec
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    order = rng.integers(0, 8, (3, 4))
+    maker = train.BatchMaker(crops, np.array([0, 1] * 4), order, PreprocessSpec(input_size=64), AugmentSpec(), 0.5, False, "7-1")
+    in_process = [maker[step] for step in range(len(maker))]
+    for (inputs, blended), (expected, expected_blended) in zip(DataLoader(maker, batch_size=None, num_workers=2), in_process):
+        np.testing.assert_array_equal(inputs.numpy(), expected)
+        np.testing.assert_array_equal(blended.numpy(), expected_blended)
+    assert not np.array_equal(in_process[0][0], in_process[1][0])  # each step draws its own augmentation
 
 
 @pytest.mark.slow

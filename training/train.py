@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from service.preprocess import PreprocessSpec, to_input
@@ -83,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(rff's codes, training/parts.py); it is not exported (0 = off)")
     p.add_argument("--workers", type=int, default=2, help="processes for face detection when the crop cache is cold")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--loader-workers", type=int, default=0,
+                   help="processes that blend and augment batches beside training (0: the training process itself); on a GPU the augmentation, not the network, sets the pace")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     return p.parse_args(argv)
 
@@ -113,6 +116,49 @@ def rebuild_recipe(args: argparse.Namespace) -> list[str]:
     parent = torch.load(args.pretrained, map_location="cpu", weights_only=False)
     parent_recipe = parent.get("recipe") or ([parent["command"]] if parent.get("command") else [])
     return [*parent_recipe, args.command]
+
+
+class BatchMaker(Dataset):
+    """One epoch's training batches, each blended and augmented from its own seed: DataLoader workers
+    (--loader-workers) make exactly the batches the main process would, in any order."""
+
+    def __init__(self, crops: np.ndarray, labels: np.ndarray, order: np.ndarray, spec: PreprocessSpec, augment: AugmentSpec | None,
+                 self_blend: float, consistency: bool, seed: str) -> None:
+        self.crops, self.labels, self.order, self.spec = crops, labels, order, spec
+        self.augment, self.self_blend, self.consistency, self.seed = augment, self_blend, consistency, seed
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """The step's model inputs (two views each with --consistency) and which of its fakes were self-blended."""
+        rng = random.Random(f"{self.seed}-{step}")
+        crops, blended = self.with_blends(self.order[step], rng)
+        return to_input(self.augmented(crops, rng), self.spec), blended
+
+    def with_blends(self, index: np.ndarray, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
+        """The batch's crops, with --self-blend's share of its fakes replaced by real crops blended with
+        themselves, and which positions were."""
+        crops, blended = self.crops[index], np.zeros(len(index), dtype=bool)
+        if self.self_blend <= 0:
+            return crops, blended
+        crops = crops.copy()
+        reals = np.flatnonzero(self.labels == 0)
+        for position in np.flatnonzero(self.labels[index] == 1):
+            if rng.random() < self.self_blend:
+                crops[position] = self_blend(self.crops[reals[rng.randrange(len(reals))]], self.spec.margin, rng)
+                blended[position] = True
+        return crops, blended
+
+    def augmented(self, crops: np.ndarray, rng: random.Random) -> np.ndarray:
+        """The batch as augmented; with --consistency, every crop's usual view and then every crop's certainly degraded one."""
+        if self.consistency:
+            spec = self.augment or AugmentSpec(flip=0, rotation=0, lighting=0, blur=0, resize=0, jpeg=0)
+            first, second = zip(*(augment_pair(c, spec, rng) for c in crops))
+            return np.stack(first + second)
+        if self.augment is None:
+            return crops
+        return np.stack([augment(c, self.augment, rng) for c in crops])
 
 
 class Trainer:
@@ -175,14 +221,15 @@ class Trainer:
         self.model.train()
         generator = torch.Generator().manual_seed(self.args.seed * 1000 + self.epoch)
         order = torch.multinomial(torch.from_numpy(self.train_set.group_weights(self.args.set_weights, self.args.balance)), self.steps_per_epoch * self.args.batch_size, replacement=True, generator=generator)
-        rng = random.Random(f"{self.args.seed}-{self.epoch}")
+        batches = BatchMaker(self.train_set.crops, self.train_set.labels, order.view(self.steps_per_epoch, -1).numpy(), self.spec,
+                             self.augment, self.args.self_blend, self.args.consistency > 0, f"{self.args.seed}-{self.epoch}")
+        loader = DataLoader(batches, batch_size=None, num_workers=self.args.loader_workers, pin_memory=self.device.type == "cuda")
         loss_fn = nn.BCEWithLogitsLoss()
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(order.view(self.steps_per_epoch, -1), desc=f"epoch {self.epoch}/{self.args.epochs}", unit="batch", mininterval=5)
-        for index in bar:
-            crops, blended = self._with_blends(index.numpy(), rng)
-            inputs = torch.from_numpy(to_input(self._augmented(crops, rng), self.spec)).to(self.device, memory_format=torch.channels_last)
-            labels = torch.from_numpy(self.train_set.labels[index.numpy()]).float().to(self.device)
+        bar = tqdm(zip(batches.order, loader), total=len(batches), desc=f"epoch {self.epoch}/{self.args.epochs}", unit="batch", mininterval=5)
+        for index, (inputs, blended) in bar:
+            inputs = inputs.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+            labels = torch.from_numpy(self.train_set.labels[index]).float().to(self.device)
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
                 logits, part_logits = self._forward(inputs)
             if self.args.consistency > 0:
@@ -192,7 +239,7 @@ class Trainer:
             else:
                 loss = loss_fn(logits, labels)
             if part_logits is not None:
-                loss = loss + self.args.part_loss * self._part_loss(part_logits, index.numpy(), blended)
+                loss = loss + self.args.part_loss * self._part_loss(part_logits, index, blended.numpy())
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -221,30 +268,6 @@ class Trainer:
             return part_logits.sum() * 0
         targets = torch.from_numpy(np.tile(self.part_targets[index], (views, 1))).to(self.device)
         return nn.functional.binary_cross_entropy_with_logits(part_logits[known], targets[known])
-
-    def _with_blends(self, index: np.ndarray, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
-        """The batch's crops, with --self-blend's share of its fakes replaced by real crops blended with
-        themselves, and which positions were."""
-        crops, blended = self.train_set.crops[index], np.zeros(len(index), dtype=bool)
-        if self.args.self_blend <= 0:
-            return crops, blended
-        crops = crops.copy()
-        reals = np.flatnonzero(self.train_set.labels == 0)
-        for position in np.flatnonzero(self.train_set.labels[index] == 1):
-            if rng.random() < self.args.self_blend:
-                crops[position] = self_blend(self.train_set.crops[reals[rng.randrange(len(reals))]], self.spec.margin, rng)
-                blended[position] = True
-        return crops, blended
-
-    def _augmented(self, crops: np.ndarray, rng: random.Random) -> np.ndarray:
-        """The batch as augmented; with --consistency, every crop's usual view and then every crop's certainly degraded one."""
-        if self.args.consistency > 0:
-            spec = self.augment or AugmentSpec(flip=0, rotation=0, lighting=0, blur=0, resize=0, jpeg=0)
-            first, second = zip(*(augment_pair(c, spec, rng) for c in crops))
-            return np.stack(first + second)
-        if self.augment is None:
-            return crops
-        return np.stack([augment(c, self.augment, rng) for c in crops])
 
     @property
     def evaluated_model(self) -> nn.Module:
@@ -362,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             raise DatasetError(f"--blur {args.blur} and --sharpen {args.sharpen} are shares of one draw: together at most 1")
         if args.part_loss < 0:
             raise DatasetError(f"--part-loss is a weight, 0 (off) or more, got {args.part_loss}")
+        if args.loader_workers < 0:
+            raise DatasetError(f"--loader-workers is a number of processes, 0 or more, got {args.loader_workers}")
         if not 0 <= args.self_blend <= 1:
             raise DatasetError(f"--self-blend is a share of the fakes drawn, 0 to 1, got {args.self_blend}")
         if not baseline:
