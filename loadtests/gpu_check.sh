@@ -58,7 +58,8 @@ status=0
 echo "== the CUDA tests"
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_detector.py::test_cuda_path_matches_cpu \
   tests/test_service_units.py::test_cuda_present_agrees_with_torch tests/test_service_units.py::test_adaptive_batching_defaults_to_on_with_cuda_and_off_on_cpu \
-  tests/test_service_ops.py::test_concurrent_requests_share_classifier_batches tests/test_service_classify.py 2>&1 | tee "$OUT/tests.txt" || status=1
+  tests/test_service_ops.py::test_concurrent_requests_share_classifier_batches tests/test_service_classify.py \
+  tests/test_training_dcgan.py::test_it_trains_on_cuda_and_writes_the_same_kind_of_set 2>&1 | tee "$OUT/tests.txt" || status=1
 
 echo "== benchmark, adaptive batching on and off (${BENCH_SECONDS} s a row)"
 timeout 330 "$PYTHON" -m loadtests.benchmark --device cuda --quick --seconds "$BENCH_SECONDS" --clients 16 --out "$OUT/benchmark" 2>&1 \

@@ -70,3 +70,13 @@ def test_a_split_without_real_training_photos_is_refused(dataset, tmp_path: Path
     make_split(scan_dataset(data), seed=0).model_copy(update={"datasets": {}}).save(empty)
     assert dcgan.main(["--data", str(data), "--split", str(empty), "--out", str(tmp_path / "made"), *TINY]) == 2
     assert "no real photos" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the DCGAN's --device cuda")
+def test_it_trains_on_cuda_and_writes_the_same_kind_of_set(dataset, tmp_path: Path) -> None:
+    data, split = dataset
+    out = tmp_path / "made-on-cuda"
+    assert dcgan.main(["--data", str(data), "--split", str(split), "--out", str(out), *TINY, "--device", "cuda"]) == 0
+    assert sorted(s.label for s in scan_dataset(out)) == [0] * 4 + [1] * 4
+    state = torch.load(out / "gan.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == 2

