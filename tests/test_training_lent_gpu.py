@@ -1,0 +1,75 @@
+"""Staging a training run for a lent GPU: the carried photos, their folders and the split that names them."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training import lent_gpu
+from training.data import DatasetError, Split, make_split, scan_dataset
+
+
+def _set(root: Path, name: str, count: int) -> Path:
+    rng = np.random.default_rng(len(name))
+    for label in ("real", "fake"):
+        (root / name / label).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(root / name / label / f"{label}{i:02d}.jpg", quality=95)
+    return root / name
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch) -> tuple[Path, list[Path], Path]:
+    """A git checkout that ignores .gpd*, two sets beside it, and their split."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    (checkout / ".git" / "info" / "exclude").write_text("/.gpd*/\n")
+    sets = [_set(tmp_path / "data", "one", 20), _set(tmp_path / "data", "two", 20)]
+    split = tmp_path / "split.json"
+    make_split([s for folder in sets for s in scan_dataset(folder)], seed=0).save(split)
+    monkeypatch.chdir(checkout)
+    return checkout, sets, split
+
+
+def test_it_carries_train_and_val_photos_once_each_and_a_split_that_names_exactly_them(repo) -> None:
+    checkout, sets, split_file = repo
+    args = [a for folder in sets for a in ("--data", str(folder))]
+    assert lent_gpu.main([*args, "--split", str(split_file), "--keep", "two:train=0.5", "--calls", "2",
+                          "--budget-mb", "1", "--last-reserve-mb", "0.2"]) == 0
+    carried = sorted((p.relative_to(folder / "data")).as_posix() for folder in (checkout / ".gpd1", checkout / ".gpd2")
+                     for p in (folder / "data").rglob("*.jpg"))
+    assert len(carried) == len(set(carried))  # no photo in two folders
+    original, device = Split.load(split_file), Split.load(checkout / ".gpd2" / "split.json")
+    named = sorted(f"{name}/{key}" for name, parts in device.datasets.items() for part in ("train", "val") for key in parts[part])
+    assert carried == named
+    assert len(device.datasets["two"]["train"]) == round(len(original.datasets["two"]["train"]) / 2)
+    assert device.datasets["one"]["train"] == original.datasets["one"]["train"]
+    assert all(device.datasets[n]["test"] == original.datasets[n]["test"] for n in ("one", "two"))  # never carried, never changed
+    test_keys = {f"{n}/{k}" for n in ("one", "two") for k in original.datasets[n]["test"]}
+    assert not test_keys & set(carried)
+
+
+def test_photos_that_do_not_fit_the_budgets_are_a_clear_error(repo, capsys) -> None:
+    _, sets, split_file = repo
+    assert lent_gpu.main(["--data", str(sets[0]), "--split", str(split_file), "--calls", "1", "--budget-mb", "0.01",
+                          "--last-reserve-mb", "0"]) == 2
+    assert "do not fit" in capsys.readouterr().err
+
+
+def test_it_refuses_folders_git_would_track(repo, capsys) -> None:
+    checkout, sets, split_file = repo
+    (checkout / ".git" / "info" / "exclude").write_text("")
+    assert lent_gpu.main(["--data", str(sets[0]), "--split", str(split_file)]) == 2
+    assert ".git/info/exclude" in capsys.readouterr().err
+    assert not list(checkout.glob(".gpd*"))
+
+
+def test_a_keep_option_out_of_range_is_refused() -> None:
+    with pytest.raises(DatasetError, match="SET:PART=SHARE"):
+        lent_gpu.parse_keep(["rff-val-0.5"])
+    with pytest.raises(DatasetError, match="PART is train or val"):
+        lent_gpu.parse_keep(["rff:test=0.5"])
