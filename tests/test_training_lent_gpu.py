@@ -1,14 +1,17 @@
 """Staging a training run for a lent GPU: the carried photos, their folders and the split that names them."""
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from training import lent_gpu
+from training import export, lent_gpu
 from training.data import DatasetError, Split, make_split, scan_dataset
 
 
@@ -73,3 +76,26 @@ def test_a_keep_option_out_of_range_is_refused() -> None:
         lent_gpu.parse_keep(["rff-val-0.5"])
     with pytest.raises(DatasetError, match="PART is train or val"):
         lent_gpu.parse_keep(["rff:test=0.5"])
+
+
+@pytest.mark.slow
+def test_the_machine_side_gathers_crops_trains_each_recipe_and_returns_small_checkpoints(repo, tmp_path: Path) -> None:
+    checkout, sets, split_file = repo
+    args = [a for folder in sets for a in ("--data", str(folder))]
+    assert lent_gpu.main([*args, "--split", str(split_file), "--calls", "2", "--budget-mb", "1", "--last-reserve-mb", "0.2"]) == 0
+    tiny = "--model cnn --input-size 32 --crop-mode whole --split $SPLIT --epochs 1 --epoch-size 16 --batch-size 8 --device cpu --pretrained none"
+    (checkout / "recipes").write_text(f"# two runs\nboth {tiny} --data $DATA/one --data $DATA/two --loader-workers 1\n"
+                                      f"blended {tiny} --data $DATA/one --self-blend 0.5\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "LENT_DATA": str(tmp_path / "gathered"), "FACECHECK_CACHE": str(tmp_path / "cache"),
+           "CROP_ARGS": "--input-size 32 --crop-mode whole", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    script = Path(__file__).resolve().parent.parent / "training" / "lent_gpu_run.sh"
+    done = subprocess.run(["bash", str(script), "train", "recipes"], cwd=checkout, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in (tmp_path / "gathered").iterdir()) == ["one", "two"]  # both carried folders gathered
+    for name in ("both", "blended"):
+        state = torch.load(out / f"{name}.pt", map_location="cpu", weights_only=False)
+        assert set(state) == set(lent_gpu.CHECKPOINT_KEEPS)  # no optimizer state
+        assert "--split .gpd2/split.json" in state["command"] and "$DATA" not in state["command"]
+        assert "epoch 1:" in (out / f"{name}.log").read_text()
+    assert export.main(["--checkpoint", str(out / "both.pt"), "--name", "both", "--out", str(tmp_path / "x")]) == 0

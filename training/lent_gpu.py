@@ -68,6 +68,19 @@ def pack(samples: list[Sample], budgets: list[int]) -> list[list[Sample]]:
     return folders
 
 
+CHECKPOINT_KEEPS = ("model", "model_name", "preprocess", "origin", "epoch", "history", "best_auc", "threshold", "threshold_rule",
+                    "datasets", "seed", "command", "recipe")
+
+
+def slim_checkpoint(source: Path, destination: Path) -> None:
+    """A training checkpoint without the optimizer's state and the raw weights beside the moving average:
+    what export and --pretrained read, small enough to come back from a lent machine."""
+    import torch
+
+    state = torch.load(source, map_location="cpu", weights_only=False)
+    torch.save({key: state.get(key) for key in CHECKPOINT_KEEPS}, destination)
+
+
 def ignored_by_git(folder: Path) -> bool:
     result = subprocess.run(["git", "check-ignore", "-q", f"{folder}/"], capture_output=True)
     return result.returncode == 0
