@@ -22,7 +22,7 @@ from tqdm import tqdm
 from service.config import get_settings
 from service.faces import DetectorSettings, Face, FaceDetector, configured_detector
 from service.imaging import ImageError, decode_image
-from service.preprocess import PreprocessSpec, crop_face
+from service.preprocess import RESAMPLE, PreprocessSpec, crop_face
 from training.data import DatasetError, Labelled, Sample, scan_dataset
 
 DEFAULT_CACHE = Path(os.environ.get("FACECHECK_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
@@ -156,14 +156,19 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+def add_crop_arguments(p: argparse.ArgumentParser) -> None:
+    """How a face is cut out, for every command that crops as training does (`--input-size` is each one's own)."""
+    p.add_argument("--crop-mode", choices=["face", "whole"], default="face", help="MTCNN face crop, or the whole image")
+    p.add_argument("--margin", type=float, default=0.3, help="context around the face box, as a fraction of its side")
+    p.add_argument("--resize-filter", default="bicubic", choices=list(RESAMPLE))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Fill the crop cache for every photo of some sets ahead of training, on as many processes as there are cores."""
     p = argparse.ArgumentParser(prog="python -m training.cache", description=main.__doc__)
     p.add_argument("--data", type=Path, action="append", required=True, help="dataset folder (repeat)")
     p.add_argument("--input-size", type=int, default=224, help="crop side, as training.train's --input-size")
-    p.add_argument("--margin", type=float, default=0.3)
-    p.add_argument("--resize-filter", default="bicubic", choices=["nearest", "box", "bilinear", "bicubic", "lanczos"])
-    p.add_argument("--crop-mode", choices=["face", "whole"], default="face")
+    add_crop_arguments(p)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = p.parse_args(argv)
     spec = PreprocessSpec(input_size=args.input_size, margin=args.margin, resize_filter=args.resize_filter, crop_mode=args.crop_mode)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from service.preprocess import PreprocessSpec, to_input
 from training import baselines, plots
 from training.augment import AugmentSpec, augment, augment_pair
-from training.cache import CropCache, CropSet
+from training.cache import CropCache, CropSet, add_crop_arguments
 from training.cli import start_command
 from training.data import DatasetError, Split, make_split, scan_dataset
 from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics, mean_dataset_auc
@@ -58,9 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--ema", type=float, default=0.0, help="decay of an exponential moving average of the weights, validated and saved in place of the raw ones (e.g. 0.995; 0 = off)")
     p.add_argument("--input-size", type=int, help="crop side in pixels (default: the model's, 128)")
-    p.add_argument("--crop-mode", choices=["face", "whole"], default="face", help="MTCNN face crop, or the whole image")
-    p.add_argument("--margin", type=float, default=0.3, help="context around the face box, as a fraction of its side")
-    p.add_argument("--resize-filter", default="bicubic", choices=["nearest", "box", "bilinear", "bicubic", "lanczos"])
+    add_crop_arguments(p)
     p.add_argument("--rotation", type=float, default=15.0, help="rotation augmentation range in degrees (+-)")
     p.add_argument("--no-augment", action="store_true", help="train on the crops as they are")
     p.add_argument("--blur", type=float, default=AugmentSpec().blur, help="probability of a Gaussian blur")
