@@ -398,6 +398,48 @@ def test_an_ensemble_answers_its_most_fake_member(trained_cnn, tmp_path: Path, m
     assert (both.predict(to_input(crops, both.card.preprocess)) >= big.predict_crops(crops) - 1e-6).all()
 
 
+def brightness_model(path: Path, size: int, gain: float) -> Path:
+    """A stand-in member whose fake probability is sigmoid(gain x the crop's mean input value)."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=0),
+             helper.make_node("Mul", ["mean", "gain"], ["scaled"]),
+             helper.make_node("Sigmoid", ["scaled"], ["fake_probability"])]
+    graph = helper.make_graph(nodes, "brightness", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+                              [helper.make_tensor_value_info("fake_probability", TensorProto.FLOAT, ["batch"])],
+                              initializer=[helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
+                                           helper.make_tensor("gain", TensorProto.FLOAT, [], [gain])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_mean_logit_ensemble_answers_the_sigmoid_of_its_members_mean_logit(trained_cnn, tmp_path: Path, monkeypatch) -> None:
+    from training import ensemble
+    from training.card import attach_card
+
+    run, _ = trained_cnn
+    monkeypatch.setattr(export, "CropCache", partial(CropCache, tmp_path / "cache"))
+    out = tmp_path / "exports"
+    assert export.main(["--checkpoint", str(run / "best.pt"), "--name", "net", "--out", str(out)]) == 0
+    net = OnnxClassifier(out / "net.onnx", device="cpu")
+    other = brightness_model(out / "other.onnx", net.card.preprocess.input_size, gain=3.0)
+    attach_card(other, net.card)
+    paths = [out / "net.onnx", other]
+    combined = ensemble.combined_model(paths, [net.card, net.card], "mean-logit")
+    onnx.save(combined, str(tmp_path / "both.onnx"))
+    attach_card(tmp_path / "both.onnx", net.card)
+    both = OnnxClassifier(tmp_path / "both.onnx", device="cpu")
+    crops = np.random.default_rng(3).integers(0, 256, (6, net.card.preprocess.input_size, net.card.preprocess.input_size, 3), dtype=np.uint8)
+    batch = to_input(crops, net.card.preprocess)
+    members = np.stack([OnnxClassifier(path, device="cpu").predict(batch) for path in paths]).astype(np.float64)
+    members = np.clip(members, 1e-7, 1 - 1e-7)
+    expected = 1 / (1 + np.exp(-np.log(members / (1 - members)).mean(axis=0)))
+    np.testing.assert_allclose(both.predict(batch), expected, atol=1e-4)
+    assert ensemble.ensemble_card("both", paths, [net.card, net.card], "0" * 64, "cmd", "mean-logit").architecture.startswith("ensemble: the mean logit of")
+
+
 def test_an_ensemble_refuses_members_that_preprocess_differently(trained_cnn, tmp_path: Path, monkeypatch, capsys) -> None:
     from training import ensemble
     from training.card import attach_card

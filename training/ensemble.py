@@ -1,5 +1,6 @@
 """Combine exported models into one: each member scores the face crop at its own size, and the answer is
-the most-fake member's probability. The service loads it as it loads any export.
+the most-fake member's probability, or with --combine mean-logit the probability of the members' mean logit.
+The service loads it as it loads any export.
 
     python -m training.ensemble --member exports/default224.onnx --member exports/general160.onnx --name default \
         --data ../shared/data/tpdne128 --data ../shared/data/rff --data ../shared/data/utk-real \
@@ -25,6 +26,7 @@ from typing import Callable, Sequence
 import onnx
 from onnx import TensorProto, compose, helper
 
+from service.calibration import EPSILON
 from service.config import get_settings, parse_angles
 from service.contract import ModelCard, ModelLoadError
 from service.onnx_model import read_card
@@ -36,6 +38,7 @@ from training.scoring import default_split_file
 
 OUTPUT = "fake_probability"
 INPUT = "input"
+COMBINE_WORDS = {"max": "the most-fake of", "mean-logit": "the mean logit of"}
 
 
 def check_members(cards: Sequence[ModelCard]) -> None:
@@ -69,7 +72,24 @@ def member_graph(path: Path, prefix: str, size: int, ensemble_size: int) -> tupl
     return graph, [resize]
 
 
-def combined_model(paths: Sequence[Path], cards: Sequence[ModelCard]) -> onnx.ModelProto:
+def mean_logit_nodes(outputs: Sequence[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """sigmoid(mean(log(p / (1 - p)))) of the members' probabilities, each clipped as service.calibration.logit clips."""
+    constants = [helper.make_tensor(name, TensorProto.FLOAT, [], [value]) for name, value in
+                 (("eps", EPSILON), ("one_minus_eps", 1.0 - EPSILON), ("one", 1.0), ("members", float(len(outputs))))]
+    nodes = []
+    for index, output in enumerate(outputs):
+        p, odds = f"c{index}_p", f"c{index}_odds"
+        nodes += [helper.make_node("Clip", [output, "eps", "one_minus_eps"], [p]),
+                  helper.make_node("Sub", ["one", p], [f"c{index}_q"]),
+                  helper.make_node("Div", [p, f"c{index}_q"], [odds]),
+                  helper.make_node("Log", [odds], [f"c{index}_logit"])]
+    nodes += [helper.make_node("Sum", [f"c{i}_logit" for i in range(len(outputs))], ["logit_sum"]),
+              helper.make_node("Div", ["logit_sum", "members"], ["logit_mean"]),
+              helper.make_node("Sigmoid", ["logit_mean"], [OUTPUT])]
+    return nodes, constants
+
+
+def combined_model(paths: Sequence[Path], cards: Sequence[ModelCard], combine: str = "max") -> onnx.ModelProto:
     size = max(card.preprocess.input_size for card in cards)
     nodes, initializers, outputs = [], [], []
     for index, (path, card) in enumerate(zip(paths, cards)):
@@ -78,7 +98,12 @@ def combined_model(paths: Sequence[Path], cards: Sequence[ModelCard]) -> onnx.Mo
         nodes += feed + list(graph.node)
         initializers += list(graph.initializer)
         outputs.append(prefix + OUTPUT)
-    nodes.append(helper.make_node("Max", outputs, [OUTPUT]))
+    if combine == "mean-logit":
+        combining, constants = mean_logit_nodes(outputs)
+        nodes += combining
+        initializers += constants
+    else:
+        nodes.append(helper.make_node("Max", outputs, [OUTPUT]))
     graph = helper.make_graph(
         nodes, "facecheck_ensemble",
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", 3, size, size])],
@@ -106,9 +131,9 @@ def combined_card(name: str, architecture: str, cards: Sequence[ModelCard], dige
         training={"datasets": datasets, **training, "split_sizes": cards[0].training.get("split_sizes")}, command=command)
 
 
-def ensemble_card(name: str, paths: Sequence[Path], cards: Sequence[ModelCard], digest: str, command: str) -> ModelCard:
-    architecture = "ensemble: the most-fake of " + " and ".join(f"{c.architecture} at {c.preprocess.input_size} px" for c in cards)
-    return combined_card(name, architecture, cards, digest, command, members=member_records(paths, cards))
+def ensemble_card(name: str, paths: Sequence[Path], cards: Sequence[ModelCard], digest: str, command: str, combine: str = "max") -> ModelCard:
+    architecture = f"ensemble: {COMBINE_WORDS[combine]} " + " and ".join(f"{c.architecture} at {c.preprocess.input_size} px" for c in cards)
+    return combined_card(name, architecture, cards, digest, command, members=member_records(paths, cards), combine=combine)
 
 
 def save_combined(model: onnx.ModelProto, target: Path, card_for: Callable[[str], ModelCard], split: Split) -> Path:
@@ -120,13 +145,13 @@ def save_combined(model: onnx.ModelProto, target: Path, card_for: Callable[[str]
     return target
 
 
-def build(paths: Sequence[Path], name: str, out: Path, command: str) -> tuple[Path, Split]:
+def build(paths: Sequence[Path], name: str, out: Path, command: str, combine: str = "max") -> tuple[Path, Split]:
     cards = [read_card(path) for path in paths]
     check_members(cards)
     split = Split.load(default_split_file(paths[0]))
     check_splits(paths, split)
-    target = save_combined(combined_model(paths, cards), out / f"{name}.onnx",
-                           lambda digest: ensemble_card(name, paths, cards, digest, command), split)
+    target = save_combined(combined_model(paths, cards, combine), out / f"{name}.onnx",
+                           lambda digest: ensemble_card(name, paths, cards, digest, command, combine), split)
     return target, split
 
 
@@ -143,7 +168,10 @@ def combined_parser(kind: str, doc: str | None, data_help: str, data_required: b
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    return combined_parser("ensemble", __doc__, "the dataset folders of the split (repeat)", data_required=True).parse_args(argv)
+    p = combined_parser("ensemble", __doc__, "the dataset folders of the split (repeat)", data_required=True)
+    p.add_argument("--combine", choices=sorted(COMBINE_WORDS), default="max",
+                   help="max: the most-fake member decides; mean-logit: the members' mean logit, as training.compare's 'mean logit' rows")
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if len(args.member) < 2:
             raise ExportError("an ensemble needs two or more --member models")
-        path, split = build(args.member, args.name, args.out, command)
+        path, split = build(args.member, args.name, args.out, command, args.combine)
         card = calibrate_model(path, args.data, split, parse_angles(args.tta), args.figures or Path("runs") / f"ensemble-{args.name}" / "calibration", command=command)
     except (ExportError, CalibrationError, DatasetError, ModelLoadError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
