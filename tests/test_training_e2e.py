@@ -476,6 +476,18 @@ def test_int8_keeps_the_first_convolutions_and_the_head_float(tmp_path: Path) ->
     assert head.input[1] in initializers  # the head's weights stay float
 
 
+def test_int8_of_an_ensemble_keeps_each_members_first_convolutions_float(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+    from training.quantize import float_nodes
+
+    convs = [helper.make_node("Conv", [f"{m}x{i}", f"{m}w{i}"], [f"{m}x{i + 1}"], name=f"{m}conv{i}") for m in ("m0_", "m1_") for i in range(3)]
+    heads = [helper.make_node("MatMul", [f"{m}x3", f"{m}fc"], [f"{m}out"], name=f"{m}head") for m in ("m0_", "m1_")]
+    graph = helper.make_graph(convs + heads, "two", [helper.make_tensor_value_info("m0_x0", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("m0_out", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(graph), str(tmp_path / "two.onnx"))
+    assert float_nodes(tmp_path / "two.onnx", 2) == ["m0_conv0", "m0_conv1", "m1_conv0", "m1_conv1", "m0_head", "m1_head"]
+
+
 def test_an_int8_card_is_not_remeasured_against_another_float_model(tmp_path: Path) -> None:
     from training.card import ExportError
     from training.quantize import remeasured_record

@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import logging
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -45,15 +46,20 @@ CPU_DEFAULT_RULE = {"roc_auc": 0.005, "false_positive_rate": 0.005}
 # most of its ranking (tpdne128 validation ROC-AUC 0.899 all int8, 0.952 with these four and the head kept
 # float, 0.954 float); the rest of the network is quantized.
 FLOAT_CONVS = 4
+ENSEMBLE_MEMBER = re.compile(r"m\d+_")
 
 
 def float_nodes(model_path: Path, float_convs: int) -> list[str]:
-    """The nodes kept in float: the first `float_convs` convolutions in graph order, and the fully connected head."""
+    """The nodes kept in float: the first `float_convs` convolutions in graph order, of each member where the
+    graph is a training.ensemble (its nodes named m0_..., m1_...), and the fully connected heads."""
     import onnx
 
     nodes = onnx.load(str(model_path)).graph.node
-    convs = [n.name for n in nodes if n.op_type == "Conv"][:float_convs]
-    return convs + [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
+    convs: dict[str, list[str]] = {}
+    for node in (n for n in nodes if n.op_type == "Conv"):
+        member = ENSEMBLE_MEMBER.match(node.name)
+        convs.setdefault(member[0] if member else "", []).append(node.name)
+    return [name for member in convs.values() for name in member[:float_convs]] + [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
 
 
 def quantize_int8(source: Path, target: Path, calibration: np.ndarray, float_convs: int = FLOAT_CONVS) -> None:
