@@ -175,7 +175,7 @@ def test_engine_batch_keeps_order_and_per_file_errors():
 
     async def fixed(crops: np.ndarray) -> np.ndarray:
         seen.append(len(crops))
-        return np.full(len(crops), 0.75, dtype=np.float32)
+        return np.full(len(crops), 0.99, dtype=np.float32)
 
     def unreadable() -> bytes:
         raise ServiceError("gone", 403, "file_unreadable")
@@ -183,7 +183,7 @@ def test_engine_batch_keeps_order_and_per_file_errors():
     sources = [Source("a.png", lambda: encode(gradient(), "PNG")), Source("b", unreadable), Source("c", lambda: b"junk")]
     items = asyncio.run(_engine(fixed).classify_sources(sources))
     assert [(i.file, i.ok) for i in items] == [("a.png", True), ("b", False), ("c", False)]
-    assert items[0].result.fake_probability == pytest.approx(0.75) and items[0].result.verdict == "fake"
+    assert items[0].result.fake_probability == pytest.approx(0.99) and items[0].result.verdict == "fake"
     assert [i.error.status for i in items[1:]] == [403, 400]
     assert seen == [3]  # one image, three TTA crops, in one call
 

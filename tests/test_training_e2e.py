@@ -398,24 +398,29 @@ def test_an_ensemble_answers_its_most_fake_member(trained_cnn, tmp_path: Path, m
     assert (both.predict(to_input(crops, both.card.preprocess)) >= big.predict_crops(crops) - 1e-6).all()
 
 
-def brightness_model(path: Path, size: int, gain: float) -> Path:
-    """A stand-in member whose fake probability is sigmoid(gain x the crop's mean input value)."""
+def brightness_model(path: Path, size: int, gain: float, sigmoid_last: bool = True) -> Path:
+    """A stand-in member whose fake probability is sigmoid(gain x the crop's mean input value); with
+    sigmoid_last False, multiplied by 1 after the sigmoid, so that its logit cannot be read off the graph."""
     from onnx import TensorProto, helper
 
     nodes = [helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=0),
              helper.make_node("Mul", ["mean", "gain"], ["scaled"]),
-             helper.make_node("Sigmoid", ["scaled"], ["fake_probability"])]
+             helper.make_node("Sigmoid", ["scaled"], ["fake_probability" if sigmoid_last else "sigmoid"])]
+    if not sigmoid_last:
+        nodes.append(helper.make_node("Mul", ["sigmoid", "unit"], ["fake_probability"]))
     graph = helper.make_graph(nodes, "brightness", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
                               [helper.make_tensor_value_info("fake_probability", TensorProto.FLOAT, ["batch"])],
                               initializer=[helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
-                                           helper.make_tensor("gain", TensorProto.FLOAT, [], [gain])])
+                                           helper.make_tensor("gain", TensorProto.FLOAT, [], [gain]),
+                                           helper.make_tensor("unit", TensorProto.FLOAT, [], [1.0])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
     onnx.save(model, str(path))
     return path
 
 
-def test_a_mean_logit_ensemble_answers_the_sigmoid_of_its_members_mean_logit(trained_cnn, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("sigmoid_last", [True, False], ids=["logit read before the sigmoid", "log-odds of the probability"])
+def test_a_mean_logit_ensemble_answers_the_sigmoid_of_its_members_mean_logit(trained_cnn, tmp_path: Path, monkeypatch, sigmoid_last: bool) -> None:
     from training import ensemble
     from training.card import attach_card
 
@@ -424,7 +429,7 @@ def test_a_mean_logit_ensemble_answers_the_sigmoid_of_its_members_mean_logit(tra
     out = tmp_path / "exports"
     assert export.main(["--checkpoint", str(run / "best.pt"), "--name", "net", "--out", str(out)]) == 0
     net = OnnxClassifier(out / "net.onnx", device="cpu")
-    other = brightness_model(out / "other.onnx", net.card.preprocess.input_size, gain=3.0)
+    other = brightness_model(out / "other.onnx", net.card.preprocess.input_size, gain=3.0, sigmoid_last=sigmoid_last)
     attach_card(other, net.card)
     paths = [out / "net.onnx", other]
     combined = ensemble.combined_model(paths, [net.card, net.card], "mean-logit")

@@ -72,18 +72,36 @@ def member_graph(path: Path, prefix: str, size: int, ensemble_size: int) -> tupl
     return graph, [resize]
 
 
-def mean_logit_nodes(outputs: Sequence[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """sigmoid(mean(log(p / (1 - p)))) of the members' probabilities, each clipped as service.calibration.logit clips."""
-    constants = [helper.make_tensor(name, TensorProto.FLOAT, [], [value]) for name, value in
-                 (("eps", EPSILON), ("one_minus_eps", 1.0 - EPSILON), ("one", 1.0), ("members", float(len(outputs))))]
+def member_logit(graph: onnx.GraphProto, output: str) -> str | None:
+    """The tensor a member's final Sigmoid reads (its logit), where `output` is that Sigmoid's result, reshaped
+    or not; None for a member that ends otherwise."""
+    producer = {name: node for node in graph.node for name in node.output}
+    node = producer.get(output)
+    while node is not None and node.op_type in ("Reshape", "Identity", "Flatten", "Squeeze"):
+        node = producer.get(node.input[0])
+    return node.input[0] if node is not None and node.op_type == "Sigmoid" else None
+
+
+def mean_logit_nodes(members: Sequence[tuple[str, str | None]]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """sigmoid(mean of the members' logits), each flattened to (batch,). A member's logit is read before its
+    final Sigmoid where it has one: log(p / (1 - p)) of a float32 p near 1 is off by a whole unit in the
+    last place of p. A member without one gets the log-odds of its probability, clipped as
+    service.calibration.logit clips it."""
+    values = [("members", float(len(members)))]
+    if any(logit is None for _, logit in members):
+        values += [("eps", EPSILON), ("one_minus_eps", 1.0 - EPSILON), ("one", 1.0)]
+    constants = [helper.make_tensor(name, TensorProto.FLOAT, [], [value]) for name, value in values]
+    constants.append(helper.make_tensor("flat", TensorProto.INT64, [1], [-1]))
     nodes = []
-    for index, output in enumerate(outputs):
-        p, odds = f"c{index}_p", f"c{index}_odds"
-        nodes += [helper.make_node("Clip", [output, "eps", "one_minus_eps"], [p]),
-                  helper.make_node("Sub", ["one", p], [f"c{index}_q"]),
-                  helper.make_node("Div", [p, f"c{index}_q"], [odds]),
-                  helper.make_node("Log", [odds], [f"c{index}_logit"])]
-    nodes += [helper.make_node("Sum", [f"c{i}_logit" for i in range(len(outputs))], ["logit_sum"]),
+    for index, (output, logit) in enumerate(members):
+        if logit is None:
+            p, logit = f"c{index}_p", f"c{index}_log_odds"
+            nodes += [helper.make_node("Clip", [output, "eps", "one_minus_eps"], [p]),
+                      helper.make_node("Sub", ["one", p], [f"c{index}_q"]),
+                      helper.make_node("Div", [p, f"c{index}_q"], [f"c{index}_odds"]),
+                      helper.make_node("Log", [f"c{index}_odds"], [logit])]
+        nodes.append(helper.make_node("Reshape", [logit, "flat"], [f"c{index}_logit"]))
+    nodes += [helper.make_node("Sum", [f"c{i}_logit" for i in range(len(members))], ["logit_sum"]),
               helper.make_node("Div", ["logit_sum", "members"], ["logit_mean"]),
               helper.make_node("Sigmoid", ["logit_mean"], [OUTPUT])]
     return nodes, constants
@@ -91,15 +109,16 @@ def mean_logit_nodes(outputs: Sequence[str]) -> tuple[list[onnx.NodeProto], list
 
 def combined_model(paths: Sequence[Path], cards: Sequence[ModelCard], combine: str = "max") -> onnx.ModelProto:
     size = max(card.preprocess.input_size for card in cards)
-    nodes, initializers, outputs = [], [], []
+    nodes, initializers, outputs, logits = [], [], [], []
     for index, (path, card) in enumerate(zip(paths, cards)):
         prefix = f"m{index}_"
         graph, feed = member_graph(path, prefix, card.preprocess.input_size, size)
         nodes += feed + list(graph.node)
         initializers += list(graph.initializer)
         outputs.append(prefix + OUTPUT)
+        logits.append(member_logit(graph, prefix + OUTPUT))
     if combine == "mean-logit":
-        combining, constants = mean_logit_nodes(outputs)
+        combining, constants = mean_logit_nodes(list(zip(outputs, logits)))
         nodes += combining
         initializers += constants
     else:
