@@ -131,9 +131,10 @@ def http_run(url: str, payloads: Sequence[Payload], clients: int, seconds: float
 
 
 def engine_run(tta: Sequence[float] | None, device: str, payloads: Sequence[Payload], clients: int, seconds: float, name: str,
-               model: Path | None = None) -> Run:
+               model: Path | None = None, on_start: Callable[[], None] = lambda: None) -> Run:
     """The service's Engine in this process (the served model unless `model`): `clients` asyncio tasks, one image at a time each;
-    `tta` None: the rotations the service uses with the model (FACECHECK_TTA_ANGLES, else its card's)."""
+    `tta` None: the rotations the service uses with the model (FACECHECK_TTA_ANGLES, else its card's). `on_start` is
+    called when the model is loaded and warmed up, as the measured window starts."""
     from service.cli import load_engine
     from service.config import get_settings
 
@@ -159,6 +160,7 @@ def engine_run(tta: Sequence[float] | None, device: str, payloads: Sequence[Payl
                 i += 1
 
         await asyncio.gather(*(client(c, None, 2) for c in range(clients)))
+        on_start()
         started = time.perf_counter()
         await asyncio.gather(*(client(c, started + seconds, None) for c in range(clients)))
         run.seconds = time.perf_counter() - started

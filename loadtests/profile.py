@@ -1,12 +1,13 @@
 """Where a photo's time goes: the service against the in-process pipeline, under the benchmark's load.
 
     .venv/bin/pip install py-spy                      # optional: the per-stage split of each process
-    .venv/bin/python -m loadtests.profile             # about 2 minutes on 2 CPU cores
+    .venv/bin/python -m loadtests.profile             # about 3 minutes on 2 CPU cores
 
 Runs the in-process Engine, then a real `bentoml serve` with its defaults, each with --clients clients
 for --seconds on the benchmark's photos. For each process it counts CPU time per photo answered
-(psutil), and, where py-spy is installed, samples its Python threads and sorts the samples into stages
-(decode, detection, crops, ONNX Runtime, HTTP and framework). Writes profile.json and profile.md into
+(psutil), and, where py-spy is installed, runs the row a second time while py-spy samples its Python
+threads, and sorts the samples into stages (decode, detection, crops, ONNX Runtime, HTTP and framework):
+the samplers share the cores, so the first, unsampled window gives the photos per second and CPU. Writes profile.json and profile.md into
 loadtests/reports/profile-<timestamp>/, with py-spy's flame graphs (SVG) beside them.
 """
 from __future__ import annotations
@@ -60,14 +61,15 @@ def stages(raw: Path) -> dict[str, int]:
     return dict(counts)
 
 
+def py_spy() -> Path | None:
+    spy = Path(shutil.which("py-spy") or Path(sys.executable).parent / "py-spy")
+    return spy if spy.exists() else None
+
+
 @contextlib.contextmanager
-def sampled(process: psutil.Process, out: Path, seconds: float) -> Iterator[None]:
+def sampled(spy: Path, process: psutil.Process, out: Path, seconds: float) -> Iterator[None]:
     """py-spy records `process` for `seconds` (raw stacks and a flame graph) while the block runs."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(spy).exists():
-        yield
-        return
-    procs = [subprocess.Popen([spy, "record", "--pid", str(process.pid), "--duration", str(int(seconds)), "--rate", "50", "--nonblocking",
+    procs = [subprocess.Popen([str(spy), "record", "--pid", str(process.pid), "--duration", str(int(seconds)), "--rate", "50", "--nonblocking",
                                "--format", fmt, "--output", str(out.with_suffix(suffix))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for fmt, suffix in (("raw", ".txt"), ("flamegraph", ".svg"))]
     try:
@@ -83,18 +85,26 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-def measured(processes: dict[str, psutil.Process], run: Callable[[], Run], out: Path, seconds: float) -> tuple[Run, dict[str, dict]]:
-    """`run` while each process's CPU is counted and its threads sampled; CPU ms per photo and stage shares per process."""
-    before = {name: cpu_seconds(p) for name, p in processes.items()}
-    with contextlib.ExitStack() as stack:
-        for name, process in processes.items():
-            stack.enter_context(sampled(process, out / name, seconds))
-        result = run()
-    report = {}
-    for name, process in processes.items():
-        per_photo_ms = (cpu_seconds(process) - before[name]) * 1000.0 / max(1, result.images)
-        raw = out / f"{name}.txt"
-        report[name] = {"cpu_ms_per_photo": round(per_photo_ms, 1), "stages": stages(raw) if raw.exists() else {}}
+Measure = Callable[[Callable[[], None]], Run]  # runs the load, calling its argument as the measured window starts
+
+
+def measured(processes: dict[str, psutil.Process], run: Measure, out: Path, seconds: float) -> tuple[Run, dict[str, dict]]:
+    """`run` while each process's CPU is counted from the start of its measured window: photos per second and
+    CPU ms per photo. Then, where py-spy is installed, `run` again while it samples each process, for the
+    stage shares alone: its samplers take a share of the same cores, so a sampled window's throughput and
+    CPU are not the service's."""
+    before: dict[str, float] = {}
+    result = run(lambda: before.update({name: cpu_seconds(p) for name, p in processes.items()}))
+    report = {name: {"cpu_ms_per_photo": round((cpu_seconds(p) - before[name]) * 1000.0 / max(1, result.images), 1), "stages": {}}
+              for name, p in processes.items()}
+    spy = py_spy()
+    if spy is not None:
+        with contextlib.ExitStack() as stack:
+            for name, process in processes.items():
+                stack.enter_context(sampled(spy, process, out / name, seconds))
+            run(lambda: None)
+        for name in processes:
+            report[name]["stages"] = stages(out / f"{name}.txt") if (out / f"{name}.txt").exists() else {}
     return result, report
 
 
@@ -110,15 +120,13 @@ def server_processes(url: str) -> dict[str, psutil.Process]:
 
 
 def in_process(payloads, clients: int, seconds: float, out: Path) -> tuple[Run, dict[str, dict]]:
-    me = psutil.Process()
-    holder: dict[str, Run] = {}
+    def run(on_start: Callable[[], None]) -> Run:
+        return engine_run(None, os.environ.get("FACECHECK_DEVICE", "auto"), payloads, clients, seconds, f"in-process, {clients} clients",
+                          on_start=on_start)
 
-    def run() -> Run:
-        holder["run"] = engine_run(None, os.environ.get("FACECHECK_DEVICE", "auto"), payloads, clients, seconds, f"in-process, {clients} clients")
-        return holder["run"]
-
-    # py-spy samples this process from outside; the engine's warm-up calls run inside the sampled window.
-    return measured({"in-process": me}, run, out, seconds + 10)
+    # CPU is counted from the measured window on, but py-spy samples this process from outside, so the
+    # engine's loading and warm-up calls run inside its sampled window: it samples for that much longer.
+    return measured({"in-process": psutil.Process()}, run, out, seconds + 10)
 
 
 def through_service(payloads, clients: int, seconds: float, out: Path, env: dict[str, str]) -> tuple[Run, dict[str, dict]]:
@@ -126,7 +134,12 @@ def through_service(payloads, clients: int, seconds: float, out: Path, env: dict
         http_run(url, payloads, clients, 3, "warm-up")
         # The clients run in this process and share the cores with the server; the in-process row pays none of theirs.
         processes = {**server_processes(url), LOAD_GENERATOR: psutil.Process()}
-        return measured(processes, lambda: http_run(url, payloads, clients, seconds, f"service, {clients} clients"), out, seconds)
+
+        def run(on_start: Callable[[], None]) -> Run:
+            on_start()
+            return http_run(url, payloads, clients, seconds, f"service, {clients} clients")
+
+        return measured(processes, run, out, seconds)
 
 
 def markdown(report: dict) -> str:
