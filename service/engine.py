@@ -27,7 +27,7 @@ from service.admission import Admission
 from service.annotate import AnnotationWriter, annotated_png
 from service.errors import ServiceError, classifier_disconnected, from_classifier_error, from_image_error
 from service.folders import SortedCopier
-from service.imaging import ImageError, decode_image
+from service.imaging import ImageError, decode_image, require_content
 from service.metrics import Metrics
 from service.onnx_model import OnnxClassifier
 from service.pipeline import Pipeline, Prepared, ms_since
@@ -175,7 +175,7 @@ def prepare(pipeline: Pipeline, data: bytes, file: str, max_bytes: int, max_pixe
 
 def decode(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
     try:
-        return decode_image(data, max_bytes, max_pixels)
+        return require_content(decode_image(data, max_bytes, max_pixels))
     except ImageError as exc:
         raise from_image_error(exc) from exc
 

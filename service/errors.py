@@ -23,7 +23,7 @@ ERRORS = {
     404: "A folder that does not exist",
     413: "Over FACECHECK_MAX_BYTES, FACECHECK_MAX_PIXELS or FACECHECK_MAX_BATCH_FILES",
     415: "/classify_batch without a multipart body",
-    422: "A bad field, or no face with reject_no_face=true",
+    422: "A bad field; an image of one flat colour (blank); or no face with reject_no_face=true",
     429: "Past FACECHECK_RATE_PER_MINUTE for this key (rate_limited) or FACECHECK_MAX_CONCURRENCY requests in flight (busy); "
          "retry after the Retry-After header's seconds",
     503: "Overloaded (the classifier cannot answer within FACECHECK_BATCH_LATENCY_MS), restarting or too slow to answer; "

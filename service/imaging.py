@@ -18,6 +18,8 @@ Image.MAX_IMAGE_PIXELS = None
 # JPEG includes MPO (a JPEG with more pictures, as phones write them): Pillow's JPEG opener returns those.
 # AVIF (as many sites now serve photos) where Pillow was built with libavif, as its wheels are since 11.3.
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", *(("AVIF",) if features.check("avif") else ()))
+# Per channel, out of 255: a flat colour saved as JPEG stays within a level or two of itself.
+BLANK_LEVELS = 2
 FORMAT_NAMES = ", ".join({"WEBP": "WebP"}.get(f, f) for f in FORMATS[:-1]) + f" or {FORMATS[-1]}"
 
 
@@ -53,6 +55,15 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
         return to_rgb(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, EOFError) as exc:
         raise ImageError(f"image data is truncated or corrupt ({exc})", 400, "corrupt") from exc
+
+
+def require_content(image: Image.Image) -> Image.Image:
+    """`image`, unless it is one flat colour: a blank picture has no face, and the whole-image guess the
+    classifier would give it (a 1x1 PNG, a grey placeholder) is a confident answer about nothing."""
+    if all(high - low <= BLANK_LEVELS for low, high in image.getextrema()):
+        raise ImageError(f"the image is one flat colour ({image.width}x{image.height}, every pixel within {BLANK_LEVELS} levels "
+                         "of the others): there is no face or picture to judge", 422, "blank")
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -10,10 +10,9 @@ from typing import Iterator
 
 import pytest
 import requests
-from PIL import Image
 
 from loadtests.server import running_server
-from service_fixtures import ENV_KEY, FILE_KEY, SERVER_START_S, encode
+from service_fixtures import ENV_KEY, FILE_KEY, SERVER_START_S, encode, tiny_png
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Settings every test server gets from its fixture, never from this process's environment.
@@ -51,7 +50,7 @@ def batched_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
     Warmed up: BentoML's dispatcher times its first 25 or so calls one at a time to learn how long a batch
     takes, and sheds a burst that arrives meanwhile. Then one burst of 16 at once, answers unchecked, so
     that its estimates have seen batches too."""
-    tiny = encode(Image.new("RGB", (8, 8)), "PNG")
+    tiny = tiny_png()
 
     def send(_: int = 0) -> requests.Response:
         return requests.post(f"{server.url}/classify", data=tiny, headers={"Content-Type": "image/png"}, timeout=120)

@@ -34,6 +34,12 @@ class Item:
     tags: frozenset[str] = field(default_factory=frozenset)
 
 
+def marked(image: Image.Image) -> Image.Image:
+    """`image` with a small colour ramp in its corner: a picture, where one flat colour is refused as blank."""
+    image.paste(gradient(64, 64), (0, 0))
+    return image
+
+
 def save(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)
@@ -201,7 +207,6 @@ def corpus(max_bytes: int) -> list[Item]:
         Item("rotated-8.jpg", exif_rotated(face_on_canvas(), 8), "image/jpeg", 200, face=True,
              note="EXIF orientation 8", tags=frozenset({"exif"})),
         Item("bad-exif.jpg", bad_exif_jpeg(face), "image/jpeg", 200, face=True, note="EXIF orientation 9 (invalid) in a cut EXIF block: ignored"),
-        Item("black.png", save(Image.new("RGB", (400, 300)), "PNG"), "image/png", 200, face=False, note="all black"),
         Item("face.webp", save(face, "WEBP", quality=90), "image/webp", 200, face=True, note="WebP (lossy)"),
         *([Item("face.avif", save(face, "AVIF", quality=70), "image/avif", 200, face=True, note="AVIF (lossy)")] if "AVIF" in FORMATS else []),
         Item("face.bmp", save(face, "BMP"), "image/bmp", 200, face=True, note="BMP"),
@@ -212,9 +217,9 @@ def corpus(max_bytes: int) -> list[Item]:
              note="PNG with a wrong IDAT checksum but intact data: Pillow does not check it, the pixels are right"),
         Item("zeroed-scan.jpg", jpeg_with_zeroed_scan(jpeg), "image/jpeg", 200, face=None,
              note="JPEG with 64 zero bytes inside its scan: decodes, with damaged pixels"),
-        Item("wide.png", save(Image.new("RGB", (20_000, 2), (120, 90, 60)), "PNG"), "image/png", 200, face=False,
+        Item("wide.png", save(gradient(20_000, 2), "PNG"), "image/png", 200, face=False,
              note="20000x2: extreme aspect ratio"),
-        Item("big.jpg", encode(Image.new("RGB", (6000, 6000), (90, 120, 150))), "image/jpeg", 200, face=False,
+        Item("big.jpg", encode(marked(Image.new("RGB", (6000, 6000), (90, 120, 150)))), "image/jpeg", 200, face=False,
              note="6000x6000 (36 Mpx), just under the pixel limit"),
     ]
     bad = [
@@ -231,6 +236,9 @@ def corpus(max_bytes: int) -> list[Item]:
         Item("bomb.tiff", tiff_bomb(), "image/tiff", 413, "too_many_pixels", note="TIFF header claiming 100000x100000"),
         Item("bomb.gif", gif_bomb(), "image/gif", 413, "too_many_pixels", note="GIF claiming 65535x65535"),
         Item("bomb.jpg", jpeg_with_size(jpeg, 65000, 65000), "image/jpeg", 413, "too_many_pixels", note="JPEG frame header claiming 65000x65000"),
+        Item("black.png", save(Image.new("RGB", (400, 300)), "PNG"), "image/png", 422, "blank", note="all black: nothing to judge"),
+        Item("grey.jpg", encode(Image.new("RGB", (400, 300), (128, 128, 128))), "image/jpeg", 422, "blank", note="one flat grey, as JPEG"),
+        Item("one-pixel.png", save(Image.new("RGB", (1, 1), (200, 120, 90)), "PNG"), "image/png", 422, "blank", note="1x1"),
         Item("oversized.jpg", jpeg + b"\0" * (max_bytes + 1 - len(jpeg)), "image/jpeg", 413, "too_many_bytes",
              note="one byte over the byte limit"),
     ]

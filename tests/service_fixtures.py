@@ -79,6 +79,12 @@ def gradient(width: int = 320, height: int = 240) -> Image.Image:
     return Image.fromarray(rgb.astype(np.uint8))
 
 
+def tiny_png() -> bytes:
+    """An 8x8 colour ramp: a picture (not one flat colour, which is refused as blank) with no face, and no
+    detection work to speak of, so that requests reach the classifier together."""
+    return encode(gradient(8, 8), "PNG")
+
+
 def mosaic(images: list[Image.Image], side: int) -> Image.Image:
     """The images resized to side x side and placed side by side, with a gap between them."""
     gap = side // 4

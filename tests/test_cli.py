@@ -136,6 +136,18 @@ def test_cli_one_photo_sorts_without_overwriting(tmp_path):
     assert all((tmp_path / "sorted" / item["sorted_to"]).read_bytes() == photo.read_bytes() for item in (first, second))
 
 
+def test_cli_reports_a_blank_picture_as_an_error_and_sorts_it_nowhere(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "blank.png").write_bytes(encode(Image.new("RGB", (64, 64), (30, 30, 30)), "PNG"))
+    (folder / "ramp.png").write_bytes(encode(gradient(), "PNG"))
+    done = run_cli(folder, "--sort", tmp_path / "sorted", "--json", tmp_path / "r.json", "--tta", "0", "--device", "cpu", "-q")
+    assert done.returncode == 1, done.stderr  # 1: a file could not be classified
+    blank, ramp = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert (blank["file"], blank["ok"], blank["error"]["status"], blank["error"]["reason"]) == ("blank.png", False, 422, "blank")
+    assert blank["sorted_to"] is None and ramp["ok"] and ramp["sorted_to"] is not None
+
+
 def test_cli_refuses_what_it_cannot_run(tmp_path, capsys):
     assert main(["classify", str(tmp_path / "missing")]) == 2
     assert "no such file or folder" in capsys.readouterr().err

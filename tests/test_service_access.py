@@ -15,15 +15,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from PIL import Image
 
 from loadtests.server import REPO, free_port, running_server
 from service.folders import LABELS
-from service_fixtures import ENV_KEY, FILE_KEY, SERVER_START_S, WRONG_KEY, assert_error, encode, server_env, synthetic_face
+from service_fixtures import ENV_KEY, FILE_KEY, SERVER_START_S, WRONG_KEY, assert_error, encode, server_env, synthetic_face, tiny_png
 
 pytestmark = pytest.mark.slow
 FACE = encode(synthetic_face(seed=21))
-TINY = encode(Image.new("RGB", (8, 8), (90, 60, 40)), "PNG")  # no detection work
+TINY = tiny_png()  # no detection work
 ENDPOINTS = ["/classify", "/annotate", "/classify_batch", "/classify_folder"]
 RATE = 2  # per minute, on the rated server: a token every 30 s
 PATIENCE_S = 600  # a generous budget for what must happen, however busy the machine

@@ -7,7 +7,7 @@ from PIL import Image
 
 from service.config import get_settings
 from service.onnx_model import read_card
-from service_fixtures import assert_consistent, encode, gradient, mosaic, shared_images, synthetic_face
+from service_fixtures import assert_consistent, assert_error, encode, gradient, mosaic, shared_images, synthetic_face
 
 
 def classify(server, data: bytes, filename: str = "photo.jpg", **params) -> requests.Response:
@@ -93,14 +93,28 @@ def test_reject_no_face_keeps_faces(server):
     assert response.json()["face_found"] is True
 
 
-@pytest.mark.parametrize("size", [(1, 1), (5, 5), (3, 200)])
+@pytest.mark.parametrize("size", [(2, 1), (5, 5), (3, 200)])
 def test_tiny_images_get_a_result(server, size):
-    image = Image.new("RGB", size, (200, 120, 90))
-    response = classify_raw(server, encode(image, "PNG"), "image/png")
+    response = classify_raw(server, encode(gradient(*size), "PNG"), "image/png")
     assert response.status_code == 200, response.text
     result = response.json()
     assert_consistent(result)
     assert result["faces"] == []
+
+
+@pytest.mark.parametrize("size, colour, fmt", [((1, 1), (200, 120, 90), "PNG"), ((640, 480), (255, 255, 255), "JPEG"),
+                                               ((300, 300), (128, 128, 128), "PNG")])
+def test_blank_images_are_refused_not_guessed(server, size, colour, fmt):
+    response = classify_raw(server, encode(Image.new("RGB", size, colour), fmt), f"image/{fmt.lower()}")
+    assert_error(response, 422, "blank")
+    assert "flat colour" in response.json()["error"]
+
+
+def test_one_differing_pixel_is_a_picture(server):
+    image = Image.new("RGB", (300, 300), (128, 128, 128))
+    image.putpixel((10, 10), (140, 128, 128))
+    response = classify_raw(server, encode(image, "PNG"), "image/png")
+    assert response.status_code == 200, response.text
 
 
 def test_octet_stream_body_and_other_modes(server):

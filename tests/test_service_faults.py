@@ -21,14 +21,13 @@ import onnx
 import psutil
 import pytest
 import requests
-from PIL import Image
 
 from loadtests.server import running_server, serve_process
 from service.config import get_settings
-from service_fixtures import SERVER_START_S, assert_error, assert_summary_adds_up, encode, server_env, synthetic_face
+from service_fixtures import SERVER_START_S, assert_error, assert_summary_adds_up, encode, server_env, synthetic_face, tiny_png
 
 pytestmark = pytest.mark.slow
-TINY = encode(Image.new("RGB", (8, 8), (90, 60, 40)), "PNG")  # no detection work: the classifier is the bottleneck
+TINY = tiny_png()  # no detection work: the classifier is the bottleneck
 FACE = encode(synthetic_face(seed=9))
 RECOVERY_S = 600  # a generous budget: a worker restarts in seconds on an idle machine, far slower on a busy one
 

@@ -9,10 +9,9 @@ import uuid
 
 import pytest
 import requests
-from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service_fixtures import CROPS_PER_FACE, encode, shared_images, synthetic_face
+from service_fixtures import CROPS_PER_FACE, encode, shared_images, synthetic_face, tiny_png
 
 
 def samples(server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -96,7 +95,7 @@ def test_the_access_log_has_a_line_per_request_unless_turned_off(server, banded_
 
 def classifier_calls(server, requests_sent: int) -> tuple[float, float]:
     """Crops and ONNX Runtime calls the Classifier counted for `requests_sent` tiny photos sent 16 at a time, all answered 200."""
-    tiny = encode(Image.new("RGB", (8, 8), (90, 60, 40)), "PNG")  # no detection work: requests reach the classifier together
+    tiny = tiny_png()  # no detection work: requests reach the classifier together
     before = samples(server)
 
     def send(_: int) -> tuple[int, str]:
