@@ -7,8 +7,9 @@ Runs the in-process Engine, then a real `bentoml serve` with its defaults, each 
 for --seconds on the benchmark's photos. For each process it counts CPU time per photo answered
 (psutil), and, where py-spy is installed, runs the row a second time while py-spy samples its Python
 threads, and sorts the samples into stages (decode, detection, crops, ONNX Runtime, HTTP and framework):
-the samplers share the cores, so the first, unsampled window gives the photos per second and CPU. Writes profile.json and profile.md into
-loadtests/reports/profile-<timestamp>/, with py-spy's flame graphs (SVG) beside them.
+the samplers share the cores, so the first, unsampled window gives the photos per second and CPU.
+Writes profile.json and profile.md into loadtests/reports/profile-<timestamp>/, with py-spy's flame
+graphs (SVG) beside them.
 """
 from __future__ import annotations
 

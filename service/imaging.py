@@ -18,7 +18,7 @@ Image.MAX_IMAGE_PIXELS = None
 # JPEG includes MPO (a JPEG with more pictures, as phones write them): Pillow's JPEG opener returns those.
 # AVIF (as many sites now serve photos) where Pillow was built with libavif, as its wheels are since 11.3.
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", *(("AVIF",) if features.check("avif") else ()))
-# Per channel, out of 255: a flat colour saved as JPEG stays within a level or two of itself.
+# Per channel, out of 255: slack for an encoder's rounding or dither on a flat colour (JPEG keeps one exact).
 BLANK_LEVELS = 2
 FORMAT_NAMES = ", ".join({"WEBP": "WebP"}.get(f, f) for f in FORMATS[:-1]) + f" or {FORMATS[-1]}"
 
