@@ -131,14 +131,14 @@ def http_run(url: str, payloads: Sequence[Payload], clients: int, seconds: float
 
 
 def engine_run(tta: Sequence[float] | None, device: str, payloads: Sequence[Payload], clients: int, seconds: float, name: str,
-               model: Path | None = None, on_start: Callable[[], None] = lambda: None) -> Run:
+               model: Path | None = None, on_start: Callable[[], None] = lambda: None, classifier_threads: int = 0) -> Run:
     """The service's Engine in this process (the served model unless `model`): `clients` asyncio tasks, one image at a time each;
     `tta` None: the rotations the service uses with the model (FACECHECK_TTA_ANGLES, else its card's). `on_start` is
-    called when the model is loaded and warmed up, as the measured window starts."""
+    called when the model is loaded and warmed up, as the measured window starts; `classifier_threads` 0: one per core."""
     from service.cli import load_engine
     from service.config import get_settings
 
-    engine = load_engine(model or get_settings().model, tta, device)
+    engine = load_engine(model or get_settings().model, tta, device, classifier_threads)
 
     async def drive() -> Run:
         run = Run(name, clients)

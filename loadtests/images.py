@@ -48,6 +48,13 @@ def single_face_payloads(size: int = 400, count: int = 40, seed: int = 0) -> lis
     return [Payload(p.name, jpeg(Image.open(p).convert("RGB").resize((size, size)))) for p in face_files(count, seed)]
 
 
+def blank_payload() -> Payload:
+    """A flat grey PNG, refused (422 `blank`) as soon as it is decoded: what a request for it costs is the way in and out."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(buffer, format="PNG")
+    return Payload("blank.png", buffer.getvalue(), "image/png")
+
+
 def mixed_payloads(count: int = 60, seed: int = 0) -> list[Payload]:
     """Realistic traffic: sizes 128-1024, mostly one face, some with 2-4 faces."""
     rng = random.Random(seed)

@@ -8,6 +8,10 @@ for --seconds on the benchmark's photos. For each process it counts CPU time per
 (psutil), and, where py-spy is installed, runs the row a second time while py-spy samples its Python
 threads, and sorts the samples into stages (decode, detection, crops, ONNX Runtime, HTTP and framework):
 the samplers share the cores, so the first, unsampled window gives the photos per second and CPU.
+A last window per row sends a blank picture, refused as soon as it is decoded, for what the way in and
+out of the service costs a request on its own. A third row runs the in-process pipeline in as many
+processes as the service has API workers, side by side: what the cores do without the service's way in
+and out (photos per second and CPU only).
 Writes profile.json and profile.md into loadtests/reports/profile-<timestamp>/, with py-spy's flame
 graphs (SVG) beside them.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -28,7 +33,7 @@ from typing import Callable, Iterator
 import psutil
 
 from loadtests.benchmark import Run, engine_run, http_run, server_env
-from loadtests.images import single_face_payloads
+from loadtests.images import blank_payload, single_face_payloads
 from loadtests.server import REPO, running_server, serve_process
 
 # The first stage whose marker appears in a sampled stack (innermost frame last) takes the sample.
@@ -89,15 +94,19 @@ def cpu_seconds(process: psutil.Process) -> float:
 Measure = Callable[[Callable[[], None]], Run]  # runs the load, calling its argument as the measured window starts
 
 
-def measured(processes: dict[str, psutil.Process], run: Measure, out: Path, seconds: float) -> tuple[Run, dict[str, dict]]:
-    """`run` while each process's CPU is counted from the start of its measured window: photos per second and
-    CPU ms per photo. Then, where py-spy is installed, `run` again while it samples each process, for the
-    stage shares alone: its samplers take a share of the same cores, so a sampled window's throughput and
-    CPU are not the service's."""
+def counted(processes: dict[str, psutil.Process], run: Measure) -> tuple[Run, dict[str, float]]:
+    """`run`, and each process's CPU ms per image answered, counted from the start of its measured window."""
     before: dict[str, float] = {}
     result = run(lambda: before.update({name: cpu_seconds(p) for name, p in processes.items()}))
-    report = {name: {"cpu_ms_per_photo": round((cpu_seconds(p) - before[name]) * 1000.0 / max(1, result.images), 1), "stages": {}}
-              for name, p in processes.items()}
+    return result, {name: round((cpu_seconds(p) - before[name]) * 1000.0 / max(1, result.images), 2) for name, p in processes.items()}
+
+
+def measured(processes: dict[str, psutil.Process], run: Measure, out: Path, seconds: float) -> tuple[Run, dict[str, dict]]:
+    """`run` while each process's CPU is counted: photos per second and CPU ms per photo. Then, where py-spy
+    is installed, `run` again while it samples each process, for the stage shares alone: its samplers take
+    a share of the same cores, so a sampled window's throughput and CPU are not the service's."""
+    result, cpu_ms = counted(processes, run)
+    report = {name: {"cpu_ms_per_photo": ms, "stages": {}} for name, ms in cpu_ms.items()}
     spy = py_spy()
     if spy is not None:
         with contextlib.ExitStack() as stack:
@@ -120,27 +129,81 @@ def server_processes(url: str) -> dict[str, psutil.Process]:
     return found
 
 
-def in_process(payloads, clients: int, seconds: float, out: Path) -> tuple[Run, dict[str, dict]]:
+BLANK_SECONDS = 5.0
+
+
+def in_process(payloads, clients: int, seconds: float, out: Path) -> tuple[Run, dict[str, dict], float]:
+    """The in-process row, and its CPU ms per call for a blank picture."""
+    device = os.environ.get("FACECHECK_DEVICE", "auto")
+
     def run(on_start: Callable[[], None]) -> Run:
-        return engine_run(None, os.environ.get("FACECHECK_DEVICE", "auto"), payloads, clients, seconds, f"in-process, {clients} clients",
-                          on_start=on_start)
+        return engine_run(None, device, payloads, clients, seconds, f"in-process, {clients} clients", on_start=on_start)
+
+    def blank(on_start: Callable[[], None]) -> Run:
+        return engine_run(None, device, [blank_payload()], clients, BLANK_SECONDS, "in-process, blank", on_start=on_start)
 
     # CPU is counted from the measured window on, but py-spy samples this process from outside, so the
     # engine's loading and warm-up calls run inside its sampled window: it samples for that much longer.
-    return measured({"in-process": psutil.Process()}, run, out, seconds + 10)
+    result, report = measured({"in-process": psutil.Process()}, run, out, seconds + 10)
+    return result, report, counted({"in-process": psutil.Process()}, blank)[1]["in-process"]
 
 
-def through_service(payloads, clients: int, seconds: float, out: Path, env: dict[str, str]) -> tuple[Run, dict[str, dict]]:
+def side_by_side(payloads, clients: int, seconds: float) -> tuple[Run, dict[str, dict], None]:
+    """The in-process pipeline in as many processes as the service has API workers, at once, the clients
+    shared out and each classifier given the threads an API worker's gets: the service without its way in
+    and out, and what the cores can do."""
+    from service.config import get_settings
+
+    settings = get_settings()
+    count = settings.api_workers
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(count), context.Queue()
+    shares = [clients // count + (i < clients % count) for i in range(count)]
+    children = [context.Process(target=pipeline_process, args=(barrier, results, payloads, share, seconds, settings.classifier_cpu_threads))
+                for share in shares]
+    for child in children:
+        child.start()
+    counts = [results.get(timeout=seconds + 600) for _ in children]
+    for child in children:
+        child.join()
+    run = Run(f"in-process, {count} processes side by side", clients, images=sum(images for images, _, _ in counts),
+              seconds=max(took for _, took, _ in counts))
+    # Per photo answered by all of them, as the service's API workers' rows count.
+    return run, {f"process {i + 1}": {"cpu_ms_per_photo": round(cpu * 1000.0 / max(1, run.images), 1), "stages": {}}
+                 for i, (_, _, cpu) in enumerate(counts)}, None
+
+
+def pipeline_process(barrier, results, payloads, clients: int, seconds: float, threads: int) -> None:
+    """One of side_by_side's processes: puts (photos answered, seconds, CPU seconds) of its measured window."""
+    me, before = psutil.Process(), []
+
+    def on_start() -> None:
+        barrier.wait()
+        before.append(cpu_seconds(me))
+
+    run = engine_run(None, os.environ.get("FACECHECK_DEVICE", "auto"), payloads, clients, seconds, "side by side", on_start=on_start,
+                     classifier_threads=threads)
+    results.put((run.images, run.seconds, cpu_seconds(me) - before[0]))
+
+
+def through_service(payloads, clients: int, seconds: float, out: Path, env: dict[str, str]) -> tuple[Run, dict[str, dict], float]:
+    """The service row, and its API workers' CPU ms per request for a blank picture."""
     with running_server(env, log_path=out / "server.log") as url:
         http_run(url, payloads, clients, 3, "warm-up")
+        workers = server_processes(url)
         # The clients run in this process and share the cores with the server; the in-process row pays none of theirs.
-        processes = {**server_processes(url), LOAD_GENERATOR: psutil.Process()}
+        processes = {**workers, LOAD_GENERATOR: psutil.Process()}
 
         def run(on_start: Callable[[], None]) -> Run:
             on_start()
             return http_run(url, payloads, clients, seconds, f"service, {clients} clients")
 
-        return measured(processes, run, out, seconds)
+        def blank(on_start: Callable[[], None]) -> Run:
+            on_start()
+            return http_run(url, [blank_payload()], clients, BLANK_SECONDS, "service, blank")
+
+        result, report = measured(processes, run, out, seconds)
+        return result, report, sum(counted(workers, blank)[1].values())
 
 
 def markdown(report: dict) -> str:
@@ -154,7 +217,19 @@ def markdown(report: dict) -> str:
             lines.append(f"| {row['name']} | {row['photos_per_s']:.1f} | {process} | {figures['cpu_ms_per_photo']:.0f} | " + " | ".join(shares) + " |")
     lines += ["", "Stage shares are of each process's sampled Python-thread time (py-spy, idle excluded); "
               "ONNX Runtime's own pool threads are counted in CPU ms, not in the shares."]
+    lines += ["", way_in_and_out(report["rows"])]
     return "\n".join(lines) + "\n"
+
+
+def way_in_and_out(rows: list[dict]) -> str:
+    inprocess, service = (row for row in rows if row["blank_cpu_ms"] is not None)
+    per_photo = sum(figures["cpu_ms_per_photo"] for name, figures in service["processes"].items() if name != LOAD_GENERATOR)
+    inprocess, service = inprocess["blank_cpu_ms"], service["blank_cpu_ms"]
+    added = service - inprocess
+    return (f"The way in and out alone: a flat grey PNG, refused (422 `blank`) as soon as it is decoded, sent for {BLANK_SECONDS:.0f} s "
+            f"by as many clients, costs {inprocess:.2f} CPU ms a call in-process and {service:.2f} ms a request in the service's "
+            f"API workers. The HTTP path adds {added:.2f} ms to each request: {100.0 * added / per_photo:.1f}% of the service's "
+            f"{per_photo:.1f} CPU ms per photo.")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -177,10 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, measure in (("in-process", lambda: in_process(payloads, args.clients, args.seconds, out / "in-process")),
                           ("service", lambda: through_service(payloads, args.clients, args.seconds, out / "service",
-                                                             server_env(**dict(kv.split("=", 1) for kv in args.env))))):
+                                                             server_env(**dict(kv.split("=", 1) for kv in args.env)))),
+                          ("side by side", lambda: side_by_side(payloads, args.clients, args.seconds))):
         (out / name).mkdir(exist_ok=True)
-        run, processes = measure()
-        rows.append({"name": run.name, "photos_per_s": round(run.per_s, 2), "failures": run.failures, "processes": processes})
+        run, processes, blank_cpu_ms = measure()
+        rows.append({"name": run.name, "photos_per_s": round(run.per_s, 2), "failures": run.failures, "processes": processes,
+                     "blank_cpu_ms": None if blank_cpu_ms is None else round(blank_cpu_ms, 2)})
         print(f"  {run.name}: {run.per_s:.1f} photos/s, " + ", ".join(f"{p} {f['cpu_ms_per_photo']:.0f} CPU ms/photo" for p, f in processes.items()), flush=True)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "python -m loadtests.profile " + " ".join(argv if argv is not None else sys.argv[1:]),
               "clients": args.clients, "seconds": args.seconds, "rows": rows}

@@ -187,16 +187,16 @@ def find_files(path: Path, recursive: bool, exclude: Sequence[Path] = ()) -> lis
         raise CommandError(f"{path}: {exc.message}") from None
 
 
-def load_engine(model: Path, tta: Sequence[float] | None, device: str) -> Engine:
+def load_engine(model: Path, tta: Sequence[float] | None, device: str, classifier_threads: int = 0) -> Engine:
     """The service's Engine with the face detector and the ONNX model loaded in this process; `tta` None: the
-    rotations in force for the model (FACECHECK_TTA_ANGLES, else its card's)."""
+    rotations in force for the model (FACECHECK_TTA_ANGLES, else its card's); `classifier_threads` 0: one per core."""
     from service.faces import FaceDetector, configured_detector, detector_device
     from service.onnx_model import OnnxClassifier
     from service.pipeline import Pipeline
 
     settings = get_settings()
     try:
-        classifier = OnnxClassifier(model, device)
+        classifier = OnnxClassifier(model, device, classifier_threads)
         detector = FaceDetector(configured_detector(), device=detector_device(device))
     except (ModelLoadError, RuntimeError) as exc:
         raise CommandError(str(exc)) from None
