@@ -30,9 +30,14 @@ class PreprocessSpec(BaseModel):
     crop_mode: Literal["face", "whole"] = "face"
     margin: float = Field(0.3, ge=0.0, le=2.0, description="Extra context around the face box, as a fraction of its side.")
     resize_filter: Literal["nearest", "box", "bilinear", "bicubic", "lanczos"] = "bicubic"
+    edges: Literal["black", "fit"] = Field("black", description=(
+        "Where the square around a face reaches past the photo: 'black' pads it with black (how models before "
+        "2026-12-05 were trained); 'fit' moves it inside the photo, and shrinks it to the photo's shorter side "
+        "where it is larger, so that no crop shows how tightly its photo was framed."))
 
     def cache_key(self) -> str:
-        return f"{self.crop_mode}-{self.input_size}-{self.margin:.3f}-{self.resize_filter}"
+        key = f"{self.crop_mode}-{self.input_size}-{self.margin:.3f}-{self.resize_filter}"
+        return key if self.edges == "black" else f"{key}-{self.edges}"
 
 
 def square_box(box: Sequence[float], margin: float) -> tuple[int, int, int, int]:
@@ -45,15 +50,28 @@ def square_box(box: Sequence[float], margin: float) -> tuple[int, int, int, int]
     return left, top, left + size, top + size
 
 
+def fitted(square: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int, int]:
+    """`square` moved inside a width x height photo, shrunk about its centre to the shorter side first where it is larger."""
+    left, top, right, bottom = square
+    side = min(right - left, width, height)
+    left += (right - left - side) // 2
+    top += (bottom - top - side) // 2
+    left = min(max(left, 0), width - side)
+    top = min(max(top, 0), height - side)
+    return left, top, left + side, top + side
+
+
 def crop_face(image: Image.Image, box: Sequence[float] | None, spec: PreprocessSpec) -> Image.Image:
     """The model's view of one face; `box=None` (no face found) or whole-image mode uses the whole photo.
 
-    Parts of the square that fall outside the photo are black, as Pillow pads them.
+    Parts of the square that fall outside the photo are black, as Pillow pads them, or, with
+    `edges="fit"`, the square is moved and shrunk to lie inside the photo.
     """
     if box is None or spec.crop_mode == "whole":
         region = image
     else:
-        region = image.crop(square_box(box, spec.margin))
+        square = square_box(box, spec.margin)
+        region = image.crop(fitted(square, image.width, image.height) if spec.edges == "fit" else square)
     return region.resize((spec.input_size, spec.input_size), RESAMPLE[spec.resize_filter])
 
 

@@ -59,3 +59,25 @@ def test_export_of_another_architecture_is_refused_by_name(exported_cnn):
     model, _ = create_model("efficientnet_lite0", pretrained="none")
     with pytest.raises(ExportError, match="no weights for"):
         load_fused(model, fused_weights(exported_cnn))
+
+
+def test_an_ensembles_members_come_out_whole(tmp_path):
+    """exports/default.onnx is a mean-logit ensemble: its members, extracted, answer what its own graph combines."""
+    from pathlib import Path
+
+    from service.onnx_model import read_card
+    from training.from_onnx import member_export
+
+    ensemble = Path(__file__).resolve().parent.parent / "exports" / "default.onnx"
+    card = read_card(ensemble)
+    if card.training.get("combine") != "mean-logit":
+        pytest.skip(f"the default model is {card.architecture!r}, not a mean-logit ensemble")
+    x = torch.randn(3, 3, card.preprocess.input_size, card.preprocess.input_size)
+    members = [member_export(ensemble, index, tmp_path) for index in range(len(card.training["members"]))]
+    logits = [np.log(p / (1 - p)) for p in (_onnx_probabilities(m, x).astype(np.float64) for m in members)]
+    expected = 1 / (1 + np.exp(-np.mean(logits, axis=0)))
+    np.testing.assert_allclose(_onnx_probabilities(ensemble, x), expected, atol=1e-4)
+    assert read_card(members[0]).architecture == card.training["members"][0]["architecture"]
+    assert (tmp_path / "default-member1.split.json").read_text() == ensemble.with_suffix(".split.json").read_text()
+    with pytest.raises(ExportError, match="no member 2"):
+        member_export(ensemble, len(members), tmp_path)

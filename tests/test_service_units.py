@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from service.batch import batch_result
 from service.config import get_settings
@@ -393,3 +394,36 @@ def test_cuda_sessions_choose_cudnn_algorithms_by_heuristic():
     assert with_options(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
         ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
     assert with_options(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def _framed_face(size: tuple[int, int]) -> Image.Image:
+    """A grey photo with a bright square 'face' near its top-left corner."""
+    photo = Image.new("RGB", size, (120, 120, 120))
+    photo.paste((250, 200, 180), (10, 10, 90, 90))
+    return photo
+
+
+def test_edges_black_pads_a_square_past_the_photo_and_fit_keeps_it_inside():
+    from service.preprocess import PreprocessSpec, crop_face
+
+    photo = _framed_face((200, 150))
+    box = (10, 10, 90, 90)  # its square at margin 0.3 reaches 14 px past the top and left edges
+    black = np.asarray(crop_face(photo, box, PreprocessSpec(input_size=64)))
+    fit = np.asarray(crop_face(photo, box, PreprocessSpec(input_size=64, edges="fit")))
+    assert black[0, 0].tolist() == [0, 0, 0]
+    assert fit.min() >= 100  # no black: only the photo's grey and the face
+
+
+def test_edges_fit_shrinks_a_square_larger_than_the_photo_to_its_shorter_side():
+    from service.preprocess import fitted
+
+    assert fitted((-40, -30, 160, 170), 120, 100) == (10, 0, 110, 100)  # 200 px about (60, 70): 100 px about it, moved up inside
+    assert fitted((10, 10, 50, 50), 120, 100) == (10, 10, 50, 50)       # inside already: unchanged
+    assert fitted((100, 80, 140, 120), 120, 100) == (80, 60, 120, 100)   # past the bottom right: moved in
+
+
+def test_the_edge_policy_is_part_of_the_cache_key_only_where_it_is_not_the_old_one():
+    from service.preprocess import PreprocessSpec
+
+    assert PreprocessSpec().cache_key() == "face-128-0.300-bicubic"
+    assert PreprocessSpec(edges="fit").cache_key() == "face-128-0.300-bicubic-fit"

@@ -113,3 +113,17 @@ def test_bad_chains_are_refused_with_the_failing_step(text: str) -> None:
 
 def test_every_shipped_chain_parses() -> None:
     assert [parse_chain(text).name for text in ROBUSTNESS_CHAINS] == list(ROBUSTNESS_CHAINS)
+
+
+def test_crop_keeps_the_centre_fraction_of_each_side() -> None:
+    photo = Image.new("RGB", (400, 300), (0, 0, 0))
+    photo.paste((255, 255, 255), (60, 45, 340, 255))  # the centre 0.7 of each side, white
+    cropped = parse_chain("crop0.7")(photo)
+    assert cropped.size == (280, 210)
+    assert np.asarray(cropped).min() == 255
+
+
+@pytest.mark.parametrize("text", ["crop1", "crop0.05", "crop2"])
+def test_crop_out_of_range_is_refused(text: str) -> None:
+    with pytest.raises(ChainError):
+        parse_chain(text)

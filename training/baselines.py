@@ -79,7 +79,7 @@ def preprocess_spec(args: argparse.Namespace) -> PreprocessSpec:
     """EfficientNet-Lite0's input (mean = std = 0.5) for both baselines, with the crop options of the command."""
     mean, std = TF_MEAN_STD
     return PreprocessSpec(input_size=args.input_size or 128, mean=mean, std=std, crop_mode=args.crop_mode,
-                          margin=args.margin, resize_filter=args.resize_filter)
+                          margin=args.margin, resize_filter=args.resize_filter, edges=args.edges)
 
 
 # --- the networks that make features ------------------------------------------------------------------

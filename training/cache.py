@@ -161,6 +161,8 @@ def add_crop_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-mode", choices=["face", "whole"], default="face", help="MTCNN face crop, or the whole image")
     p.add_argument("--margin", type=float, default=0.3, help="context around the face box, as a fraction of its side")
     p.add_argument("--resize-filter", default="bicubic", choices=list(RESAMPLE))
+    p.add_argument("--edges", choices=["black", "fit"], default="black",
+                   help="where a face's square reaches past the photo: pad it with black, or fit it inside the photo (service.preprocess)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     add_crop_arguments(p)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = p.parse_args(argv)
-    spec = PreprocessSpec(input_size=args.input_size, margin=args.margin, resize_filter=args.resize_filter, crop_mode=args.crop_mode)
+    spec = PreprocessSpec(input_size=args.input_size, margin=args.margin, resize_filter=args.resize_filter, crop_mode=args.crop_mode,
+                          edges=args.edges)
     try:
         samples = [s for folder in args.data for s in scan_dataset(folder)]
     except DatasetError as exc:

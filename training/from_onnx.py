@@ -2,6 +2,7 @@
 
     python -m training.from_onnx --model exports/default.onnx --data ../shared/data/tpdne128 --out runs/x/from_onnx.pt
     python -m training.train --pretrained runs/x/from_onnx.pt ...
+    python -m training.from_onnx --model exports/default.onnx --member 1 ...   # an ensemble's second network
 
 The exporter folds each batch norm into the convolution before it, so the graph holds one weight and one
 bias per convolution. Loaded as they are, with every batch norm an identity plus that bias, the network
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,10 +25,11 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from service.calibration import Calibration
 from service.onnx_model import read_card
 from service.preprocess import to_input
 from training.cache import CropCache
-from training.card import ExportError
+from training.card import ExportError, attach_card
 from training.cli import start_command
 from training.data import DatasetError, Split, scan_dataset
 from training.models import MODELS, create_model
@@ -120,6 +123,38 @@ def restore_batch_statistics(model: nn.Module, batches: list[torch.Tensor]) -> N
         norm.running_var.copy_(var.float())
 
 
+def member_export(ensemble: Path, index: int, folder: Path) -> Path:
+    """Member `index` of a training.ensemble export, as a standalone export in `folder` (its names unprefixed,
+    its card the ensemble's with the member's name, architecture and training), beside the ensemble's split."""
+    card = read_card(ensemble)
+    members = card.training.get("members") or []
+    if not 0 <= index < len(members):
+        raise ExportError(f"{ensemble} has {len(members)} members (training.members in its card); there is no member {index}")
+    prefix = f"m{index}_"
+    model = onnx.load(str(ensemble))
+    graph = model.graph
+    feed = prefix + "input"  # the ensemble's Identity (or Resize) that hands the member its input
+    nodes = [node for node in graph.node if all(name.startswith(prefix) for name in node.output) and node.output[0] != feed]
+    for node in nodes:
+        node.name = node.name.removeprefix(prefix)
+        node.input[:] = [name.removeprefix(prefix) for name in node.input]
+        node.output[:] = [name.removeprefix(prefix) for name in node.output]
+    initializers = [tensor for tensor in graph.initializer if tensor.name.startswith(prefix)]
+    for tensor in initializers:
+        tensor.name = tensor.name.removeprefix(prefix)
+    output = next(o for o in graph.output)
+    member = onnx.helper.make_model(onnx.helper.make_graph(nodes, f"member{index}", list(graph.input), [output], initializers),
+                                    opset_imports=model.opset_import, ir_version=model.ir_version)
+    info = members[index]
+    path = folder / f"{ensemble.stem}-member{index}.onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(member, str(path))
+    attach_card(path, card.model_copy(update={"name": info["name"], "architecture": info["architecture"], "version": info["version"],
+                                              "training": info.get("training", {}), "calibration": Calibration(), "uncertain_band": None}))
+    shutil.copyfile(ensemble.with_suffix(".split.json"), path.with_suffix(".split.json"))
+    return path
+
+
 def checkpoint_from_export(onnx_path: Path, data: list[Path], crops: int = 512, seed: int = 0, command: str = "") -> tuple[nn.Module, dict]:
     card = read_card(onnx_path)
     if card.architecture not in MODELS:
@@ -146,6 +181,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, action="append", required=True, help="the export's training sets, for the batch statistics")
     p.add_argument("--out", type=Path, required=True, help="the checkpoint to write (use it as --pretrained)")
     p.add_argument("--crops", type=int, default=512, help="training crops whose statistics the batch norms take")
+    p.add_argument("--member", type=int, metavar="N", help="of a training.ensemble export, its member N (0: the first), written beside --out as an export too")
     return p.parse_args(argv)
 
 
@@ -153,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     argv, command = start_command("training.from_onnx", argv)
     args = parse_args(argv)
     try:
-        _, state = checkpoint_from_export(args.model, args.data, args.crops, command=command)
+        model = args.model if args.member is None else member_export(args.model, args.member, args.out.parent)
+        _, state = checkpoint_from_export(model, args.data, args.crops, command=command)
     except (ExportError, DatasetError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

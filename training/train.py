@@ -92,7 +92,7 @@ def preprocess_spec(args: argparse.Namespace) -> PreprocessSpec:
     spec = entry(args.model)
     mean, std = spec.mean_std
     return PreprocessSpec(input_size=args.input_size or spec.input_size, mean=mean, std=std,
-                          crop_mode=args.crop_mode, margin=args.margin, resize_filter=args.resize_filter)
+                          crop_mode=args.crop_mode, margin=args.margin, resize_filter=args.resize_filter, edges=args.edges)
 
 
 def load_split(args: argparse.Namespace, samples: list) -> Split:
