@@ -134,6 +134,7 @@ BLANK_SECONDS = 5.0
 
 def in_process(payloads, clients: int, seconds: float, out: Path) -> tuple[Run, dict[str, dict], float]:
     """The in-process row, and its CPU ms per call for a blank picture."""
+    out.mkdir(exist_ok=True)
     device = os.environ.get("FACECHECK_DEVICE", "auto")
 
     def run(on_start: Callable[[], None]) -> Run:
@@ -188,6 +189,7 @@ def pipeline_process(barrier, results, payloads, clients: int, seconds: float, t
 
 def through_service(payloads, clients: int, seconds: float, out: Path, env: dict[str, str]) -> tuple[Run, dict[str, dict], float]:
     """The service row, and its API workers' CPU ms per request for a blank picture."""
+    out.mkdir(exist_ok=True)
     with running_server(env, log_path=out / "server.log") as url:
         http_run(url, payloads, clients, 3, "warm-up")
         workers = server_processes(url)
@@ -254,7 +256,6 @@ def main(argv: list[str] | None = None) -> int:
                           ("service", lambda: through_service(payloads, args.clients, args.seconds, out / "service",
                                                              server_env(**dict(kv.split("=", 1) for kv in args.env)))),
                           ("side by side", lambda: side_by_side(payloads, args.clients, args.seconds))):
-        (out / name).mkdir(exist_ok=True)
         run, processes, blank_cpu_ms = measure()
         rows.append({"name": run.name, "photos_per_s": round(run.per_s, 2), "failures": run.failures, "processes": processes,
                      "blank_cpu_ms": None if blank_cpu_ms is None else round(blank_cpu_ms, 2)})

@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from service.onnx_model import OnnxClassifier
+from service.config import DEFAULT_MODEL
+from service.onnx_model import OnnxClassifier, read_card
 from training import export
 from training.card import ExportError
-from training.from_onnx import fused_weights, load_fused, restore_batch_statistics
+from training.from_onnx import fused_weights, load_fused, member_export, restore_batch_statistics
 from training.models import create_model
 
 from tests.test_export import tiny_card
@@ -63,12 +64,7 @@ def test_export_of_another_architecture_is_refused_by_name(exported_cnn):
 
 def test_an_ensembles_members_come_out_whole(tmp_path):
     """exports/default.onnx is a mean-logit ensemble: its members, extracted, answer what its own graph combines."""
-    from pathlib import Path
-
-    from service.onnx_model import read_card
-    from training.from_onnx import member_export
-
-    ensemble = Path(__file__).resolve().parent.parent / "exports" / "default.onnx"
+    ensemble = DEFAULT_MODEL
     card = read_card(ensemble)
     if card.training.get("combine") != "mean-logit":
         pytest.skip(f"the default model is {card.architecture!r}, not a mean-logit ensemble")
