@@ -19,6 +19,7 @@ RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
+Edges = Literal["black", "fit"]
 
 
 class PreprocessSpec(BaseModel):
@@ -30,7 +31,7 @@ class PreprocessSpec(BaseModel):
     crop_mode: Literal["face", "whole"] = "face"
     margin: float = Field(0.3, ge=0.0, le=2.0, description="Extra context around the face box, as a fraction of its side.")
     resize_filter: Literal["nearest", "box", "bilinear", "bicubic", "lanczos"] = "bicubic"
-    edges: Literal["black", "fit"] = Field("black", description=(
+    edges: Edges = Field("black", description=(
         "Where the square around a face reaches past the photo: 'black' pads it with black (how models before "
         "2026-12-05 were trained); 'fit' moves it inside the photo, and shrinks it to the photo's shorter side "
         "where it is larger, so that no crop shows how tightly its photo was framed."))

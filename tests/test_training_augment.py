@@ -112,3 +112,38 @@ def test_beauty_filter_is_drawn_at_its_rate_and_flattens_texture() -> None:
     some = NONE.model_copy(update={"smooth": 0.3})
     outs = [augment(skin, some, random.Random(seed)) for seed in range(300)]
     assert 60 < sum(not np.array_equal(out, skin) for out in outs) < 120
+
+
+def _black_share(pixels: np.ndarray) -> float:
+    return float((pixels.max(axis=2) == 0).mean())
+
+
+def test_a_tighter_framing_with_black_edges_blacks_out_bands_at_the_sides_only() -> None:
+    crop = np.full((100, 100, 3), 180, dtype=np.uint8)
+    frame = NONE.model_copy(update={"frame": 1.0})
+    for seed in range(30):
+        out = augment(crop, frame, random.Random(seed))
+        black = out.max(axis=2) == 0
+        assert 0.04 < _black_share(out) < 0.85 and out[50, 50].tolist() == [180, 180, 180]  # the centre stays
+        rows, cols = black.all(axis=1), black.all(axis=0)
+        assert (black == (rows[:, None] | cols[None, :])).all()  # whole rows and columns: bands, not blotches
+    assert _black_share(augment(crop, NONE, random.Random(0))) == 0
+
+
+def test_a_tighter_framing_with_fitted_edges_enlarges_part_of_the_crop_without_black() -> None:
+    crop = np.zeros((100, 100, 3), dtype=np.uint8)
+    crop[:, :, 0] = np.linspace(1, 250, 100).astype(np.uint8)[None, :]  # red grows left to right
+    frame = NONE.model_copy(update={"frame": 1.0, "edges": "fit"})
+    spans = []
+    for seed in range(30):
+        out = augment(crop, frame, random.Random(seed))
+        assert out.shape == crop.shape and _black_share(out) == 0
+        spans.append(int(out[50, -1, 0]) - int(out[50, 0, 0]))
+    assert min(spans) < 0.75 * 249 and max(spans) > 0.9 * 249  # squares of 60-100% of the side
+
+
+def test_a_tighter_framing_is_drawn_at_its_rate_for_any_crop() -> None:
+    crop = np.full((40, 40, 3), 90, dtype=np.uint8)
+    some = NONE.model_copy(update={"frame": 0.3})
+    outs = [augment(crop, some, random.Random(seed)) for seed in range(400)]
+    assert 80 < sum(_black_share(out) > 0 for out in outs) < 160

@@ -1,4 +1,9 @@
-"""Training-time augmentation of face crops: flips, rotation, lighting, black and white, a beauty filter, blur or sharpening, resize, noise and JPEG re-encoding.
+"""Training-time augmentation of face crops: a tighter framing, flips, rotation, lighting, black and white, a beauty filter, blur or sharpening, resize, noise and JPEG re-encoding.
+
+A tighter framing (a profile picture's crop, a photo cut close to the face) shows in a crop as more of
+its square falling outside the photo: black bands with black edges, a smaller square enlarged with
+fitted ones (service/preprocess.py). Drawn for fakes and reals alike, it keeps how a set's photos
+were framed from being a cue.
 
 Blur, sharpening, random resizing and JPEG re-encoding keep a detector from learning a dataset's
 sharpness, resolution or compression instead of the face (the sets here differ in all three). They run
@@ -20,11 +25,13 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import BaseModel, Field
 
-from service.preprocess import RESAMPLE, rotate
+from service.preprocess import RESAMPLE, Edges, rotate
 from training.chains import monochrome, noisy, roundtrip, smoothed
 
 
 class AugmentSpec(BaseModel):
+    frame: float = Field(0.0, ge=0, le=1, description="probability of a tighter framing, as the crop shows it: black bands on 1-4 sides, each 5-35% of the side (edges black), or a random square of 60-100% of the side enlarged (edges fit)")
+    edges: Edges = Field("black", description="the crops' edges (PreprocessSpec.edges), which decide how a tighter framing shows")
     flip: float = Field(0.5, ge=0, le=1)
     rotation: float = Field(15.0, ge=0, le=180, description="degrees, uniform in [-r, r]")
     lighting: float = Field(0.2, ge=0, le=1, description="brightness/contrast/saturation jitter")
@@ -50,7 +57,10 @@ def augment_pair(crop: np.ndarray, spec: AugmentSpec, rng: random.Random) -> tup
 
 
 def _appearance(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Image.Image:
-    """Flip, rotation, lighting and colour: what changes a photo's look but not its detail."""
+    """Framing, flip, rotation, lighting and colour: what changes a photo's look but not its detail."""
+    # drawn only when asked for, so that recipes recorded without it draw the same crops
+    if spec.frame and rng.random() < spec.frame:
+        image = reframed(image, spec.edges, rng)
     if rng.random() < spec.flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if spec.rotation:
@@ -59,6 +69,21 @@ def _appearance(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Im
         image = jitter_lighting(image, spec.lighting, rng)
     # drawn only when asked for, so that recipes recorded without it draw the same crops
     return monochrome(image) if spec.gray and rng.random() < spec.gray else image
+
+
+def reframed(crop: Image.Image, edges: Edges, rng: random.Random) -> Image.Image:
+    """`crop` as it would be had its photo been framed more tightly around the face."""
+    width, height = crop.size
+    if edges == "fit":
+        side = round(min(width, height) * rng.uniform(0.6, 1.0))
+        left, top = rng.randint(0, width - side), rng.randint(0, height - side)
+        return crop.crop((left, top, left + side, top + side)).resize(crop.size, rng.choice(list(RESAMPLE.values())))
+    cut = [rng.random() < 0.5 for _ in range(4)]
+    cut[rng.randrange(4)] = True
+    pixels = np.array(crop)
+    left, top, right, bottom = (round(rng.uniform(0.05, 0.35) * size) if c else 0 for c, size in zip(cut, (width, height, width, height)))
+    pixels[:top], pixels[height - bottom:], pixels[:, :left], pixels[:, width - right:] = 0, 0, 0, 0
+    return Image.fromarray(pixels)
 
 
 def jitter_lighting(image: Image.Image, amount: float, rng: random.Random) -> Image.Image:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
@@ -61,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_crop_arguments(p)
     p.add_argument("--rotation", type=float, default=15.0, help="rotation augmentation range in degrees (+-)")
     p.add_argument("--no-augment", action="store_true", help="train on the crops as they are")
+    p.add_argument("--frame", type=float, default=AugmentSpec().frame,
+                   help="probability of a tighter framing (black bands on the crop's sides, or with --edges fit a smaller square enlarged), "
+                        "fakes and reals alike, so that how tightly a set's photos were framed cannot mean real or fake")
     p.add_argument("--blur", type=float, default=AugmentSpec().blur, help="probability of a Gaussian blur")
     p.add_argument("--gray", type=float, default=AugmentSpec().gray,
                    help="probability of turning a crop black and white, fakes and reals alike, so that colour alone cannot mean fake")
@@ -93,6 +97,17 @@ def preprocess_spec(args: argparse.Namespace) -> PreprocessSpec:
     mean, std = spec.mean_std
     return PreprocessSpec(input_size=args.input_size or spec.input_size, mean=mean, std=std,
                           crop_mode=args.crop_mode, margin=args.margin, resize_filter=args.resize_filter, edges=args.edges)
+
+
+def augment_spec(args: argparse.Namespace) -> AugmentSpec:
+    """The recipe's augmentation; an option out of its range is a DatasetError naming it."""
+    options = {"frame": args.frame, "edges": args.edges, "rotation": args.rotation, "gray": args.gray, "smooth": args.smooth, "noise": args.noise,
+               "blur": args.blur, "sharpen": args.sharpen, "resize": args.resize, "min_scale": args.min_scale, "jpeg": args.jpeg}
+    try:
+        return AugmentSpec(**options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise DatasetError(f"--{str(error['loc'][0]).replace('_', '-')} {error['input']}: {error['msg'].lower()}") from None
 
 
 def load_split(args: argparse.Namespace, samples: list) -> Split:
@@ -177,7 +192,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=args.lr, total_steps=args.epochs * self.steps_per_epoch, pct_start=0.15)
         self.scaler = torch.amp.GradScaler(enabled=self.device.type == "cuda")
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema > 0 else None
-        self.augment = None if args.no_augment else AugmentSpec(rotation=args.rotation, gray=args.gray, smooth=args.smooth, noise=args.noise, blur=args.blur, sharpen=args.sharpen, resize=args.resize, min_scale=args.min_scale, jpeg=args.jpeg)
+        self.augment = None if args.no_augment else augment_spec(args)
         self.history: list[dict] = []
         self.best_auc, self.epoch = -1.0, 0
 
@@ -387,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             raise DatasetError(f"--loader-workers is a number of processes, 0 or more, got {args.loader_workers}")
         if not 0 <= args.self_blend <= 1:
             raise DatasetError(f"--self-blend is a share of the fakes drawn, 0 to 1, got {args.self_blend}")
+        augment_spec(args)
         if not baseline:
             entry(args.model)
         samples = [s for folder in args.data for s in scan_dataset(folder)]
