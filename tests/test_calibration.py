@@ -230,3 +230,17 @@ def test_calibrating_again_measures_every_chain_and_keeps_the_cards_own():
     older = card.model_copy(update={"metrics": {"robustness": {"chains": {"x0.5": {}, "jpeg95": {}, "x0.25>jpeg50": {}}}}})
     assert calibrate.chains_to_measure(older) == [*ROBUSTNESS_CHAINS, "x0.25>jpeg50"]
     assert calibrate.chains_to_measure(card.model_copy(update={"metrics": {}})) == list(ROBUSTNESS_CHAINS)
+
+
+def test_the_readme_table_gives_each_sets_ece_under_re_processing_from_the_cards_chains():
+    card = read_card(Settings().model)
+    chains = card.metrics["robustness"]["chains"]
+    name = next(iter(card.metrics["calibration"]["test"]))
+    eces = {chain: sets[name]["ece"] for chain, sets in chains.items()}
+    worst = max(eces, key=eces.get)
+    cell = calibrate.reprocessed_ece(card, name)
+    assert cell == f"{np.median(list(eces.values())):.3f}, {eces[worst]:.3f} ({worst})"
+    row = next(line for line in calibrate.table(card).splitlines() if line.startswith(name))
+    assert cell in row and "ECE re-processed: median, worst" in calibrate.table(card)
+    bare = card.model_copy(update={"metrics": {k: v for k, v in card.metrics.items() if k != "robustness"}})
+    assert calibrate.reprocessed_ece(bare, name) == "–"

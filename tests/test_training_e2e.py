@@ -267,6 +267,8 @@ def test_calibrate_rewrites_an_exports_card_and_the_cli_applies_it(trained_cnn, 
     assert text.startswith("before\n<!-- generalise:calibration -->\n`python -m training.calibrate") and "STALE" not in text
     assert "| gen |" in text and "(figures/reliability_gen.png)" in text and (figures / "reliability_gen.png").is_file()
     assert "| ECE by chance |" in text and card.metrics["calibration"]["test"]["gen"]["ece_by_chance"] > 0.0
+    reprocessed = calibrate.reprocessed_ece(card, "gen")  # the chains the export measured, calibrated again
+    assert reprocessed != "–" and f"| {reprocessed} |" in text
 
     test = Split.load(out / "tiny.split.json").select(scan_dataset(data), "test")
     raw = scoring.predict_onnx(out / "tiny.onnx", test, (-15.0, 0.0, 15.0), device="cpu", calibrated=False)

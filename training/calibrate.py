@@ -273,7 +273,18 @@ def reliability_figures(raw: Predictions, calibrated: np.ndarray, band: Uncertai
 
 # --- reporting ----------------------------------------------------------------------------------------
 
-HEADER = ["test set", "n", "ECE before", "ECE after", "ECE by chance", "uncertain", "confident", "accuracy of the confident", "accuracy of all (forced)"]
+HEADER = ["test set", "n", "ECE before", "ECE after", "ECE by chance", "ECE re-processed: median, worst", "uncertain", "confident",
+          "accuracy of the confident", "accuracy of all (forced)"]
+
+
+def reprocessed_ece(card: ModelCard, name: str) -> str:
+    """The set's calibrated ECE over the card's robustness chains: the median and the worst, naming its chain."""
+    chains = {chain: sets[name]["ece"] for chain, sets in card.metrics.get("robustness", {}).get("chains", {}).items()
+              if sets.get(name, {}).get("ece") is not None}
+    if not chains:
+        return "–"
+    worst = max(chains, key=chains.__getitem__)
+    return f"{float(np.median(list(chains.values()))):.3f}, {chains[worst]:.3f} ({worst})"
 
 
 def _rows(card: ModelCard) -> list[list[str]]:
@@ -281,6 +292,7 @@ def _rows(card: ModelCard) -> list[list[str]]:
         return "–" if value is None else f"{value:.1%}"
 
     return [[name, str(m["n"]), f"{m['ece_before']:.3f}", f"{m['ece_after']:.3f}", f"{m['ece_by_chance']:.3f}" if "ece_by_chance" in m else "–",
+             reprocessed_ece(card, name),
              f"{share(m['uncertain_share'])} ({m['uncertain']})",
              share(m["confident_share"]), share(m["confident_accuracy"]), share(m["accuracy"])]
             for name, m in card.metrics["calibration"]["test"].items()]
