@@ -6,6 +6,7 @@ seconds and off MTCNN; one test repeats the run on a few real faces when ../shar
 from __future__ import annotations
 
 import json
+import math
 import random
 from functools import partial
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
 from PIL import Image
 
 from training import baselines, evaluate, export, report, scoring, train
@@ -517,7 +519,8 @@ def test_the_consistency_loss_is_zero_for_one_answer_and_grows_with_disagreement
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("option", [["--consistency", "4"], ["--self-blend", "0.5"], ["--sharpen", "0.3"], ["--frame", "0.5"], ["--loader-workers", "2"]], ids=lambda o: o[0])
+@pytest.mark.parametrize("option", [["--consistency", "4"], ["--self-blend", "0.5"], ["--sharpen", "0.3"], ["--frame", "0.5"], ["--loader-workers", "2"],
+                                    ["--focal", "2"]], ids=lambda o: o[0])
 def test_training_with_each_recipe_option_runs_and_records_it(option: list[str], tmp_path: Path, private_cache) -> None:
     data = make_dataset(tmp_path / "gen")
     assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--pretrained", "none", *TINY, *option]) == 0
@@ -533,6 +536,7 @@ def test_training_with_each_recipe_option_runs_and_records_it(option: list[str],
     (["--self-blend", "1.5"], "--self-blend is a share"),
     (["--blur", "0.5", "--sharpen", "0.6"], "together at most 1"),
     (["--part-loss", "-1"], "--part-loss is a weight"),
+    (["--focal", "-1"], "--focal is an exponent"),
     (["--loader-workers", "-1"], "--loader-workers is a number of processes"),
     (["--frame", "1.5"], "--frame 1.5: input should be less than or equal to 1"),
     (["--min-scale", "0"], "--min-scale 0.0: input should be greater than 0"),
@@ -542,6 +546,18 @@ def test_a_recipe_option_out_of_range_is_a_clear_error_before_any_work(options: 
     assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), *options]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_focal_loss_is_cross_entropy_at_gamma_0_and_weights_each_crop_by_how_wrong_it_is() -> None:
+    logits, labels = torch.tensor([0.0, 3.0, -3.0, 2.0]), torch.tensor([1.0, 1.0, 1.0, 0.0])
+    plain = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    assert train.focal_bce(logits, labels).item() == pytest.approx(plain.mean().item())
+    p_truth = torch.tensor([0.5, 1 / (1 + math.exp(-3)), 1 / (1 + math.exp(3)), 1 / (1 + math.exp(2))])
+    expected = ((1 - p_truth) ** 2 * plain).mean()
+    assert train.focal_bce(logits, labels, gamma=2.0).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert train.focal_bce(logits[:1], labels[:1], gamma=2.0).item() == pytest.approx(0.25 * math.log(2), rel=1e-6)  # p = 0.5: a quarter
+    sure, wrong = (train.focal_bce(logits[i:i + 1], labels[i:i + 1], 2.0) / plain[i] for i in (1, 2))
+    assert sure < 0.003 < 0.9 < wrong  # the sure right crop all but drops out; the sure wrong one keeps nearly its whole weight
 
 
 def test_self_blending_replaces_only_fakes_and_makes_them_from_real_crops() -> None:

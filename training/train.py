@@ -15,6 +15,7 @@ import random
 import shlex
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--part-loss", type=float, default=0.0, metavar="WEIGHT",
                    help="with this weight, an auxiliary head learns which parts of a fake face were replaced, where its file name says "
                         "(rff's codes, training/parts.py); it is not exported (0 = off)")
+    p.add_argument("--focal", type=float, default=0.0, metavar="GAMMA",
+                   help="focal loss (Lin et al. 2017): each crop's cross-entropy weighted by (1 - the probability it gives the truth) ** GAMMA, "
+                        "so the crops it already answers surely count less and the hard ones more (0 = plain cross-entropy)")
     p.add_argument("--workers", type=int, default=2, help="processes for face detection when the crop cache is cold")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--loader-workers", type=int, default=0,
@@ -237,7 +241,7 @@ class Trainer:
         batches = BatchMaker(self.train_set.crops, self.train_set.labels, order.view(self.steps_per_epoch, -1).numpy(), self.spec,
                              self.augment, self.args.self_blend, self.args.consistency > 0, f"{self.args.seed}-{self.epoch}")
         loader = DataLoader(batches, batch_size=None, num_workers=self.args.loader_workers, pin_memory=self.device.type == "cuda")
-        loss_fn = nn.BCEWithLogitsLoss()
+        loss_fn = partial(focal_bce, gamma=self.args.focal)
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(zip(batches.order, loader), total=len(batches), desc=f"epoch {self.epoch}/{self.args.epochs}", unit="batch", mininterval=5)
         for index, (inputs, blended) in bar:
@@ -321,6 +325,15 @@ class Trainer:
         log.info("resumed from %s at epoch %d", path, self.epoch)
 
 
+def focal_bce(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 0.0) -> torch.Tensor:
+    """Mean binary cross-entropy, each term weighted by (1 - p_truth) ** gamma; gamma 0 is plain cross-entropy."""
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    if gamma == 0:
+        return bce.mean()
+    p_truth = torch.exp(-bce)
+    return ((1 - p_truth) ** gamma * bce).mean()
+
+
 def js_divergence(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """Mean Jensen-Shannon divergence between the Bernoulli answers of two logits, in nats (0 to ln 2)."""
     p, q = torch.sigmoid(first), torch.sigmoid(second)
@@ -398,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             raise DatasetError(f"--blur {args.blur} and --sharpen {args.sharpen} are shares of one draw: together at most 1")
         if args.part_loss < 0:
             raise DatasetError(f"--part-loss is a weight, 0 (off) or more, got {args.part_loss}")
+        if args.focal < 0:
+            raise DatasetError(f"--focal is an exponent, 0 (off) or more, got {args.focal}")
         if args.loader_workers < 0:
             raise DatasetError(f"--loader-workers is a number of processes, 0 or more, got {args.loader_workers}")
         if not 0 <= args.self_blend <= 1:
