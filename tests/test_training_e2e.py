@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from torch import nn
 from PIL import Image
+from torch import nn
 
 from training import baselines, evaluate, export, report, scoring, train
 from training.cache import CropCache
