@@ -221,6 +221,9 @@ def test_uncertain_metrics_report_both_sides():
     forced = uncertain_metrics(labels, probs, 0.5, None)
     assert (forced["real_answered_fake"], forced["fake_answered_fake"]) == (0.5, pytest.approx(1 / 3))
     assert uncertain_metrics(np.array([0, 0]), np.array([0.7, 0.2]), 0.5, None)["fake_answered_fake"] is None
+    # let through: 0.3 is below the band, 0.45 inside it (uncertain, not real)
+    assert m["fake_answered_real"] == pytest.approx(1 / 3) and forced["fake_answered_real"] == pytest.approx(2 / 3)
+    assert uncertain_metrics(np.array([0, 0]), np.array([0.7, 0.2]), 0.5, None)["fake_answered_real"] is None
 
 
 def test_calibrating_again_measures_every_chain_and_keeps_the_cards_own():

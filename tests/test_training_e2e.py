@@ -244,9 +244,10 @@ def test_export_with_data_records_threshold_and_metrics_that_evaluate_reproduces
 
 
 @pytest.mark.slow
-def test_calibrate_rewrites_an_exports_card_and_the_cli_applies_it(trained_cnn, tmp_path: Path, monkeypatch) -> None:
-    """training.calibrate on an export: the card's calibration and band, its figures and README table; then
-    the service's own code (the CLI) answers with calibrated probabilities and the card's band."""
+def test_calibrate_rewrites_an_exports_card_and_the_cli_applies_it(trained_cnn, tmp_path: Path, monkeypatch, capsys) -> None:
+    """training.calibrate on an export: --validation-only previews the band and writes nothing; then the card's
+    calibration and band, its figures and README table; then the service's own code (the CLI) answers with
+    calibrated probabilities and the card's band."""
     from service import cli
     from service.calibration import label
     from service.onnx_model import read_card
@@ -259,9 +260,20 @@ def test_calibrate_rewrites_an_exports_card_and_the_cli_applies_it(trained_cnn, 
     readme = tmp_path / "README.md"
     readme.write_text("before\n<!-- generalise:calibration -->\nSTALE\n<!-- /generalise:calibration -->\nafter\n")
     figures = tmp_path / "figures"
+    exported = {path: path.read_bytes() for path in out.iterdir()}
+    capsys.readouterr()
+    assert calibrate.main(["--model", str(out / "tiny.onnx"), "--data", str(data), "--precision", "0.9", "--validation-only"]) == 0
+    preview = capsys.readouterr().out
+    assert {path: path.read_bytes() for path in out.iterdir()} == exported  # nothing written
+    assert calibrate.main(["--model", str(out / "tiny.onnx"), "--data", str(data), "--precision", "0.9", "--validation-only",
+                           "--readme", str(readme)]) == 2
     assert calibrate.main(["--model", str(out / "tiny.onnx"), "--data", str(data), "--precision", "0.9", "--figures", str(figures),
                            "--readme", str(readme)]) == 0
     card = read_card(out / "tiny.onnx")
+    # the preview is what calibrating then records: the same band, and the validation set's share in it
+    band = card.uncertain_band
+    assert f"threshold {card.threshold:.4f}; uncertain band [{band.low:.4f}, {band.high:.4f})" in preview
+    assert f"{card.metrics['calibration']['validation']['uncertain_share']:.1%}" in preview.splitlines()[-1]
     assert json.loads((out / "tiny.json").read_text())["uncertain_band"] == card.uncertain_band.model_dump()
     assert "at least 90% precise" in card.uncertain_band.rule and card.training["tta_angles"] == [-15.0, 0.0, 15.0]
     assert card.metrics["calibration"]["command"].startswith("python -m training.calibrate --model")

@@ -28,6 +28,10 @@
 The card, inside the .onnx and in <name>.json beside it, records the calibration, the band, the rules that
 chose both, and these numbers (metrics.calibration). With --readme the table and the diagrams' links go
 into the README between `<!-- generalise:calibration -->` and `<!-- /generalise:calibration -->`.
+
+With --validation-only, steps 1-4 run and their effect on each validation set is printed (the share
+answered uncertain, and the reals and fakes answered each way); nothing is written and the test split is
+not read: how candidates are compared by the band they would get, before one is chosen.
 """
 from __future__ import annotations
 
@@ -37,12 +41,14 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.isotonic import IsotonicRegression
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from service.argv import join_option_values
@@ -54,7 +60,7 @@ from training import plots
 from training.card import ExportError, attach_card, measure_test, service_threshold_rule, validation_threshold, write_card_json
 from training.chains import ROBUSTNESS_CHAINS
 from training.cli import start_command
-from training.data import DatasetError, Split, scan_dataset
+from training.data import DatasetError, Sample, Split, scan_dataset
 from training.metrics import chance_ece, expected_calibration_error, uncertain_metrics
 from training.quantize import remeasured_record
 from training.readme import SectionError, check_section, write_section
@@ -193,6 +199,40 @@ def choose_band(labels: np.ndarray, probs: np.ndarray, datasets: Sequence[str], 
 # --- the whole step -----------------------------------------------------------------------------------
 
 
+@dataclass
+class ValidationFit:
+    """What an export gets from its validation split: the calibration, threshold and band, and the scores they came from."""
+    raw: Predictions
+    calibration: Calibration
+    fitting: dict[str, Any]
+    threshold: float
+    band: UncertainBand
+    band_fit: dict[str, Any]
+
+    @property
+    def probs(self) -> np.ndarray:
+        return image_probs(self.raw, self.calibration)
+
+
+def fit_on_validation(model: Path, card: ModelCard, samples: Sequence[Sample], split: Split, angles: Sequence[float],
+                      precision: float = PRECISION) -> ValidationFit:
+    """Steps 1-4 on the validation split alone: the calibration, the threshold the service's pipeline gives with it,
+    and the band. The model file is left as it is."""
+    val = split.select(samples, "val")
+    if not val:
+        raise CalibrationError("the split has no validation photos in these folders; calibration needs them")
+    raw = predict_onnx(model, val, angles, device="cpu", desc="validation, uncalibrated", calibrated=False)
+    calibration, fitting = choose_calibration(raw)
+    log.info("calibration: %s", calibration.model_dump(exclude={"rule"}))
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / model.name
+        shutil.copyfile(model, staged)
+        attach_card(staged, card.model_copy(update={"calibration": calibration, "uncertain_band": None}))
+        threshold = validation_threshold(staged, split, samples, angles)
+    band, band_fit = choose_band(raw.labels, image_probs(raw, calibration), raw.datasets, threshold, precision)
+    return ValidationFit(raw, calibration, fitting, threshold, band, band_fit)
+
+
 def calibrate_model(model: Path, folders: Sequence[Path], split: Split, angles: Sequence[float], figures: Path | None = None,
                     precision: float = PRECISION, command: str = "") -> ModelCard:
     """Fit the calibration and the band of `model` (an .onnx export) on its validation split, re-measure it,
@@ -204,23 +244,20 @@ def calibrate_model(model: Path, folders: Sequence[Path], split: Split, angles: 
     val, test = split.select(samples, "val"), split.select(samples, "test")
     if not val or not test:
         raise CalibrationError(f"the split has {len(val)} validation and {len(test)} test photos in these folders; calibration needs both")
-    raw_val = predict_onnx(model, val, angles, device="cpu", desc="validation, uncalibrated", calibrated=False)
+    fit = fit_on_validation(model, card, samples, split, angles, precision)
+    calibration, threshold, band = fit.calibration, fit.threshold, fit.band
     raw_test = predict_onnx(model, test, angles, device="cpu", desc="test, uncalibrated", calibrated=False)
-    calibration, fitting = choose_calibration(raw_val)
-    log.info("calibration: %s", calibration.model_dump(exclude={"rule"}))
     chains = chains_to_measure(card)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / model.name
         shutil.copyfile(model, staged)
         attach_card(staged, card.model_copy(update={"calibration": calibration, "uncertain_band": None}))
-        threshold = validation_threshold(staged, split, samples, angles)
-        val_probs, test_probs = image_probs(raw_val, calibration), image_probs(raw_test, calibration)
-        band, band_fit = choose_band(raw_val.labels, val_probs, raw_val.datasets, threshold, precision)
+        val_probs, test_probs = fit.probs, image_probs(raw_test, calibration)
         metrics = measure_test(staged, split, samples, angles, threshold, chains, band)
         metrics["calibration"] = {
             "command": command, "angles": list(angles),
-            "validation": {"n": len(val_probs), "ece_before": expected_calibration_error(raw_val.labels, image_probs(raw_val)),
-                           "ece_after": expected_calibration_error(raw_val.labels, val_probs), **fitting, **band_fit,
+            "validation": {"n": len(val_probs), "ece_before": expected_calibration_error(fit.raw.labels, image_probs(fit.raw)),
+                           "ece_after": expected_calibration_error(fit.raw.labels, val_probs), **fit.fitting, **fit.band_fit,
                            "uncertain_share": float(np.mean(band.contains(val_probs)))},
             "test": per_set(raw_test, test_probs, threshold, band),
         }
@@ -298,6 +335,25 @@ def _rows(card: ModelCard) -> list[list[str]]:
             for name, m in card.metrics["calibration"]["test"].items()]
 
 
+VALIDATION_HEADER = ["validation set", "n", "ROC-AUC", "ECE after", "uncertain", "reals answered fake", "fakes answered fake",
+                     "fakes answered real"]
+
+
+def validation_report(fit: ValidationFit) -> str:
+    """The calibration, threshold and band an export would get, and what they do to each validation set."""
+    how = (f"temperature T = {fit.calibration.temperature:.3f}" if fit.calibration.method == "temperature"
+           else f"isotonic, {len(fit.calibration.x)} knots")
+    names, probs = np.array(fit.raw.datasets), fit.probs
+    rows = []
+    for name, m in per_set(fit.raw, probs, fit.threshold, fit.band).items():
+        labels = fit.raw.labels[names == name]
+        auc = roc_auc_score(labels, probs[names == name]) if len(set(labels.tolist())) == 2 else None
+        rows.append([name, str(m["n"]), "–" if auc is None else f"{auc:.3f}", f"{m['ece_after']:.3f}", f"{m['uncertain_share']:.1%}",
+                     *("–" if m[key] is None else f"{m[key]:.1%}" for key in ("real_answered_fake", "fake_answered_fake", "fake_answered_real"))])
+    return (f"on validation: {how}; threshold {fit.threshold:.4f}; uncertain band [{fit.band.low:.4f}, {fit.band.high:.4f})\n"
+            + format_table(VALIDATION_HEADER, rows))
+
+
 def summary(card: ModelCard) -> str:
     calibration, band = card.calibration, card.uncertain_band
     how = f"temperature T = {calibration.temperature:.3f}" if calibration.method == "temperature" else f"isotonic, {len(calibration.x)} knots"
@@ -332,6 +388,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--precision", type=float, default=PRECISION, help=f"the precision each confident side must reach on validation (default {PRECISION})")
     p.add_argument("--figures", type=Path, help="where the reliability diagrams go (default: runs/calibrate-<name>)")
     p.add_argument("--readme", type=Path, help="write the table into this README's <!-- generalise:calibration --> section")
+    p.add_argument("--validation-only", action="store_true", help="fit on validation and print what the calibration and band would do "
+                   "to each validation set; the model, its card and the test split are left alone (for choosing between candidates)")
     return p.parse_args(join_option_values(argv, ("--tta",)))
 
 
@@ -356,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
             angles = parse_angles(args.tta) if args.tta is not None else card_angles(card)
         except ValueError:
             raise CalibrationError(f"--tta takes comma-separated degrees such as -15,0,15, got {args.tta!r}") from None
+        if args.validation_only:
+            if args.readme or args.figures:
+                raise CalibrationError("--validation-only writes nothing: leave out --readme and --figures")
+            samples = [s for folder in args.data for s in scan_dataset(folder)]
+            print(validation_report(fit_on_validation(args.model, card, samples, Split.load(split_file), angles, args.precision)))
+            return 0
         figures = args.figures or REPO_ROOT / "runs" / f"calibrate-{args.model.stem}"
         card = calibrate_model(args.model, args.data, Split.load(split_file), angles, figures, args.precision, command)
     except (CalibrationError, ExportError, DatasetError, ModelLoadError, SectionError) as exc:

@@ -131,7 +131,7 @@ def uncertain_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, b
     uncertain, and the accuracy of the confident answers alone, next to `accuracy`, every answer forced to
     real or fake at the threshold (binary_metrics). Confident accuracy is None where nothing is confident.
     `real_answered_fake` and `fake_answered_fake`: the share of each class whose verdict is "fake" (None
-    where the set has none of that class).
+    where the set has none of that class); `fake_answered_real`: the share of the fakes let through, confidently.
 
     An image's probability is its most-fake face's; with a band that contains the threshold (every band
     training.calibrate chooses does), that probability's label is the image's verdict."""
@@ -150,6 +150,7 @@ def uncertain_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, b
         "accuracy": _safe_div(correct.sum(), len(probs)),
         "real_answered_fake": _safe_div(answered_fake[labels == 0].sum(), (labels == 0).sum()) if (labels == 0).any() else None,
         "fake_answered_fake": _safe_div(answered_fake[labels == 1].sum(), (labels == 1).sum()) if (labels == 1).any() else None,
+        "fake_answered_real": _safe_div((confident & ~called_fake)[labels == 1].sum(), (labels == 1).sum()) if (labels == 1).any() else None,
     }
 
 
