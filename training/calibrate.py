@@ -341,8 +341,6 @@ VALIDATION_HEADER = ["validation set", "n", "ROC-AUC", "ECE after", "uncertain",
 
 def validation_report(fit: ValidationFit) -> str:
     """The calibration, threshold and band an export would get, and what they do to each validation set."""
-    how = (f"temperature T = {fit.calibration.temperature:.3f}" if fit.calibration.method == "temperature"
-           else f"isotonic, {len(fit.calibration.x)} knots")
     names, probs = np.array(fit.raw.datasets), fit.probs
     rows = []
     for name, m in per_set(fit.raw, probs, fit.threshold, fit.band).items():
@@ -350,14 +348,17 @@ def validation_report(fit: ValidationFit) -> str:
         auc = roc_auc_score(labels, probs[names == name]) if len(set(labels.tolist())) == 2 else None
         rows.append([name, str(m["n"]), "–" if auc is None else f"{auc:.3f}", f"{m['ece_after']:.3f}", f"{m['uncertain_share']:.1%}",
                      *("–" if m[key] is None else f"{m[key]:.1%}" for key in ("real_answered_fake", "fake_answered_fake", "fake_answered_real"))])
-    return (f"on validation: {how}; threshold {fit.threshold:.4f}; uncertain band [{fit.band.low:.4f}, {fit.band.high:.4f})\n"
+    return (f"on validation: {describe(fit.calibration)}; threshold {fit.threshold:.4f}; uncertain band [{fit.band.low:.4f}, {fit.band.high:.4f})\n"
             + format_table(VALIDATION_HEADER, rows))
 
 
+def describe(calibration: Calibration) -> str:
+    return f"temperature T = {calibration.temperature:.3f}" if calibration.method == "temperature" else f"isotonic, {len(calibration.x)} knots"
+
+
 def summary(card: ModelCard) -> str:
-    calibration, band = card.calibration, card.uncertain_band
-    how = f"temperature T = {calibration.temperature:.3f}" if calibration.method == "temperature" else f"isotonic, {len(calibration.x)} knots"
-    return (f"{card.name} {card.version}: {how}; threshold {card.threshold:.4f}; uncertain band [{band.low:.4f}, {band.high:.4f})"
+    band = card.uncertain_band
+    return (f"{card.name} {card.version}: {describe(card.calibration)}; threshold {card.threshold:.4f}; uncertain band [{band.low:.4f}, {band.high:.4f})"
             f" ({card.metrics['calibration']['validation']['uncertain_share']:.1%} of validation photos)")
 
 
