@@ -629,3 +629,54 @@ def test_the_part_loss_needs_a_model_with_pooled_features(tmp_path: Path, privat
     data = make_dataset(tmp_path / "gen", n_real=4, n_fake=4)
     assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--pretrained", "none", *TINY, "--part-loss", "1"]) == 2
     assert "--part-loss needs a timm model" in capsys.readouterr().err
+
+
+def swapped_labels(data: Path, root: Path) -> Path:
+    """The same photos with every label wrong: the bright ones under real/, the dark ones under fake/."""
+    for source, target in (("real", "fake"), ("fake", "real")):
+        (root / target).mkdir(parents=True)
+        for photo in (data / source).glob("*.png"):
+            (root / target / photo.name).write_bytes(photo.read_bytes())
+    return root
+
+
+LEARNT = ["--epochs", "3", "--epoch-size", "64", "--lr", "3e-3"]  # enough for the cnn to tell dark from bright noise
+
+
+def exported(run: Path, name: str, out: Path) -> OnnxClassifier:
+    assert export.main(["--checkpoint", str(run / "best.pt"), "--name", name, "--out", str(out)]) == 0
+    return OnnxClassifier(out / f"{name}.onnx")
+
+
+@pytest.mark.slow
+def test_a_distilled_student_answers_as_its_teacher_not_as_the_labels(tmp_path: Path, private_cache) -> None:
+    data = make_dataset(tmp_path / "gen")
+    bright = np.stack([np.asarray(Image.open(p).convert("RGB").resize((128, 128))) for p in sorted((data / "fake").glob("*.png"))])
+    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "teacher"), "--pretrained", "none", *TINY, *LEARNT]) == 0
+    teacher = exported(tmp_path / "teacher", "teacher", tmp_path / "x")
+    assert teacher.predict_crops(bright).mean() > 0.5  # the teacher learnt that bright means fake
+    student = tmp_path / "student"
+    assert train.main(["--model", "cnn", "--data", str(swapped_labels(data, tmp_path / "swapped")), "--out", str(student), "--pretrained", "none",
+                       *TINY, *LEARNT, "--seed", "3", "--distill", str(teacher.path), "--distill-weight", "1"]) == 0
+    assert "--distill" in torch.load(student / "best.pt", map_location="cpu", weights_only=False)["command"]
+    assert exported(student, "student", tmp_path / "y").predict_crops(bright).mean() > 0.5  # the teacher's answer; the labels say real
+
+
+def test_a_teacher_that_reads_other_crops_is_a_clear_error(trained_cnn, tmp_path: Path, private_cache, capsys) -> None:
+    run, data = trained_cnn
+    teacher = exported(run, "teacher", tmp_path / "x")
+    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--pretrained", "none", *TINY,
+                       "--input-size", "64", "--distill", str(teacher.path)]) == 2
+    assert "--distill: the teacher reads other crops" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--distill", "teacher.onnx", "--distill-weight", "0"], "--distill-weight is a share of the loss"),
+    (["--distill", "teacher.onnx", "--distill-weight", "1.5"], "--distill-weight is a share of the loss"),
+    (["--distill", "teacher.onnx", "--consistency", "1"], "--distill and --consistency cannot be combined"),
+])
+def test_distillation_options_out_of_range_are_a_clear_error_before_any_work(options: list[str], message: str, tmp_path: Path, capsys) -> None:
+    data = make_dataset(tmp_path / "gen", n_real=2, n_fake=2)
+    assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

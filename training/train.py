@@ -26,6 +26,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from service.contract import ModelLoadError
+from service.onnx_model import OnnxClassifier
 from service.preprocess import PreprocessSpec, to_input
 from training import baselines, plots
 from training.augment import AugmentSpec, augment, augment_pair
@@ -88,6 +90,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--focal", type=float, default=0.0, metavar="GAMMA",
                    help="focal loss (Lin et al. 2017): each crop's cross-entropy weighted by (1 - the probability it gives the truth) ** GAMMA, "
                         "so the crops it already answers surely count less and the hard ones more (0 = plain cross-entropy)")
+    p.add_argument("--distill", type=Path, metavar="TEACHER.onnx",
+                   help="learn from an export's answers as well as the labels (Hinton et al. 2015): the teacher, an ensemble say, reads "
+                        "every augmented training batch, so that one network can learn to answer as the teacher does at a fraction of its cost")
+    p.add_argument("--distill-weight", type=float, default=0.75, metavar="W",
+                   help="with --distill, the share of the loss that is the cross-entropy against the teacher's probabilities (the rest: the labels')")
     p.add_argument("--workers", type=int, default=2, help="processes for face detection when the crop cache is cold")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--loader-workers", type=int, default=0,
@@ -197,6 +204,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(enabled=self.device.type == "cuda")
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema > 0 else None
         self.augment = None if args.no_augment else augment_spec(args)
+        self.teacher = load_teacher(args.distill, spec, args.device) if args.distill else None
         self.history: list[dict] = []
         self.best_auc, self.epoch = -1.0, 0
 
@@ -255,6 +263,8 @@ class Trainer:
                 logits = first
             else:
                 loss = loss_fn(logits, labels)
+            if self.teacher is not None:
+                loss = (1 - self.args.distill_weight) * loss + self.args.distill_weight * self._distill_loss(logits, inputs)
             if part_logits is not None:
                 loss = loss + self.args.part_loss * self._part_loss(part_logits, index, blended.numpy())
             self.optimizer.zero_grad(set_to_none=True)
@@ -276,6 +286,11 @@ class Trainer:
             return self.model(inputs).squeeze(1).float(), None
         pooled = self.model.forward_head(self.model.forward_features(inputs), pre_logits=True)
         return self.model.get_classifier()(pooled).squeeze(1).float(), self.part_head(pooled).float()
+
+    def _distill_loss(self, logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against the teacher's probabilities for the very crops the student read."""
+        targets = torch.from_numpy(self.teacher.predict(inputs.float().cpu().numpy())).to(self.device)
+        return nn.functional.binary_cross_entropy_with_logits(logits, targets)
 
     def _part_loss(self, part_logits: torch.Tensor, index: np.ndarray, blended: np.ndarray) -> torch.Tensor:
         """Binary cross-entropy of each part, over the photos whose parts are known (a blend's are not)."""
@@ -323,6 +338,18 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.history, self.best_auc = state["epoch"], state["history"], state["best_auc"]
         log.info("resumed from %s at epoch %d", path, self.epoch)
+
+
+def load_teacher(path: Path, spec: PreprocessSpec, device: str) -> OnnxClassifier:
+    """--distill's teacher, which must read the crops the student is trained on."""
+    try:
+        teacher = OnnxClassifier(path, device=device)
+    except ModelLoadError as exc:
+        raise DatasetError(f"--distill: {exc}") from exc
+    if teacher.card.preprocess != spec:
+        raise DatasetError(f"--distill: the teacher reads other crops ({teacher.card.preprocess}) than this training makes ({spec}); "
+                           "give the training the teacher's --input-size, --margin, --resize-filter and --edges")
+    return teacher
 
 
 def focal_bce(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 0.0) -> torch.Tensor:
@@ -413,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
             raise DatasetError(f"--part-loss is a weight, 0 (off) or more, got {args.part_loss}")
         if args.focal < 0:
             raise DatasetError(f"--focal is an exponent, 0 (off) or more, got {args.focal}")
+        if not 0 < args.distill_weight <= 1:
+            raise DatasetError(f"--distill-weight is a share of the loss, more than 0 and at most 1, got {args.distill_weight}")
+        if args.distill and args.consistency > 0:
+            raise DatasetError("--distill and --consistency cannot be combined: the teacher answers one view of each crop")
         if args.loader_workers < 0:
             raise DatasetError(f"--loader-workers is a number of processes, 0 or more, got {args.loader_workers}")
         if not 0 <= args.self_blend <= 1:
