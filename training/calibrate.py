@@ -36,6 +36,7 @@ not read: how candidates are compared by the band they would get, before one is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -43,7 +44,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -214,6 +215,16 @@ class ValidationFit:
         return image_probs(self.raw, self.calibration)
 
 
+@contextlib.contextmanager
+def staged_copy(model: Path, card: ModelCard) -> Iterator[Path]:
+    """A temporary copy of `model` carrying `card`, which the service's pipeline reads as it would the export."""
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / model.name
+        shutil.copyfile(model, staged)
+        attach_card(staged, card)
+        yield staged
+
+
 def fit_on_validation(model: Path, card: ModelCard, samples: Sequence[Sample], split: Split, angles: Sequence[float],
                       precision: float = PRECISION) -> ValidationFit:
     """Steps 1-4 on the validation split alone: the calibration, the threshold the service's pipeline gives with it,
@@ -224,10 +235,7 @@ def fit_on_validation(model: Path, card: ModelCard, samples: Sequence[Sample], s
     raw = predict_onnx(model, val, angles, device="cpu", desc="validation, uncalibrated", calibrated=False)
     calibration, fitting = choose_calibration(raw)
     log.info("calibration: %s", calibration.model_dump(exclude={"rule"}))
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / model.name
-        shutil.copyfile(model, staged)
-        attach_card(staged, card.model_copy(update={"calibration": calibration, "uncertain_band": None}))
+    with staged_copy(model, card.model_copy(update={"calibration": calibration, "uncertain_band": None})) as staged:
         threshold = validation_threshold(staged, split, samples, angles)
     band, band_fit = choose_band(raw.labels, image_probs(raw, calibration), raw.datasets, threshold, precision)
     return ValidationFit(raw, calibration, fitting, threshold, band, band_fit)
@@ -248,10 +256,7 @@ def calibrate_model(model: Path, folders: Sequence[Path], split: Split, angles: 
     calibration, threshold, band = fit.calibration, fit.threshold, fit.band
     raw_test = predict_onnx(model, test, angles, device="cpu", desc="test, uncalibrated", calibrated=False)
     chains = chains_to_measure(card)
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / model.name
-        shutil.copyfile(model, staged)
-        attach_card(staged, card.model_copy(update={"calibration": calibration, "uncertain_band": None}))
+    with staged_copy(model, card.model_copy(update={"calibration": calibration, "uncertain_band": None})) as staged:
         val_probs, test_probs = fit.probs, image_probs(raw_test, calibration)
         metrics = measure_test(staged, split, samples, angles, threshold, chains, band)
         metrics["calibration"] = {
