@@ -253,6 +253,7 @@ class Trainer:
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(zip(batches.order, loader), total=len(batches), desc=f"epoch {self.epoch}/{self.args.epochs}", unit="batch", mininterval=5)
         for index, (inputs, blended) in bar:
+            taught = self._teacher_probs(inputs)
             inputs = inputs.to(self.device, non_blocking=True, memory_format=torch.channels_last)
             labels = torch.from_numpy(self.train_set.labels[index]).float().to(self.device)
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
@@ -263,8 +264,9 @@ class Trainer:
                 logits = first
             else:
                 loss = loss_fn(logits, labels)
-            if self.teacher is not None:
-                loss = (1 - self.args.distill_weight) * loss + self.args.distill_weight * self._distill_loss(logits, inputs)
+            if taught is not None:
+                distilled = nn.functional.binary_cross_entropy_with_logits(logits, taught)
+                loss = (1 - self.args.distill_weight) * loss + self.args.distill_weight * distilled
             if part_logits is not None:
                 loss = loss + self.args.part_loss * self._part_loss(part_logits, index, blended.numpy())
             self.optimizer.zero_grad(set_to_none=True)
@@ -287,10 +289,11 @@ class Trainer:
         pooled = self.model.forward_head(self.model.forward_features(inputs), pre_logits=True)
         return self.model.get_classifier()(pooled).squeeze(1).float(), self.part_head(pooled).float()
 
-    def _distill_loss(self, logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy against the teacher's probabilities for the very crops the student read."""
-        targets = torch.from_numpy(self.teacher.predict(inputs.float().cpu().numpy())).to(self.device)
-        return nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    def _teacher_probs(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """With --distill, the teacher's probabilities for the very crops the student reads, from the batch on the host."""
+        if self.teacher is None:
+            return None
+        return torch.from_numpy(self.teacher.predict(inputs.numpy())).to(self.device)
 
     def _part_loss(self, part_logits: torch.Tensor, index: np.ndarray, blended: np.ndarray) -> torch.Tensor:
         """Binary cross-entropy of each part, over the photos whose parts are known (a blend's are not)."""
