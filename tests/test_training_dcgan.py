@@ -64,6 +64,22 @@ def test_resume_goes_on_from_the_checkpoint(dataset, tmp_path: Path, monkeypatch
     assert torch.load(out / "gan.pt", weights_only=True)["step"] == 3
 
 
+@pytest.mark.parametrize("upsample", ["transposed", "resize"])
+def test_either_generator_makes_64_px_faces_and_only_the_resize_one_avoids_transposed_steps(upsample: str) -> None:
+    net = dcgan.generator(8, upsample)
+    assert net(torch.randn(2, dcgan.LATENT, 1, 1)).shape == (2, 3, dcgan.SIZE, dcgan.SIZE)
+    transposed = [m for m in net if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(transposed) == (5 if upsample == "transposed" else 1)  # the resize one keeps only the 1 -> 4 projection
+
+
+def test_resuming_with_another_generator_is_refused(dataset, tmp_path: Path, capsys) -> None:
+    data, split = dataset
+    where = ["--data", str(data), "--split", str(split), "--out", str(tmp_path / "made"), "--count", "4", "--width", "8"]
+    assert dcgan.main([*where, "--steps", "2"]) == 0
+    assert dcgan.main([*where, "--steps", "3", "--resume", "--upsample", "resize"]) == 2
+    assert "transposed up-sampling" in capsys.readouterr().err
+
+
 def test_a_split_without_real_training_photos_is_refused(dataset, tmp_path: Path, capsys) -> None:
     data, _ = dataset
     empty = tmp_path / "other.json"

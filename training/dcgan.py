@@ -8,7 +8,9 @@ It learns from the real photos of the split's training part only. It writes a da
 and training.evaluate read like any other: fake/ holds generated 64 px faces, real/ as many of the real crops it
 learned from, both enlarged to 128 px and saved at JPEG quality 75 (tpdne128's preparation), so the two differ in
 content only, never in size or compression. The generator's checkpoint and a grid of its faces (samples.png) sit
-beside them; `--resume` goes on from the checkpoint.
+beside them; `--resume` goes on from the checkpoint. `--upsample resize` makes another kind of generator, one
+that doubles its image by nearest-neighbour enlargement and a convolution instead of DCGAN's transposed
+convolutions: a second up-sampling trace, so that training sees generators differ in more than one way.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import io
 import logging
 import sys
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,17 +37,25 @@ log = logging.getLogger(__name__)
 SIZE = 64  # the generator's output side
 SAVED_SIZE, SAVED_QUALITY = 128, 75
 LATENT = 100
+Upsample = Literal["transposed", "resize"]
 CROP_SPEC = PreprocessSpec(input_size=224)  # the crops the default model trains on, already in the cache
 
 
-def generator(width: int) -> nn.Sequential:
+def doubled(c_in: int, c_out: int, upsample: Upsample) -> list[nn.Module]:
+    """One step that doubles the side: a transposed convolution (DCGAN's, with its checkerboard), or a nearest-neighbour
+    enlargement and a 3x3 convolution (Odena et al. 2016's resize-convolution, as in Stable Diffusion's decoder)."""
+    if upsample == "transposed":
+        return [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)]
+    return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)]
+
+
+def generator(width: int, upsample: Upsample = "transposed") -> nn.Sequential:
     """Radford et al. 2016's generator: a latent vector to a 64x64 RGB image in [-1, 1]."""
-    layers: list[nn.Module] = []
-    channels = [LATENT, width * 8, width * 4, width * 2, width]
-    for i, (c_in, c_out) in enumerate(zip(channels, channels[1:])):
-        layers += [nn.ConvTranspose2d(c_in, c_out, 4, 1 if i == 0 else 2, 0 if i == 0 else 1, bias=False),
-                   nn.BatchNorm2d(c_out), nn.ReLU(True)]
-    return nn.Sequential(*layers, nn.ConvTranspose2d(width, 3, 4, 2, 1, bias=False), nn.Tanh())
+    layers: list[nn.Module] = [nn.ConvTranspose2d(LATENT, width * 8, 4, 1, 0, bias=False), nn.BatchNorm2d(width * 8), nn.ReLU(True)]
+    channels = [width * 8, width * 4, width * 2, width]
+    for c_in, c_out in zip(channels, channels[1:]):
+        layers += [*doubled(c_in, c_out, upsample), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+    return nn.Sequential(*layers, *doubled(width, 3, upsample), nn.Tanh())
 
 
 def discriminator(width: int) -> nn.Sequential:
@@ -76,10 +87,10 @@ def to_pixels(images: torch.Tensor) -> np.ndarray:
 
 
 class Gan:
-    def __init__(self, width: int, seed: int, device: torch.device = torch.device("cpu")) -> None:
+    def __init__(self, width: int, seed: int, device: torch.device = torch.device("cpu"), upsample: Upsample = "transposed") -> None:
         torch.manual_seed(seed)
-        self.width, self.step, self.device = width, 0, device
-        self.g, self.d = generator(width).to(device), discriminator(width).to(device)
+        self.width, self.step, self.device, self.upsample = width, 0, device, upsample
+        self.g, self.d = generator(width, upsample).to(device), discriminator(width).to(device)
         for net in (self.g, self.d):
             net.apply(_dcgan_init)
         self.opt_g = torch.optim.Adam(self.g.parameters(), 2e-4, betas=(0.5, 0.999))
@@ -112,10 +123,13 @@ class Gan:
 
     def save(self, path: Path) -> None:
         state = {name: getattr(self, name).state_dict() for name in ("g", "d", "opt_g", "opt_d")}
-        torch.save({"width": self.width, "step": self.step, **state}, path)
+        torch.save({"width": self.width, "upsample": self.upsample, "step": self.step, **state}, path)
 
     def load(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=True)
+        made = (state["width"], state.get("upsample", "transposed"))
+        if made != (self.width, self.upsample):
+            raise DatasetError(f"{path} holds a generator of width {made[0]} with {made[1]} up-sampling; resume it with the same --width and --upsample")
         for name in ("g", "d", "opt_g", "opt_d"):
             getattr(self, name).load_state_dict(state[name])
         self.step = state["step"]
@@ -183,23 +197,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2000, help="generator updates, batch 64")
     parser.add_argument("--width", type=int, default=32, help="channels of the networks' outermost layers (DCGAN's 64 is 4x slower)")
     parser.add_argument("--count", type=int, default=1500, help="fake faces to write, and as many real ones")
+    parser.add_argument("--upsample", choices=["transposed", "resize"], default="transposed",
+                        help="how the generator doubles its image: transposed convolutions (DCGAN's) or nearest-neighbour "
+                             "enlargement and a convolution (a different up-sampling trace, as in Stable Diffusion's decoder)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="go on from <out>/gan.pt")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where the networks train (auto: CUDA when present); 2,000 steps took 3.5 minutes on 16 CPU cores")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    checkpoint = args.out / "gan.pt"
+    gan = Gan(args.width, args.seed, device_for(args.device), args.upsample)
     try:
         names, faces = real_faces(args.data, Split.load(args.split), CropCache())
+        if args.resume and checkpoint.exists():
+            gan.load(checkpoint)
+            log.info("resumed at step %d", gan.step)
     except (DatasetError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    checkpoint = args.out / "gan.pt"
-    gan = Gan(args.width, args.seed, device_for(args.device))
-    if args.resume and checkpoint.exists():
-        gan.load(checkpoint)
-        log.info("resumed at step %d", gan.step)
     log.info("learning from %d real faces", len(faces))
     train(gan, faces, args.steps, 64, checkpoint, args.seed)
     write_set(args.out, gan, names, faces, min(args.count, len(faces)), args.seed)
