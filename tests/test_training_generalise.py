@@ -15,6 +15,7 @@ from service.onnx_model import read_card
 from test_training_e2e import TINY, make_dataset
 from training import export, generalise, loso, report, robustness, scoring, train
 from training.cache import CropCache
+from training.data import make_split, scan_dataset
 
 README = "# facecheck\n\nbefore\n<!-- generalise:robustness -->\nold table\n<!-- /generalise:robustness -->\nbetween\n" \
          "<!-- generalise:loso -->\n<!-- /generalise:loso -->\nafter\n"
@@ -150,6 +151,20 @@ def test_loso_trains_without_each_source_scores_it_and_resumes(tmp_path: Path, m
     monkeypatch.setattr(loso, "run_fold", no_training)
     assert generalise.main(argv) == 0
     assert json.loads((out / "loso.json").read_text())["rows"] == rows
+
+
+@pytest.mark.slow
+def test_loso_splits_afresh_a_set_its_split_file_lacks(tmp_path: Path, monkeypatch) -> None:
+    both = make_dataset(tmp_path / "both", n_real=12, n_fake=12)
+    added = make_dataset(tmp_path / "added", n_real=0, n_fake=12)
+    monkeypatch.setattr(generalise, "CropCache", partial(CropCache, tmp_path / "cache"))
+    split = tmp_path / "split.json"
+    make_split(scan_dataset(both), seed=0).save(split)
+    out = tmp_path / "loso"
+    assert generalise.main(["loso", "--model", "cnn", "--data", str(both), "--data", str(added), "--split-file", str(split),
+                            "--out", str(out), "--only", "added-fake", "--pretrained", "none", *TINY]) == 0
+    rows = json.loads((out / "loso.json").read_text())["rows"]
+    assert [(r["source"], r["n"]) for r in rows] == [("added-fake", 12)]
 
 
 @pytest.mark.slow

@@ -164,6 +164,9 @@ def run_loso(args: argparse.Namespace, train_options: list[str]) -> int:
     template.set_weights = train_command.parse_set_weights(template.set_weight, {s.dataset for s in samples})
     spec = train_command.preprocess_spec(template)
     split = Split.load(args.split_file) if args.split_file else make_split(samples, seed=template.seed)
+    split, added = split.extended(samples, template.seed)
+    if added:
+        logging.getLogger("training.loso").info("%s: not in %s, split afresh (seed %d)", ", ".join(added), args.split_file, template.seed)
     cache = CropCache()
     parts = {name: cache.crop_set(split.select(samples, name), spec, template.workers, f"crops ({name})") for name in ("train", "val", "test")}
     rows = []
@@ -210,7 +213,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     lo.add_argument("--out", type=Path, default=Path("runs/loso"), help="a folder per fold, loso.json and loso.png")
     for sub, default_tta in ((r, None), (lo, "0")):
         sub.add_argument("--data", type=Path, action="append", required=True, help="dataset folder with real/ and/or fake/; repeat")
-        sub.add_argument("--split-file", type=Path, help="the split (robustness default: the model's own; loso default: made with --seed)")
+        sub.add_argument("--split-file", type=Path, help="the split (robustness default: the model's own; loso default: made with --seed; for loso, a set the file lacks is split afresh with --seed)")
         sub.add_argument("--tta", type=parse_angles, default=parse_angles(default_tta) if default_tta else None,
                          help="test-time rotations, e.g. -15,0,15 (robustness default: those the service uses with the model; loso default: 0)")
         sub.add_argument("--readme", type=Path, help="write the table into this README's generalise section")
