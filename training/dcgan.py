@@ -67,15 +67,19 @@ def discriminator(width: int) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Conv2d(width * 8, 1, 4, 1, 0, bias=False), nn.Flatten(0))
 
 
-def real_faces(roots: list[Path], split: Split, cache: CropCache) -> tuple[list[str], np.ndarray]:
-    """The training part's real photos, as face crops scaled down to 64 px: their names and pixels (N, 64, 64, 3)."""
+def real_crops(roots: list[Path], split: Split, cache: CropCache) -> tuple[list[str], np.ndarray]:
+    """The training part's real photos as the default model's 224 px face crops: their names and pixels (N, 224, 224, 3)."""
     samples = [s for root in roots for s in split.select(scan_dataset(root), "train") if s.label == 0]
     if not samples:
         raise DatasetError("no real photos in the training part of these sets")
     crops = cache.crop_set(samples, CROP_SPEC, desc="real crops")
-    small = np.stack([np.asarray(Image.fromarray(c).resize((SIZE, SIZE), Image.LANCZOS)) for c in crops.crops])
-    names = [f"{s.dataset}_{Path(s.key).stem}" for s in crops.samples]
-    return names, small
+    return [f"{s.dataset}_{Path(s.key).stem}" for s in crops.samples], np.asarray(crops.crops)
+
+
+def real_faces(roots: list[Path], split: Split, cache: CropCache) -> tuple[list[str], np.ndarray]:
+    """The training part's real face crops scaled down to 64 px: their names and pixels (N, 64, 64, 3)."""
+    names, crops = real_crops(roots, split, cache)
+    return names, np.stack([np.asarray(Image.fromarray(c).resize((SIZE, SIZE), Image.LANCZOS)) for c in crops])
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
