@@ -2,37 +2,22 @@
 (128 px JPEG), resumes from its checkpoint, and says so when there is nothing to learn from."""
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from made_sets import set_and_split
 from training import dcgan
-from training.cache import CropCache
 from training.data import Split, make_split, scan_dataset
 
 TINY = ["--steps", "2", "--count", "4", "--width", "8"]
 
 
-def _faces_set(root: Path, count: int = 12) -> Path:
-    rng = np.random.default_rng(0)
-    for label in ("real", "fake"):
-        (root / label).mkdir(parents=True)
-        for i in range(count):
-            Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(root / label / f"{label}{i:02d}.png")
-    return root
-
-
 @pytest.fixture
 def dataset(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
-    monkeypatch.setattr(dcgan, "CropCache", partial(CropCache, tmp_path / "cache"))
-    data = _faces_set(tmp_path / "faces")
-    split = tmp_path / "split.json"
-    make_split(scan_dataset(data), seed=0).save(split)
-    return data, split
+    return set_and_split(tmp_path, monkeypatch, dcgan)
 
 
 def test_it_writes_a_set_of_real_and_generated_faces_prepared_alike(dataset, tmp_path: Path) -> None:

@@ -2,39 +2,23 @@
 prepared alike (224 px JPEG); the decoder up-samples as asked; resume goes on, and a mismatch is refused."""
 from __future__ import annotations
 
-import shutil
-from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from made_sets import set_and_split
 from training import dcgan, reconstruct
-from training.cache import CropCache
-from training.data import Split, make_split, scan_dataset
+from training.data import Split, scan_dataset
 from training.dcgan import CROP_SPEC
 
 TINY = ["--steps", "2", "--count", "4", "--width", "4", "--latent", "2"]
 
 
-def _faces_set(root: Path, count: int = 12) -> Path:
-    rng = np.random.default_rng(0)
-    for label in ("real", "fake"):
-        (root / label).mkdir(parents=True)
-        for i in range(count):
-            Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(root / label / f"{label}{i:02d}.png")
-    return root
-
-
 @pytest.fixture
 def dataset(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
-    monkeypatch.setattr(reconstruct, "CropCache", partial(CropCache, tmp_path / "cache"))
-    data = _faces_set(tmp_path / "faces")
-    split = tmp_path / "split.json"
-    make_split(scan_dataset(data), seed=0).save(split)
-    return data, split
+    return set_and_split(tmp_path, monkeypatch, reconstruct)
 
 
 def test_each_fake_is_the_reconstruction_of_a_training_real_beside_it(dataset, tmp_path: Path) -> None:
@@ -79,18 +63,13 @@ def test_resume_goes_on_and_a_different_network_is_refused(dataset, tmp_path: Pa
 
 
 def test_a_set_without_real_photos_in_its_training_part_is_refused(tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(reconstruct, "CropCache", partial(CropCache, tmp_path / "cache"))
-    data = _faces_set(tmp_path / "faces")
-    shutil.rmtree(data / "real")
-    split = tmp_path / "split.json"
-    make_split(scan_dataset(data), seed=0).save(split)
+    data, split = set_and_split(tmp_path, monkeypatch, reconstruct, labels=("fake",))
     assert reconstruct.main(["--data", str(data), "--split", str(split), "--out", str(tmp_path / "made"), *TINY]) == 2
     assert "no real photos" in capsys.readouterr().err
 
 
-def test_the_dcgan_still_learns_from_the_same_crops_scaled_to_its_size(dataset, tmp_path: Path, monkeypatch) -> None:
-    data, split = dataset
-    monkeypatch.setattr(dcgan, "CropCache", partial(CropCache, tmp_path / "cache"))
+def test_the_dcgan_still_learns_from_the_same_crops_scaled_to_its_size(tmp_path: Path, monkeypatch) -> None:
+    data, split = set_and_split(tmp_path, monkeypatch, dcgan)
     names, crops = dcgan.real_crops([data], Split.load(split), dcgan.CropCache())
     small_names, faces = dcgan.real_faces([data], Split.load(split), dcgan.CropCache())
     assert small_names == names and faces.shape == (len(crops), dcgan.SIZE, dcgan.SIZE, 3)

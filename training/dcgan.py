@@ -19,7 +19,7 @@ import io
 import logging
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal, Protocol
 
 import numpy as np
 import torch
@@ -178,18 +178,43 @@ def grid(images: np.ndarray, columns: int = 8) -> Image.Image:
     return Image.fromarray(canvas)
 
 
-def write_set(out: Path, gan: Gan, names: list[str], faces: np.ndarray, count: int, seed: int) -> None:
-    """fake/ with `count` generated faces and real/ with `count` of the real ones, prepared alike."""
+def emptied_set(out: Path, available: int, count: int, seed: int) -> np.ndarray:
+    """Empty real/ and fake/ under `out` (made where missing), and draw which `count` of the `available` real faces go in."""
     for label in ("real", "fake"):
         (out / label).mkdir(parents=True, exist_ok=True)
         for old in (out / label).glob("*.jpg"):
             old.unlink()
-    chosen = np.random.default_rng(seed).permutation(len(faces))[:count]
+    return np.random.default_rng(seed).permutation(available)[:count]
+
+
+def write_set(out: Path, gan: Gan, names: list[str], faces: np.ndarray, count: int, seed: int) -> None:
+    """fake/ with `count` generated faces and real/ with `count` of the real ones, prepared alike."""
+    chosen = emptied_set(out, len(faces), count, seed)
     for i in tqdm(chosen, desc="real/", unit="img", mininterval=2):
         (out / "real" / f"{names[i]}.jpg").write_bytes(prepared(faces[i]))
     for i, pixels in enumerate(tqdm(gan.sample(len(chosen), seed), desc="fake/", unit="img", mininterval=2)):
         (out / "fake" / f"dcgan_{i:05d}.jpg").write_bytes(prepared(pixels))
     grid(gan.sample(64, seed + 1)).save(out / "samples.png")
+
+
+class Resumable(Protocol):
+    step: int
+
+    def load(self, path: Path) -> None: ...
+
+
+def read_and_resume(read: Callable[[], tuple[list[str], np.ndarray]], model: Resumable, checkpoint: Path,
+                    resume: bool) -> tuple[list[str], np.ndarray] | None:
+    """The real faces `read` gives, with `model` loaded from `checkpoint` when resuming; None (said on stderr) where either fails."""
+    try:
+        names, pixels = read()
+        if resume and checkpoint.exists():
+            model.load(checkpoint)
+            log.info("resumed at step %d", model.step)
+    except (DatasetError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    return names, pixels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,14 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     checkpoint = args.out / "gan.pt"
     gan = Gan(args.width, args.seed, device_for(args.device), args.upsample)
-    try:
-        names, faces = real_faces(args.data, Split.load(args.split), CropCache())
-        if args.resume and checkpoint.exists():
-            gan.load(checkpoint)
-            log.info("resumed at step %d", gan.step)
-    except (DatasetError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    started = read_and_resume(lambda: real_faces(args.data, Split.load(args.split), CropCache()), gan, checkpoint, args.resume)
+    if started is None:
         return 2
+    names, faces = started
     args.out.mkdir(parents=True, exist_ok=True)
     log.info("learning from %d real faces", len(faces))
     train(gan, faces, args.steps, 64, checkpoint, args.seed)

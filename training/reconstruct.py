@@ -30,7 +30,7 @@ from tqdm import tqdm
 from training.cache import CropCache
 from training.cli import start_command
 from training.data import DatasetError, Split
-from training.dcgan import Upsample, doubled, real_crops, to_pixels, to_tensor
+from training.dcgan import Upsample, doubled, emptied_set, read_and_resume, real_crops, to_pixels, to_tensor
 from training.predict import device_for
 
 log = logging.getLogger(__name__)
@@ -127,11 +127,7 @@ def samples_png(originals: np.ndarray, rebuilt: np.ndarray, gain: float = 8.0) -
 
 def write_set(out: Path, model: Reconstructor, names: list[str], crops: np.ndarray, count: int, seed: int) -> float:
     """real/ with `count` real crops and fake/ with their reconstructions; returns the reconstructions' PSNR in dB."""
-    for label in ("real", "fake"):
-        (out / label).mkdir(parents=True, exist_ok=True)
-        for old in (out / label).glob("*.jpg"):
-            old.unlink()
-    chosen = np.random.default_rng(seed).permutation(len(crops))[:count]
+    chosen = emptied_set(out, len(crops), count, seed)
     quality = []
     for start in tqdm(range(0, len(chosen), 64), desc="real/ and fake/", unit="batch", mininterval=2):
         picks = chosen[start:start + 64]
@@ -163,14 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     checkpoint = args.out / "autoencoder.pt"
     model = Reconstructor(args.width, args.latent, args.upsample, args.seed, device_for(args.device))
-    try:
-        names, crops = real_crops(args.data, Split.load(args.split), CropCache())
-        if args.resume and checkpoint.exists():
-            model.load(checkpoint)
-            log.info("resumed at step %d", model.step)
-    except (DatasetError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    started = read_and_resume(lambda: real_crops(args.data, Split.load(args.split), CropCache()), model, checkpoint, args.resume)
+    if started is None:
         return 2
+    names, crops = started
     args.out.mkdir(parents=True, exist_ok=True)
     log.info("learning from %d real crops", len(crops))
     train(model, crops, args.steps, 32, checkpoint, args.seed)
