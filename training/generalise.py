@@ -11,6 +11,8 @@ answered fake, photos answered uncertain (with --from-card, where the card recor
 
 loso: leave-one-source-out (training/loso.py). For each source, the recipe is trained without it at a
 small budget, and the held-out photos are scored: how many fakes are caught, how many reals called fake.
+Each fold keeps its photos' probabilities (scores.npz), so `loso-combine --run A --run B` gives the table
+an ensemble of the two recipes would get: the mean logit of their folds, its threshold chosen as a fold's.
 
 --readme README.md replaces the text between `<!-- generalise:NAME -->` and `<!-- /generalise:NAME -->`
 (NAME: robustness or loso) with the new table and a link to its PNG.
@@ -194,6 +196,17 @@ def run_loso(args: argparse.Namespace, train_options: list[str]) -> int:
     return 0
 
 
+def run_loso_combine(args: argparse.Namespace) -> int:
+    """The leave-one-source-out table of an ensemble: the mean logit of the folds of several `loso` runs."""
+    rows = loso.combined_rows(args.run)
+    args.out.mkdir(parents=True, exist_ok=True)
+    png = (args.figures or args.out) / "loso.png"
+    loso.plot(rows, "leave one source out: the mean logit of " + " and ".join(run.name for run in args.run), png)
+    (args.out / "loso.json").write_text(json.dumps({"runs": [str(run) for run in args.run], "rows": rows}, indent=1))
+    print(loso.table(rows))
+    return 0
+
+
 # --- command line -------------------------------------------------------------------------------------
 
 
@@ -211,6 +224,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     lo.add_argument("--model", dest="model_name", default="efficientnet_lite0", help="the architecture (training.models)")
     lo.add_argument("--only", action="append", help="run just this fold (e.g. sdfd-sd21-fake); repeatable")
     lo.add_argument("--out", type=Path, default=Path("runs/loso"), help="a folder per fold, loso.json and loso.png")
+    co = commands.add_parser("loso-combine", help="the mean logit of several loso runs' folds, as an ensemble of their recipes would answer")
+    co.add_argument("--run", type=Path, action="append", required=True, help="a loso run's --out folder (repeat; same data and split)")
+    co.add_argument("--out", type=Path, required=True, help="where loso.json and loso.png go")
+    co.add_argument("--figures", type=Path, help="where the PNG goes (default: --out)")
     for sub, default_tta in ((r, None), (lo, "0")):
         sub.add_argument("--data", type=Path, action="append", required=True, help="dataset folder with real/ and/or fake/; repeat")
         sub.add_argument("--split-file", type=Path, help="the split (robustness default: the model's own; loso default: made with --seed; for loso, a set the file lacks is split afresh with --seed)")
@@ -219,7 +236,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         sub.add_argument("--readme", type=Path, help="write the table into this README's generalise section")
         sub.add_argument("--figures", type=Path, help="where the PNGs go (default: --out), e.g. docs/generalisation for the README's links")
     args, rest = p.parse_known_args(argv)
-    if args.table == "robustness" and rest:
+    if args.table in ("robustness", "loso-combine") and rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     return args, rest
 
@@ -231,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.table == "robustness":
             return run_robustness(args)
+        if args.table == "loso-combine":
+            return run_loso_combine(args)
         return run_loso(args, rest)
     except (GeneraliseError, SectionError, ChainError, EvaluationError, DatasetError, ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -21,16 +21,21 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from scipy.special import expit
 from sklearn.metrics import roc_auc_score
+
+from service.calibration import logit
 
 from training import plots
 from training.cache import CropSet
+from training.metrics import balanced_accuracy_threshold
 from training.predict import predict_probs
 from training.report import format_table
 from training.train import Trainer, finish
 
 log = logging.getLogger("training.loso")
 FALSE_POSITIVE_BUDGET = 0.05
+SCORES = "scores.npz"
 
 
 @dataclass(frozen=True)
@@ -60,25 +65,73 @@ def run_fold(source: Source, parts: dict[str, CropSet], args: argparse.Namespace
     trainer = Trainer(args, train, val, args.spec)
     trainer.run()
     summary = finish(trainer, val)
-    model, threshold = trainer.evaluated_model, summary["threshold"]
+    model = trainer.evaluated_model
     score = lambda crops: predict_probs(model, crops.crops, args.spec, angles, device=trainer.device)  # noqa: E731
-    val_probs, test_probs, held_probs = score(val), score(test), score(held_out)
-    strict = float(np.quantile(val_probs[val.labels == 0], 1 - FALSE_POSITIVE_BUDGET))
-    opposite = test_probs[test.labels != source.label]
-    labels = np.r_[np.full(len(held_probs), source.label), np.full(len(opposite), 1 - source.label)]
-    row = {
-        "source": source.name, "dataset": source.dataset, "kind": "fake" if source.label else "real", "n": len(held_probs),
-        "threshold": threshold, "strict_threshold": strict,
-        "called_fake": float(np.mean(held_probs >= threshold)), "called_fake_strict": float(np.mean(held_probs >= strict)),
-        "roc_auc": float(roc_auc_score(labels, np.r_[held_probs, opposite])) if len(opposite) else None,
-        "seen_real_called_fake": float(np.mean(test_probs[test.labels == 0] >= threshold)),
-        "seen_fake_caught": float(np.mean(test_probs[test.labels == 1] >= threshold)),
-        "best_epoch": summary["best_epoch"], "epochs_run": len(trainer.history),
-    }
+    scores = FoldScores(score(val), val.labels, np.array(val.datasets), score(test), test.labels, score(held_out))
+    scores.save(args.out / SCORES)
+    row = {**fold_row(source, scores, summary["threshold"]), "best_epoch": summary["best_epoch"], "epochs_run": len(trainer.history)}
     (args.out / "fold.json").write_text(json.dumps(row, indent=1))
     for checkpoint in ("best.pt", "last.pt"):  # 2 x 14 MB per fold, not needed once the row is written
         (args.out / checkpoint).unlink(missing_ok=True)
     return row
+
+
+@dataclass(frozen=True)
+class FoldScores:
+    """A fold's probabilities: validation and test photos of the sources it saw, and every held-out photo."""
+    val: np.ndarray
+    val_labels: np.ndarray
+    val_datasets: np.ndarray
+    test: np.ndarray
+    test_labels: np.ndarray
+    held: np.ndarray
+
+    def save(self, path: Path) -> None:
+        np.savez(path, **{name: getattr(self, name) for name in self.__dataclass_fields__})
+
+    @classmethod
+    def load(cls, path: Path) -> "FoldScores":
+        with np.load(path) as stored:
+            return cls(**{name: stored[name] for name in cls.__dataclass_fields__})
+
+
+def fold_row(source: Source, scores: FoldScores, threshold: float) -> dict[str, Any]:
+    """The held-out source's row: called fake at the threshold and at the 5%-of-validation-reals one, its ranking against the other class."""
+    strict = float(np.quantile(scores.val[scores.val_labels == 0], 1 - FALSE_POSITIVE_BUDGET))
+    opposite = scores.test[scores.test_labels != source.label]
+    labels = np.r_[np.full(len(scores.held), source.label), np.full(len(opposite), 1 - source.label)]
+    return {
+        "source": source.name, "dataset": source.dataset, "kind": "fake" if source.label else "real", "n": len(scores.held),
+        "threshold": threshold, "strict_threshold": strict,
+        "called_fake": float(np.mean(scores.held >= threshold)), "called_fake_strict": float(np.mean(scores.held >= strict)),
+        "roc_auc": float(roc_auc_score(labels, np.r_[scores.held, opposite])) if len(opposite) else None,
+        "seen_real_called_fake": float(np.mean(scores.test[scores.test_labels == 0] >= threshold)),
+        "seen_fake_caught": float(np.mean(scores.test[scores.test_labels == 1] >= threshold)),
+    }
+
+
+def combined_row(folders: Sequence[Path]) -> dict[str, Any]:
+    """One source's row for the mean logit of several recipes' folds, its threshold chosen on validation as a fold's is."""
+    runs = [FoldScores.load(folder / SCORES) for folder in folders]
+    first = runs[0]
+    if any(not (np.array_equal(r.val_labels, first.val_labels) and np.array_equal(r.test_labels, first.test_labels)
+                and len(r.held) == len(first.held)) for r in runs[1:]):
+        raise ValueError(f"{', '.join(map(str, folders))} did not score the same photos: run them on the same data and split")
+    mean = {name: expit(np.mean([logit(getattr(r, name)) for r in runs], axis=0)) for name in ("val", "test", "held")}
+    scores = FoldScores(mean["val"], first.val_labels, first.val_datasets, mean["test"], first.test_labels, mean["held"])
+    row = json.loads((folders[0] / "fold.json").read_text())
+    source = Source(row["dataset"], int(row["kind"] == "fake"))
+    threshold = balanced_accuracy_threshold(scores.val_labels, scores.val, list(scores.val_datasets))
+    return {**fold_row(source, scores, threshold), "best_epoch": None, "epochs_run": None}
+
+
+def combined_rows(runs: Sequence[Path]) -> list[dict[str, Any]]:
+    """Every source whose fold each run has scored, in the first run's order."""
+    folders = sorted((f for f in runs[0].iterdir() if (f / SCORES).is_file()), key=lambda f: (-int(f.name.endswith("-fake")), f.name))
+    shared = [f.name for f in folders if all((run / f.name / SCORES).is_file() for run in runs[1:])]
+    if not shared:
+        raise ValueError(f"no fold with {SCORES} in every one of {', '.join(map(str, runs))} (folds run before scores were kept have none)")
+    return [combined_row([run / name for run in runs]) for name in shared]
 
 
 def _concat(sets: list[CropSet]) -> CropSet:
