@@ -25,7 +25,6 @@ from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
 from service.calibration import logit
-
 from training import plots
 from training.cache import CropSet
 from training.metrics import balanced_accuracy_threshold
