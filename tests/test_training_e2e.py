@@ -631,6 +631,29 @@ def test_the_part_loss_needs_a_model_with_pooled_features(tmp_path: Path, privat
     assert "--part-loss needs a timm model" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_the_patch_aux_head_trains_beside_the_classifier_and_is_never_exported(tmp_path: Path, private_cache) -> None:
+    data = make_dataset(tmp_path / "gen")
+    run = tmp_path / "run"
+    args = ["--model", "efficientnet_lite0", "--data", str(data), "--out", str(run), "--pretrained", "none", *TINY, "--patch-aux", "1"]
+    assert train.main(args) == 0
+    state = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
+    assert "--patch-aux 1" in state["command"] and np.isfinite(state["history"][0]["train_loss"])
+    assert tuple(state["patch_head"]["0.weight"].shape)[:2] == (128, 40)  # a 1x1 head on Lite0's third stage (40 channels)
+    assert not any(key.startswith("patch") for key in state["model"])
+    assert train.main([*args, "--resume"]) == 0  # the head is loaded back (strictly) with the rest
+    assert export.main(["--checkpoint", str(run / "last.pt"), "--name", "aux", "--out", str(tmp_path / "x")]) == 0
+    assert len(onnx.load(tmp_path / "x" / "aux.onnx").graph.output) == 1  # the real-vs-fake logit alone
+
+
+@pytest.mark.parametrize("model, weight, message", [("cnn", "1", "--patch-aux needs an EfficientNet-Lite model"),
+                                                    ("efficientnet_lite0", "-1", "--patch-aux is a weight")])
+def test_the_patch_aux_head_refuses_what_it_cannot_do(tmp_path: Path, private_cache, capsys, model: str, weight: str, message: str) -> None:
+    data = make_dataset(tmp_path / "gen", n_real=4, n_fake=4)
+    assert train.main(["--model", model, "--data", str(data), "--out", str(tmp_path / "run"), "--pretrained", "none", *TINY, "--patch-aux", weight]) == 2
+    assert message in capsys.readouterr().err
+
+
 def swapped_labels(data: Path, root: Path) -> Path:
     """The same photos with every label wrong: the bright ones under real/, the dark ones under fake/."""
     for source, target in (("real", "fake"), ("fake", "real")):

@@ -108,15 +108,36 @@ class PatchNet(nn.Module):
         super().__init__()
         full = _timm(f"tf_efficientnet_lite{variant}")()
         self.conv_stem, self.bn1, self.blocks = full.conv_stem, full.bn1, full.blocks[:stages]
-        channels = self.blocks[-1][-1].conv_pwl.out_channels
-        self.classifier = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, 1, 1))
-        _small_head(self.classifier[-1])
+        self.classifier = patch_classifier(stage_channels(full, stages), hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.blocks(self.bn1(self.conv_stem(x)))).mean(dim=(2, 3))
 
     def get_classifier(self) -> nn.Module:
         return self.classifier
+
+
+def patch_classifier(channels: int, hidden: int = 128) -> nn.Sequential:
+    """A logit per position of a feature map: a PatchNet's classifier, and train's --patch-aux head."""
+    head = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, 1, 1))
+    _small_head(head[-1])
+    return head
+
+
+def stage_channels(model: nn.Module, stages: int) -> int:
+    """The channels an EfficientNet's first `stages` stages give out."""
+    return model.blocks[stages - 1][-1].conv_pwl.out_channels
+
+
+def features_and_stage(model: nn.Module, x: torch.Tensor, stages: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A timm EfficientNet's final feature map and, from the same pass, its first `stages` stages' output."""
+    x = model.bn1(model.conv_stem(x))
+    early = x
+    for index, stage in enumerate(model.blocks):
+        x = stage(x)
+        if index + 1 == stages:
+            early = x
+    return model.bn2(model.conv_head(x)), early
 
 
 def _patch_imagenet(variant: int) -> Callable[[nn.Module], None]:

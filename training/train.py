@@ -35,12 +35,13 @@ from training.cache import CropCache, CropSet, add_crop_arguments
 from training.cli import start_command
 from training.data import DatasetError, Split, make_split, scan_dataset
 from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics, mean_dataset_auc
-from training.models import MODELS, UnknownModel, create_model, entry, head_parameters
+from training.models import MODELS, UnknownModel, create_model, entry, features_and_stage, head_parameters, patch_classifier, stage_channels
 from training.parts import PARTS, part_targets
 from training.predict import device_for, predict_probs
 from training.selfblend import self_blend
 
 log = logging.getLogger("training.train")
+PATCH_AUX_STAGES = 3  # --patch-aux reads what efficientnet_lite0_patch8 reads: each position sees 67 px
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--part-loss", type=float, default=0.0, metavar="WEIGHT",
                    help="with this weight, an auxiliary head learns which parts of a fake face were replaced, where its file name says "
                         "(rff's codes, training/parts.py); it is not exported (0 = off)")
+    p.add_argument("--patch-aux", type=float, default=0.0, metavar="WEIGHT",
+                   help="with this weight, a second head judges each 67 px patch apart from the first three stages' features and answers the "
+                        "mean of their logits, as efficientnet_lite0_patch8 does; trained beside the classifier, so that the stages they share "
+                        "must carry local evidence, and not exported (0 = off; EfficientNet-Lite models)")
     p.add_argument("--focal", type=float, default=0.0, metavar="GAMMA",
                    help="focal loss (Lin et al. 2017): each crop's cross-entropy weighted by (1 - the probability it gives the truth) ** GAMMA, "
                         "so the crops it already answers surely count less and the hard ones more (0 = plain cross-entropy)")
@@ -196,8 +201,9 @@ class Trainer:
         self.model.to(self.device, memory_format=torch.channels_last)
         self.pretrained = not self.origin.startswith("random")
         self.part_head = self._part_head()
+        self.patch_head = self._patch_head()
         self.part_targets, self.part_known = part_targets(train.samples)
-        parameters = [*self.model.parameters(), *(self.part_head.parameters() if self.part_head else [])]
+        parameters = [*self.model.parameters(), *(head for aux in (self.part_head, self.patch_head) if aux for head in aux.parameters())]
         self.optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
         self.steps_per_epoch = math.ceil((args.epoch_size or len(train.samples)) / args.batch_size)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=args.lr, total_steps=args.epochs * self.steps_per_epoch, pct_start=0.15)
@@ -215,6 +221,14 @@ class Trainer:
         if not hasattr(self.model, "forward_head"):
             raise DatasetError(f"--part-loss needs a timm model, whose pooled features it reads; {self.args.model} has none")
         return nn.Linear(self.model.num_features, len(PARTS)).to(self.device)
+
+    def _patch_head(self) -> nn.Module | None:
+        """--patch-aux's head on the first stages' feature map; trained beside the classifier, never exported."""
+        if self.args.patch_aux <= 0:
+            return None
+        if not hasattr(self.model, "conv_head") or len(getattr(self.model, "blocks", ())) <= PATCH_AUX_STAGES:
+            raise DatasetError(f"--patch-aux needs an EfficientNet-Lite model, whose first stages it reads; {self.args.model} is not one")
+        return patch_classifier(stage_channels(self.model, PATCH_AUX_STAGES)).to(self.device, memory_format=torch.channels_last)
 
     def run(self) -> None:
         stale = epochs_since_best(self.history)  # a resumed run keeps counting towards --patience
@@ -257,7 +271,7 @@ class Trainer:
             inputs = inputs.to(self.device, non_blocking=True, memory_format=torch.channels_last)
             labels = torch.from_numpy(self.train_set.labels[index]).float().to(self.device)
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-                logits, part_logits = self._forward(inputs)
+                logits, part_logits, patch_logits = self._forward(inputs)
             if self.args.consistency > 0:
                 first, second = logits.chunk(2)
                 loss = (loss_fn(first, labels) + loss_fn(second, labels)) / 2 + self.args.consistency * js_divergence(first, second)
@@ -269,6 +283,8 @@ class Trainer:
                 loss = (1 - self.args.distill_weight) * loss + self.args.distill_weight * distilled
             if part_logits is not None:
                 loss = loss + self.args.part_loss * self._part_loss(part_logits, index, blended.numpy())
+            if patch_logits is not None:
+                loss = loss + self.args.patch_aux * loss_fn(patch_logits, labels.repeat(len(patch_logits) // len(labels)))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -282,12 +298,19 @@ class Trainer:
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
         return total_loss / seen, correct / seen
 
-    def _forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The real-vs-fake logits, and with --part-loss the part logits read from the same pooled features."""
-        if self.part_head is None:
-            return self.model(inputs).squeeze(1).float(), None
-        pooled = self.model.forward_head(self.model.forward_features(inputs), pre_logits=True)
-        return self.model.get_classifier()(pooled).squeeze(1).float(), self.part_head(pooled).float()
+    def _forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The real-vs-fake logits; with --part-loss the part logits read from the same pooled features; with
+        --patch-aux the patch head's mean logit, read from the same pass's first stages."""
+        if self.part_head is None and self.patch_head is None:
+            return self.model(inputs).squeeze(1).float(), None, None
+        if self.patch_head is None:
+            features, early = self.model.forward_features(inputs), None
+        else:
+            features, early = features_and_stage(self.model, inputs, PATCH_AUX_STAGES)
+        pooled = self.model.forward_head(features, pre_logits=True)
+        part_logits = None if self.part_head is None else self.part_head(pooled).float()
+        patch_logits = None if early is None else self.patch_head(early).mean(dim=(1, 2, 3)).float()
+        return self.model.get_classifier()(pooled).squeeze(1).float(), part_logits, patch_logits
 
     def _teacher_probs(self, inputs: torch.Tensor) -> torch.Tensor | None:
         """With --distill, the teacher's probabilities for the very crops the student reads, from the batch on the host."""
@@ -326,6 +349,7 @@ class Trainer:
             "origin": self.origin, "epoch": self.epoch, "history": self.history, "best_auc": self.best_auc,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "part_head": None if self.part_head is None else self.part_head.state_dict(),
+            "patch_head": None if self.patch_head is None else self.patch_head.state_dict(),
             "datasets": [str(d) for d in self.args.data], "seed": self.args.seed,
             "command": self.args.command, "recipe": self.recipe,
         }, path)
@@ -335,6 +359,8 @@ class Trainer:
         self.model.load_state_dict(state.get("raw_model") or state["model"])
         if self.part_head is not None and state.get("part_head"):
             self.part_head.load_state_dict(state["part_head"])
+        if self.patch_head is not None and state.get("patch_head"):
+            self.patch_head.load_state_dict(state["patch_head"])
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -441,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
             raise DatasetError(f"--blur {args.blur} and --sharpen {args.sharpen} are shares of one draw: together at most 1")
         if args.part_loss < 0:
             raise DatasetError(f"--part-loss is a weight, 0 (off) or more, got {args.part_loss}")
+        if args.patch_aux < 0:
+            raise DatasetError(f"--patch-aux is a weight, 0 (off) or more, got {args.patch_aux}")
         if args.focal < 0:
             raise DatasetError(f"--focal is an exponent, 0 (off) or more, got {args.focal}")
         if not 0 < args.distill_weight <= 1:
