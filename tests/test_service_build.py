@@ -81,8 +81,6 @@ def test_service_imports_without_training(module):
 
 def test_served_processes_do_not_load_torch(server):
     """The image installs no torch: the API workers and the classifier run without it (ONNX Runtime's MTCNN and model)."""
-    import psutil
-
     processes = [serve_process(server.url), *serve_process(server.url).children(recursive=True)]
     requests.post(f"{server.url}/classify", data=encode(synthetic_face(seed=3)), headers={"Content-Type": "image/jpeg"}, timeout=60).raise_for_status()
     loaded = {process.pid: [m.path for m in process.memory_maps() if "/torch/" in m.path] for process in processes if process.is_running()}
