@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from training.baselines import BASELINES
-from training.models import MODELS, UnknownModel, create_model, entry, head_parameters
+from training.models import MODELS, UnknownModel, create_model, entry, features_and_stage, head_parameters, stage_channels
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -107,3 +107,17 @@ def test_patch_models_keep_the_imagenet_weights_of_their_stages() -> None:
     body = [k for k in own if not k.startswith("classifier.")]
     assert len(body) > 50 and all(torch.equal(own[k], full.state_dict()[k]) for k in body)
     assert len(patch.blocks) == 3 and not any(k.startswith("conv_head") for k in own)
+
+
+def test_one_pass_gives_the_full_features_and_what_patch8_reads() -> None:
+    """train --patch-aux reads both from one pass: the same as timm's own features, and as a PatchNet's stages."""
+    full, _ = create_model("efficientnet_lite0", pretrained="none")
+    patch, _ = create_model("efficientnet_lite0_patch8", pretrained="none")
+    patch.load_state_dict({**patch.state_dict(), **{k: v for k, v in full.state_dict().items() if k in patch.state_dict()}})
+    full.eval(), patch.eval()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        features, early = features_and_stage(full, x, 3)
+        assert torch.allclose(features, full.forward_features(x), atol=1e-5)
+        assert torch.allclose(early, patch.blocks(patch.bn1(patch.conv_stem(x))), atol=1e-5)
+    assert early.shape[1] == stage_channels(full, 3) == 40
