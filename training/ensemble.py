@@ -12,7 +12,11 @@ of the preprocessing contract (mean, std, margin, crop mode, class order). The s
 (<name>.split.json beside it); every member must have been trained on its training part only. The new
 card is measured and calibrated as training.export does: threshold on validation, the test split and its
 re-processing chains through the service pipeline, then calibration and the uncertain band
-(training/calibrate.py) on the raw maximum.
+(training/calibrate.py) on the raw maximum. Without --data the raw ensemble is written, for training.compare.
+
+With --combine mean-logit, `--weight` (one per member) weighs each member's logit: an ensemble given as one
+member and a network beside it at --weight 3 --weight 1 answers as a four-network mean would if the
+first is itself a three-network mean.
 """
 from __future__ import annotations
 
@@ -58,6 +62,16 @@ def check_splits(paths: Sequence[Path], split: Split) -> None:
             raise ExportError(f"{path} was trained on {len(trained & held_out)} photos of {paths[0]}'s validation or test split")
 
 
+def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
+    """One weight a member, summing to 1: equal where none are given."""
+    weights = list(weights) if weights else [1.0] * count
+    if len(weights) != count:
+        raise ExportError(f"{len(weights)} --weight for {count} --member: give one per member, or none for equal weights")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ExportError("weights must be non-negative and not all zero")
+    return [w / sum(weights) for w in weights]
+
+
 def member_graph(path: Path, prefix: str, size: int, ensemble_size: int) -> tuple[onnx.GraphProto, list[onnx.NodeProto]]:
     """The member's graph with its names prefixed, and the nodes that feed it the ensemble's input at its own size."""
     graph = compose.add_prefix(onnx.load(str(path)), prefix).graph
@@ -82,12 +96,12 @@ def member_logit(graph: onnx.GraphProto, output: str) -> str | None:
     return node.input[0] if node is not None and node.op_type == "Sigmoid" else None
 
 
-def mean_logit_nodes(members: Sequence[tuple[str, str | None]]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """sigmoid(mean of the members' logits), each flattened to (batch,). A member's logit is read before its
+def mean_logit_nodes(members: Sequence[tuple[str, str | None]], weights: Sequence[float] | None = None) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """sigmoid(weighted mean of the members' logits; equal weights by default), each flattened to (batch,). A member's logit is read before its
     final Sigmoid where it has one: log(p / (1 - p)) of a float32 p near 1 is off by a whole unit in the
     last place of p. A member without one gets the log-odds of its probability, clipped as
     service.calibration.logit clips it."""
-    values = [("members", float(len(members)))]
+    values = [(f"w{index}", weight) for index, weight in enumerate(normalised(weights, len(members)))]
     if any(logit is None for _, logit in members):
         values += [("eps", EPSILON), ("one_minus_eps", 1.0 - EPSILON), ("one", 1.0)]
     constants = [helper.make_tensor(name, TensorProto.FLOAT, [], [value]) for name, value in values]
@@ -100,14 +114,14 @@ def mean_logit_nodes(members: Sequence[tuple[str, str | None]]) -> tuple[list[on
                       helper.make_node("Sub", ["one", p], [f"c{index}_q"]),
                       helper.make_node("Div", [p, f"c{index}_q"], [f"c{index}_odds"]),
                       helper.make_node("Log", [f"c{index}_odds"], [logit])]
-        nodes.append(helper.make_node("Reshape", [logit, "flat"], [f"c{index}_logit"]))
-    nodes += [helper.make_node("Sum", [f"c{i}_logit" for i in range(len(members))], ["logit_sum"]),
-              helper.make_node("Div", ["logit_sum", "members"], ["logit_mean"]),
+        nodes += [helper.make_node("Reshape", [logit, "flat"], [f"c{index}_logit"]),
+                  helper.make_node("Mul", [f"c{index}_logit", f"w{index}"], [f"c{index}_share"])]
+    nodes += [helper.make_node("Sum", [f"c{i}_share" for i in range(len(members))], ["logit_mean"]),
               helper.make_node("Sigmoid", ["logit_mean"], [OUTPUT])]
     return nodes, constants
 
 
-def combined_model(paths: Sequence[Path], cards: Sequence[ModelCard], combine: str = "max") -> onnx.ModelProto:
+def combined_model(paths: Sequence[Path], cards: Sequence[ModelCard], combine: str = "max", weights: Sequence[float] | None = None) -> onnx.ModelProto:
     size = max(card.preprocess.input_size for card in cards)
     nodes, initializers, outputs, logits = [], [], [], []
     for index, (path, card) in enumerate(zip(paths, cards)):
@@ -118,7 +132,7 @@ def combined_model(paths: Sequence[Path], cards: Sequence[ModelCard], combine: s
         outputs.append(prefix + OUTPUT)
         logits.append(member_logit(graph, prefix + OUTPUT))
     if combine == "mean-logit":
-        combining, constants = mean_logit_nodes(list(zip(outputs, logits)))
+        combining, constants = mean_logit_nodes(list(zip(outputs, logits)), weights)
         nodes += combining
         initializers += constants
     else:
@@ -150,9 +164,16 @@ def combined_card(name: str, architecture: str, cards: Sequence[ModelCard], dige
         training={"datasets": datasets, **training, "split_sizes": cards[0].training.get("split_sizes")}, command=command)
 
 
-def ensemble_card(name: str, paths: Sequence[Path], cards: Sequence[ModelCard], digest: str, command: str, combine: str = "max") -> ModelCard:
-    architecture = f"ensemble: {COMBINE_WORDS[combine]} " + " and ".join(f"{c.architecture} at {c.preprocess.input_size} px" for c in cards)
-    return combined_card(name, architecture, cards, digest, command, members=member_records(paths, cards), combine=combine)
+def ensemble_card(name: str, paths: Sequence[Path], cards: Sequence[ModelCard], digest: str, command: str, combine: str = "max",
+                  weights: Sequence[float] | None = None) -> ModelCard:
+    shares = normalised(weights, len(cards))
+    members = [f"{c.architecture} at {c.preprocess.input_size} px" for c in cards]
+    if weights and len(set(shares)) > 1:
+        members = [f"{member} (weight {share:.3g})" for member, share in zip(members, shares)]
+    records = member_records(paths, cards)
+    if weights:
+        records = [record | {"weight": share} for record, share in zip(records, shares)]
+    return combined_card(name, f"ensemble: {COMBINE_WORDS[combine]} " + " and ".join(members), cards, digest, command, members=records, combine=combine)
 
 
 def save_combined(model: onnx.ModelProto, target: Path, card_for: Callable[[str], ModelCard], split: Split) -> Path:
@@ -164,13 +185,16 @@ def save_combined(model: onnx.ModelProto, target: Path, card_for: Callable[[str]
     return target
 
 
-def build(paths: Sequence[Path], name: str, out: Path, command: str, combine: str = "max") -> tuple[Path, Split]:
+def build(paths: Sequence[Path], name: str, out: Path, command: str, combine: str = "max",
+          weights: Sequence[float] | None = None) -> tuple[Path, Split]:
     cards = [read_card(path) for path in paths]
     check_members(cards)
+    if weights and combine != "mean-logit":
+        raise ExportError("--weight weighs the members' logits: it needs --combine mean-logit")
     split = Split.load(default_split_file(paths[0]))
     check_splits(paths, split)
-    target = save_combined(combined_model(paths, cards, combine), out / f"{name}.onnx",
-                           lambda digest: ensemble_card(name, paths, cards, digest, command, combine), split)
+    target = save_combined(combined_model(paths, cards, combine, weights), out / f"{name}.onnx",
+                           lambda digest: ensemble_card(name, paths, cards, digest, command, combine, weights), split)
     return target, split
 
 
@@ -187,9 +211,11 @@ def combined_parser(kind: str, doc: str | None, data_help: str, data_required: b
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = combined_parser("ensemble", __doc__, "the dataset folders of the split (repeat)", data_required=True)
+    p = combined_parser("ensemble", __doc__, "the split's dataset folders (repeat): measure and calibrate the ensemble", data_required=False)
     p.add_argument("--combine", choices=sorted(COMBINE_WORDS), default="max",
                    help="max: the most-fake member decides; mean-logit: the members' mean logit, as training.compare's 'mean logit' rows")
+    p.add_argument("--weight", type=float, action="append",
+                   help="with --combine mean-logit, each member's weight on its logit, in --member order (default: equal); normalised to sum to 1")
     return p.parse_args(argv)
 
 
@@ -199,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if len(args.member) < 2:
             raise ExportError("an ensemble needs two or more --member models")
-        path, split = build(args.member, args.name, args.out, command, args.combine)
+        path, split = build(args.member, args.name, args.out, command, args.combine, args.weight)
+        if not args.data:
+            print(path)
+            return 0
         card = calibrate_model(path, args.data, split, parse_angles(args.tta), args.figures or Path("runs") / f"ensemble-{args.name}" / "calibration", command=command)
     except (ExportError, CalibrationError, DatasetError, ModelLoadError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -29,7 +29,7 @@ from training.calibrate import CalibrationError, calibrate_model
 from training.card import ExportError
 from training.cli import start_command
 from training.data import DatasetError, Split
-from training.ensemble import check_splits, combined_card, combined_parser, member_records, save_combined
+from training.ensemble import check_splits, combined_card, combined_parser, member_records, normalised, save_combined
 from training.scoring import default_split_file
 
 
@@ -39,15 +39,6 @@ def check_members(cards: Sequence[ModelCard]) -> None:
         if card.architecture != first.architecture or card.preprocess != first.preprocess or card.class_names != first.class_names:
             raise ExportError(f"{card.name} {card.version} is not the same network with the same preprocessing as {first.name}: "
                               "a soup needs one architecture, one input size, one contract")
-
-
-def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
-    weights = list(weights) if weights else [1.0] * count
-    if len(weights) != count:
-        raise ExportError(f"{len(weights)} --weight for {count} --member: give one per member, or none for equal weights")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ExportError("weights must be non-negative and not all zero")
-    return [w / sum(weights) for w in weights]
 
 
 def mixed_model(paths: Sequence[Path], weights: Sequence[float]) -> onnx.ModelProto:
