@@ -248,6 +248,23 @@ def test_loso_combine_reads_each_fold_at_the_mean_logit(tmp_path: Path, capsys) 
     assert (tmp_path / "ab" / "loso.png").stat().st_size > 1000
 
 
+def test_loso_combine_weighs_each_run_as_told(tmp_path: Path, capsys) -> None:
+    """All the weight on one run gives that run's own row; a weight for each run, no more, no less."""
+    first = _fold(tmp_path / "a" / "gen-fake", held=[0.95, 0.3], val=[0.1, 0.4, 0.6, 0.9], test=[0.1, 0.4, 0.6, 0.9])
+    _fold(tmp_path / "b" / "gen-fake", held=[0.3, 0.95], val=[0.1, 0.4, 0.6, 0.9], test=[0.1, 0.4, 0.6, 0.9])
+    runs = ["--run", str(tmp_path / "a"), "--run", str(tmp_path / "b")]
+    assert generalise.main(["loso-combine", *runs, "--weight", "1", "--weight", "0", "--out", str(tmp_path / "a-only")]) == 0
+    [row] = json.loads((tmp_path / "a-only" / "loso.json").read_text())["rows"]
+    alone = loso.fold_row(loso.Source("gen", 1), loso.FoldScores.load(first / loso.SCORES), row["threshold"])
+    assert row["roc_auc"] == alone["roc_auc"] == 0.75 and row["called_fake"] == alone["called_fake"]
+    assert generalise.main(["loso-combine", *runs, "--weight", "1", "--weight", "1", "--out", str(tmp_path / "equal")]) == 0
+    [equal] = json.loads((tmp_path / "equal" / "loso.json").read_text())["rows"]
+    assert equal["roc_auc"] == 1.0
+    capsys.readouterr()
+    assert generalise.main(["loso-combine", *runs, "--weight", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert "one per member" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_loso_combine_refuses_runs_of_other_photos(tmp_path: Path, capsys) -> None:
     _fold(tmp_path / "a" / "gen-fake", held=[0.9, 0.3], val=[0.1, 0.4, 0.6, 0.9], test=[0.1, 0.4, 0.6, 0.9])
     _fold(tmp_path / "b" / "gen-fake", held=[0.9, 0.3, 0.5], val=[0.1, 0.4, 0.6, 0.9], test=[0.1, 0.4, 0.6, 0.9])

@@ -66,7 +66,7 @@ def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
     """One weight a member, summing to 1: equal where none are given."""
     weights = list(weights) if weights else [1.0] * count
     if len(weights) != count:
-        raise ExportError(f"{len(weights)} --weight for {count} --member: give one per member, or none for equal weights")
+        raise ExportError(f"{len(weights)} --weight for {count} members: give one per member, or none for equal weights")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ExportError("weights must be non-negative and not all zero")
     return [w / sum(weights) for w in weights]

@@ -12,7 +12,8 @@ answered fake, photos answered uncertain (with --from-card, where the card recor
 loso: leave-one-source-out (training/loso.py). For each source, the recipe is trained without it at a
 small budget, and the held-out photos are scored: how many fakes are caught, how many reals called fake.
 Each fold keeps its photos' probabilities (scores.npz), so `loso-combine --run A --run B` gives the table
-an ensemble of the two recipes would get: the mean logit of their folds, its threshold chosen as a fold's.
+an ensemble of the two recipes would get: the mean logit of their folds, its threshold chosen as a fold's
+(`--weight 3 --weight 1` for a weighted mean, as training.ensemble --weight builds).
 
 --readme README.md replaces the text between `<!-- generalise:NAME -->` and `<!-- /generalise:NAME -->`
 (NAME: robustness or loso) with the new table and a link to its PNG.
@@ -33,7 +34,7 @@ from service.onnx_model import read_card
 from training import loso, robustness
 from training import train as train_command
 from training.cache import CropCache
-from training.card import robustness_results
+from training.card import ExportError, robustness_results
 from training.chains import ROBUSTNESS_CHAINS, ChainError, parse_chain
 from training.cli import start_command
 from training.data import DatasetError, Sample, Split, make_split
@@ -198,11 +199,12 @@ def run_loso(args: argparse.Namespace, train_options: list[str]) -> int:
 
 def run_loso_combine(args: argparse.Namespace) -> int:
     """The leave-one-source-out table of an ensemble: the mean logit of the folds of several `loso` runs."""
-    rows = loso.combined_rows(args.run)
+    rows = loso.combined_rows(args.run, args.weight)
     args.out.mkdir(parents=True, exist_ok=True)
     png = (args.figures or args.out) / "loso.png"
-    loso.plot(rows, "leave one source out: the mean logit of " + " and ".join(run.name for run in args.run), png)
-    (args.out / "loso.json").write_text(json.dumps({"runs": [str(run) for run in args.run], "rows": rows}, indent=1))
+    weights = f" (weights {', '.join(f'{w:g}' for w in args.weight)})" if args.weight else ""
+    loso.plot(rows, "leave one source out: the mean logit of " + " and ".join(run.name for run in args.run) + weights, png)
+    (args.out / "loso.json").write_text(json.dumps({"runs": [str(run) for run in args.run], "weights": args.weight, "rows": rows}, indent=1))
     print(loso.table(rows))
     return 0
 
@@ -226,6 +228,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     lo.add_argument("--out", type=Path, default=Path("runs/loso"), help="a folder per fold, loso.json and loso.png")
     co = commands.add_parser("loso-combine", help="the mean logit of several loso runs' folds, as an ensemble of their recipes would answer")
     co.add_argument("--run", type=Path, action="append", required=True, help="a loso run's --out folder (repeat; same data and split)")
+    co.add_argument("--weight", type=float, action="append",
+                    help="each run's weight on its folds' logits, in --run order (default: equal), as training.ensemble --weight")
     co.add_argument("--out", type=Path, required=True, help="where loso.json and loso.png go")
     co.add_argument("--figures", type=Path, help="where the PNG goes (default: --out)")
     for sub, default_tta in ((r, None), (lo, "0")):
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.table == "loso-combine":
             return run_loso_combine(args)
         return run_loso(args, rest)
-    except (GeneraliseError, SectionError, ChainError, EvaluationError, DatasetError, ModelLoadError, ValueError) as exc:
+    except (GeneraliseError, SectionError, ChainError, EvaluationError, DatasetError, ModelLoadError, ExportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
