@@ -35,3 +35,14 @@ def test_an_ensemble_refuses_weights_it_cannot_use(tmp_path, capsys):
     assert ensemble.main([*members, "--combine", "mean-logit", "--weight", "1"]) == 2
     assert "one per member" in capsys.readouterr().err
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_an_ensemble_member_is_named_as_its_own_ensemble(tmp_path):
+    one, two = _export(tmp_path, "one", 0), _export(tmp_path, "two", 1)
+    pair = ["--member", str(one), "--member", str(two), "--combine", "mean-logit", "--out", str(tmp_path)]
+    assert ensemble.main([*pair, "--name", "pair"]) == 0
+    assert ensemble.main(["--member", str(tmp_path / "pair.onnx"), "--member", str(two), "--combine", "mean-logit", "--out", str(tmp_path),
+                          "--weight", "2", "--weight", "1", "--name", "nested"]) == 0
+    inner = OnnxClassifier(tmp_path / "pair.onnx", device="cpu").card.architecture
+    outer = OnnxClassifier(tmp_path / "nested.onnx", device="cpu").card.architecture
+    assert outer.startswith(f"ensemble: the mean logit of ({inner}) (weight 0.667) and ")

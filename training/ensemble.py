@@ -167,7 +167,7 @@ def combined_card(name: str, architecture: str, cards: Sequence[ModelCard], dige
 def ensemble_card(name: str, paths: Sequence[Path], cards: Sequence[ModelCard], digest: str, command: str, combine: str = "max",
                   weights: Sequence[float] | None = None) -> ModelCard:
     shares = normalised(weights, len(cards))
-    members = [f"{c.architecture} at {c.preprocess.input_size} px" for c in cards]
+    members = [f"({c.architecture})" if c.architecture.startswith("ensemble:") else f"{c.architecture} at {c.preprocess.input_size} px" for c in cards]
     if weights and len(set(shares)) > 1:
         members = [f"{member} (weight {share:.3g})" for member, share in zip(members, shares)]
     records = member_records(paths, cards)
