@@ -1,6 +1,8 @@
 """Folder datasets and their splits: scanning, stratification, determinism, reuse, and clear errors."""
 from __future__ import annotations
 
+import argparse
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 from PIL import Image
 
 from training.data import DatasetError, Split, make_split, scan_dataset
+from training.train import load_split
 
 
 def write_images(folder: Path, count: int, value: int = 128, suffix: str = ".png", start: int = 0) -> list[Path]:
@@ -146,3 +149,23 @@ def test_lfw_style_sets_are_split_by_person_and_others_by_file(tmp_path: Path) -
     other = tmp_path / "rff-like"
     write_images(other / "real", 20)
     assert make_split(scan_dataset(other), seed=0).sizes()["rff-like"] == {"train": 14, "val": 3, "test": 3}
+
+
+def test_a_split_names_the_datasets_no_sample_was_given_for(tmp_path: Path) -> None:
+    write_images(tmp_path / "one" / "real", 6)
+    write_images(tmp_path / "two" / "fake", 6)
+    one = scan_dataset(tmp_path / "one")
+    split = make_split(one + scan_dataset(tmp_path / "two"), seed=0)
+    assert split.missing(one) == ["two"]
+    assert split.missing(one + scan_dataset(tmp_path / "two")) == []
+
+
+def test_training_on_a_split_without_one_of_its_datasets_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_images(tmp_path / "one" / "real", 6)
+    write_images(tmp_path / "broken" / "fake", 6)
+    one = scan_dataset(tmp_path / "one")
+    recorded = tmp_path / "recorded.json"
+    make_split(one + scan_dataset(tmp_path / "broken"), seed=0).save(recorded)
+    with caplog.at_level(logging.WARNING, logger="training.train"):
+        load_split(argparse.Namespace(split=recorded, out=tmp_path / "run", seed=0), one)
+    assert any("broken" in r.getMessage() and "neither trains nor validates" in r.getMessage() for r in caplog.records)

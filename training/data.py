@@ -93,6 +93,10 @@ class Split(BaseModel):
         added = make_split([s for s in samples if s.dataset in new], seed=seed, fractions=self.fractions)
         return self.model_copy(update={"datasets": {**self.datasets, **added.datasets}}), new
 
+    def missing(self, samples: list[Sample]) -> list[str]:
+        """The datasets this split records of which no sample was given: a run on it leaves them out."""
+        return sorted(set(self.datasets) - {s.dataset for s in samples})
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.model_dump_json(indent=1))

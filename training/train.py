@@ -132,6 +132,8 @@ def load_split(args: argparse.Namespace, samples: list) -> Split:
     path = args.split or args.out / "split.json"
     split = Split.load(path) if path.exists() else make_split(samples, seed=args.seed)
     split, added = split.extended(samples, args.seed)
+    for name in split.missing(samples):
+        log.warning("%s: in %s but given no photos (--data), so this run neither trains nor validates on it", name, path)
     if added:
         log.info("%s: not in %s, split afresh (seed %d)", ", ".join(added), path, args.seed)
     split.save(args.out / "split.json")
