@@ -142,6 +142,16 @@ def test_a_tighter_framing_with_fitted_edges_enlarges_part_of_the_crop_without_b
     assert min(spans) < 0.75 * 249 and max(spans) > 0.9 * 249  # squares of 60-100% of the side
 
 
+def test_frame_min_sets_the_tightest_framing_drawn() -> None:
+    crop = np.zeros((100, 100, 3), dtype=np.uint8)
+    crop[:, :, 0] = np.linspace(1, 250, 100).astype(np.uint8)[None, :]
+    def spans(smallest: float) -> list[int]:
+        frame = NONE.model_copy(update={"frame": 1.0, "edges": "fit", "frame_min": smallest})
+        return [int(out[50, -1, 0]) - int(out[50, 0, 0]) for out in (augment(crop, frame, random.Random(seed)) for seed in range(60))]
+    assert min(spans(0.6)) > 0.55 * 249
+    assert min(spans(0.4)) < 0.5 * 249  # close-up framings, the face filling the crop
+
+
 def test_a_tighter_framing_is_drawn_at_its_rate_for_any_crop() -> None:
     crop = np.full((40, 40, 3), 90, dtype=np.uint8)
     some = NONE.model_copy(update={"frame": 0.3})

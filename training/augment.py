@@ -30,7 +30,8 @@ from training.chains import monochrome, noisy, roundtrip, smoothed
 
 
 class AugmentSpec(BaseModel):
-    frame: float = Field(0.0, ge=0, le=1, description="probability of a tighter framing, as the crop shows it: black bands on 1-4 sides, each 5-35% of the side (edges black), or a random square of 60-100% of the side enlarged (edges fit)")
+    frame: float = Field(0.0, ge=0, le=1, description="probability of a tighter framing, as the crop shows it: black bands on 1-4 sides, each 5-35% of the side (edges black), or a random square of frame_min-100% of the side enlarged (edges fit)")
+    frame_min: float = Field(0.6, ge=0.2, le=1, description="smallest side of a tighter framing's square, as a share of the crop's side (edges fit)")
     edges: Edges = Field("black", description="the crops' edges (PreprocessSpec.edges), which decide how a tighter framing shows")
     flip: float = Field(0.5, ge=0, le=1)
     rotation: float = Field(15.0, ge=0, le=180, description="degrees, uniform in [-r, r]")
@@ -60,7 +61,7 @@ def _appearance(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Im
     """Framing, flip, rotation, lighting and colour: what changes a photo's look but not its detail."""
     # drawn only when asked for, so that recipes recorded without it draw the same crops
     if spec.frame and rng.random() < spec.frame:
-        image = reframed(image, spec.edges, rng)
+        image = reframed(image, spec.edges, rng, spec.frame_min)
     if rng.random() < spec.flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if spec.rotation:
@@ -71,11 +72,11 @@ def _appearance(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Im
     return monochrome(image) if spec.gray and rng.random() < spec.gray else image
 
 
-def reframed(crop: Image.Image, edges: Edges, rng: random.Random) -> Image.Image:
+def reframed(crop: Image.Image, edges: Edges, rng: random.Random, smallest: float = 0.6) -> Image.Image:
     """`crop` as it would be had its photo been framed more tightly around the face."""
     width, height = crop.size
     if edges == "fit":
-        side = round(min(width, height) * rng.uniform(0.6, 1.0))
+        side = round(min(width, height) * rng.uniform(smallest, 1.0))
         left, top = rng.randint(0, width - side), rng.randint(0, height - side)
         return crop.crop((left, top, left + side, top + side)).resize(crop.size, rng.choice(list(RESAMPLE.values())))
     cut = [rng.random() < 0.5 for _ in range(4)]

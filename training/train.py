@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frame", type=float, default=AugmentSpec().frame,
                    help="probability of a tighter framing (black bands on the crop's sides, or with --edges fit a smaller square enlarged), "
                         "fakes and reals alike, so that how tightly a set's photos were framed cannot mean real or fake")
+    p.add_argument("--frame-min", type=float, default=AugmentSpec().frame_min,
+                   help="with --edges fit, the smallest tighter framing, as a share of the crop's side (0.4: the face fills the photo, "
+                        "as in a close-up portrait)")
     p.add_argument("--blur", type=float, default=AugmentSpec().blur, help="probability of a Gaussian blur")
     p.add_argument("--gray", type=float, default=AugmentSpec().gray,
                    help="probability of turning a crop black and white, fakes and reals alike, so that colour alone cannot mean fake")
@@ -117,7 +120,7 @@ def preprocess_spec(args: argparse.Namespace) -> PreprocessSpec:
 
 def augment_spec(args: argparse.Namespace) -> AugmentSpec:
     """The recipe's augmentation; an option out of its range is a DatasetError naming it."""
-    options = {"frame": args.frame, "edges": args.edges, "rotation": args.rotation, "gray": args.gray, "smooth": args.smooth, "noise": args.noise,
+    options = {"frame": args.frame, "frame_min": args.frame_min, "edges": args.edges, "rotation": args.rotation, "gray": args.gray, "smooth": args.smooth, "noise": args.noise,
                "blur": args.blur, "sharpen": args.sharpen, "resize": args.resize, "min_scale": args.min_scale, "jpeg": args.jpeg}
     try:
         return AugmentSpec(**options)
