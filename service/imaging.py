@@ -11,23 +11,28 @@ import warnings
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
+from pillow_heif import register_heif_opener
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Our own pixel limit is checked explicitly; Pillow's global one would raise on its own terms.
 Image.MAX_IMAGE_PIXELS = None
 # JPEG includes MPO (a JPEG with more pictures, as phones write them): Pillow's JPEG opener returns those.
 # AVIF (as many sites now serve photos) where Pillow was built with libavif, as its wheels are since 11.3.
-FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", *(("AVIF",) if features.check("avif") else ()))
+# HEIF/HEIC, what iPhones save photos as, through pillow-heif (libheif; it applies the photo's rotation itself).
+register_heif_opener()
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "HEIF", *(("AVIF",) if features.check("avif") else ()))
 # Per channel, out of 255: slack for an encoder's rounding or dither on a flat colour (JPEG keeps one exact).
 BLANK_LEVELS = 2
-FORMAT_NAMES = ", ".join({"WEBP": "WebP"}.get(f, f) for f in FORMATS[:-1]) + f" or {FORMATS[-1]}"
+_NAMES = {"WEBP": "WebP", "HEIF": "HEIC"}
+FORMAT_NAMES = ", ".join(_NAMES.get(f, f) for f in FORMATS[:-1]) + f" or {_NAMES.get(FORMATS[-1], FORMATS[-1])}"
 
 
 class ImageError(ValueError):
     """A bad input image. `status` is the HTTP status it maps to, `reason` a short metric label."""
 
     def __init__(self, message: str, status: int = 400, reason: str = "not_an_image") -> None:
-        super().__init__(message)
+        # one line: a decoder's own words (libheif's end in a newline) go into logs and CSV rows
+        super().__init__(" ".join(message.split()))
         self.status = status
         self.reason = reason
 

@@ -1,9 +1,12 @@
 """POST /classify against the real server: faces, several faces, no face, tiny images."""
 from __future__ import annotations
 
+import io
+
 import pytest
 import requests
 from PIL import Image
+from pillow_heif import register_heif_opener
 
 from service.config import get_settings
 from service.onnx_model import read_card
@@ -122,3 +125,22 @@ def test_octet_stream_body_and_other_modes(server):
         response = classify_raw(server, encode(image, "PNG"), "application/octet-stream")
         assert response.status_code == 200, response.text
         assert_consistent(response.json())
+
+
+def test_a_heic_photo_is_answered_as_the_same_photo_in_png(server):
+    """HEIC, as iPhones save photos: decoded through pillow-heif, the same face and nearly the same answer."""
+    register_heif_opener()  # to write one here
+    (path,) = shared_images("sdfd-sd21/fake", 1)
+    photo = Image.open(path).convert("RGB")
+    answers = []
+    for fmt, options in (("PNG", {}), ("HEIF", {"quality": 90})):
+        buffer = io.BytesIO()
+        photo.save(buffer, fmt, **options)
+        response = classify(server, buffer.getvalue(), f"photo.{fmt.lower()}")
+        assert response.status_code == 200, response.text
+        assert_consistent(response.json())
+        answers.append(response.json())
+    png, heic = answers
+    assert len(heic["faces"]) == len(png["faces"]) == 1
+    assert all(abs(a - b) <= 4 for a, b in zip(heic["faces"][0]["box"], png["faces"][0]["box"]))
+    assert abs(heic["fake_probability"] - png["fake_probability"]) < 0.1
