@@ -25,6 +25,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from service.engine import Source
 from service.errors import ServiceError, bad_field
+from service.imaging import FORMAT_NAMES
 
 FORM_OVERHEAD = 1024 * 1024  # multipart boundaries and text fields around one image
 TRUE = {"1", "true", "yes", "on"}
@@ -37,7 +38,7 @@ class ClassifyForm(bentoml.IODescriptor):
     """One image, as the multipart field `image`, or as the whole request body with Content-Type image/*
     (or application/octet-stream). `reject_no_face` is also accepted as a query parameter."""
 
-    image: ImageFile = Field(description="the photo (JPEG, PNG, WebP, ...)")
+    image: ImageFile = Field(description=f"the photo: {FORMAT_NAMES}")
     reject_no_face: bool = Field(False, description="answer 422 when no face is found, instead of classifying the whole image")
 
 
