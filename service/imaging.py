@@ -23,8 +23,8 @@ register_heif_opener()
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "HEIF", *(("AVIF",) if features.check("avif") else ()))
 # Per channel, out of 255: slack for an encoder's rounding or dither on a flat colour (JPEG keeps one exact).
 BLANK_LEVELS = 2
-_NAMES = {"WEBP": "WebP", "HEIF": "HEIC"}
-FORMAT_NAMES = ", ".join(_NAMES.get(f, f) for f in FORMATS[:-1]) + f" or {_NAMES.get(FORMATS[-1], FORMATS[-1])}"
+_NAMES = [{"WEBP": "WebP", "HEIF": "HEIC"}.get(f, f) for f in FORMATS]
+FORMAT_NAMES = ", ".join(_NAMES[:-1]) + f" or {_NAMES[-1]}"
 
 
 class ImageError(ValueError):

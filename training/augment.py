@@ -72,7 +72,7 @@ def _appearance(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Im
     return monochrome(image) if spec.gray and rng.random() < spec.gray else image
 
 
-def reframed(crop: Image.Image, edges: Edges, rng: random.Random, smallest: float = 0.6) -> Image.Image:
+def reframed(crop: Image.Image, edges: Edges, rng: random.Random, smallest: float) -> Image.Image:
     """`crop` as it would be had its photo been framed more tightly around the face."""
     width, height = crop.size
     if edges == "fit":
