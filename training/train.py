@@ -35,6 +35,7 @@ from training.cache import CropCache, CropSet, add_crop_arguments
 from training.cli import start_command
 from training.data import DatasetError, Split, make_split, scan_dataset
 from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics, mean_dataset_auc
+from training.adversary import SourceAdversary, real_sources, source_loss, source_targets
 from training.models import MODELS, UnknownModel, create_model, entry, features_and_stage, head_parameters, patch_classifier, stage_channels
 from training.parts import PARTS, part_targets
 from training.predict import device_for, predict_probs
@@ -95,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with this weight, a second head judges each 67 px patch apart from the first three stages' features and answers the "
                         "mean of their logits, as efficientnet_lite0_patch8 does; trained beside the classifier, so that the stages they share "
                         "must carry local evidence, and not exported (0 = off; EfficientNet-Lite models)")
+    p.add_argument("--source-adversary", type=float, default=0.0, metavar="WEIGHT",
+                   help="with this weight, a head tries to name which real source each real crop came from, through a reversed gradient, "
+                        "so that the features learn to hide each real set's look (training/adversary.py); not exported (0 = off; timm models)")
     p.add_argument("--focal", type=float, default=0.0, metavar="GAMMA",
                    help="focal loss (Lin et al. 2017): each crop's cross-entropy weighted by (1 - the probability it gives the truth) ** GAMMA, "
                         "so the crops it already answers surely count less and the hard ones more (0 = plain cross-entropy)")
@@ -207,8 +211,10 @@ class Trainer:
         self.pretrained = not self.origin.startswith("random")
         self.part_head = self._part_head()
         self.patch_head = self._patch_head()
+        self.source_head = self._source_head()
         self.part_targets, self.part_known = part_targets(train.samples)
-        parameters = [*self.model.parameters(), *(head for aux in (self.part_head, self.patch_head) if aux for head in aux.parameters())]
+        self.source_targets = source_targets(train.samples, real_sources(train.samples))
+        parameters = [*self.model.parameters(), *(head for aux in self.aux_heads for head in aux.parameters())]
         self.optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
         self.steps_per_epoch = math.ceil((args.epoch_size or len(train.samples)) / args.batch_size)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=args.lr, total_steps=args.epochs * self.steps_per_epoch, pct_start=0.15)
@@ -235,13 +241,30 @@ class Trainer:
             raise DatasetError(f"--patch-aux needs an EfficientNet-Lite model, whose first stages it reads; {self.args.model} is not one")
         return patch_classifier(stage_channels(self.model, PATCH_AUX_STAGES)).to(self.device, memory_format=torch.channels_last)
 
+    def _source_head(self) -> nn.Module | None:
+        """--source-adversary's head on the pooled features the classifier reads; trained beside it, never exported."""
+        if self.args.source_adversary <= 0:
+            return None
+        if not hasattr(self.model, "forward_head"):
+            raise DatasetError(f"--source-adversary needs a timm model, whose pooled features it reads; {self.args.model} has none")
+        sources = real_sources(self.train_set.samples)
+        if len(sources) < 2:
+            raise DatasetError(f"--source-adversary needs real photos from two sources or more to hide; the training split has {len(sources)}")
+        return SourceAdversary(self.model.num_features, len(sources)).to(self.device)
+
+    @property
+    def aux_heads(self) -> list[nn.Module]:
+        return [head for head in (self.part_head, self.patch_head, self.source_head) if head is not None]
+
     def run(self) -> None:
         stale = epochs_since_best(self.history)  # a resumed run keeps counting towards --patience
         for self.epoch in range(self.epoch + 1, self.args.epochs + 1):
             self._freeze_backbone(self.pretrained and self.epoch <= self.args.freeze_epochs)
             started = time.time()
-            train_loss, train_accuracy = self._train_epoch()
+            train_loss, train_accuracy, named = self._train_epoch()
             row = {"epoch": self.epoch, "train_loss": train_loss, "train_accuracy": train_accuracy, **self._validate(), "seconds": round(time.time() - started, 1)}
+            if named is not None:
+                row["source_named"] = named  # the adversary's accuracy on the epoch's real crops
             self.history.append(row)
             log.info("epoch %d: %s", self.epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
             score = selection_auc(row)
@@ -261,7 +284,7 @@ class Trainer:
         for parameter in self.model.parameters():
             parameter.requires_grad = not frozen or id(parameter) in head
 
-    def _train_epoch(self) -> tuple[float, float]:
+    def _train_epoch(self) -> tuple[float, float, float | None]:
         self.model.train()
         generator = torch.Generator().manual_seed(self.args.seed * 1000 + self.epoch)
         order = torch.multinomial(torch.from_numpy(self.train_set.group_weights(self.args.set_weights, self.args.balance)), self.steps_per_epoch * self.args.batch_size, replacement=True, generator=generator)
@@ -269,14 +292,14 @@ class Trainer:
                              self.augment, self.args.self_blend, self.args.consistency > 0, f"{self.args.seed}-{self.epoch}")
         loader = DataLoader(batches, batch_size=None, num_workers=self.args.loader_workers, pin_memory=self.device.type == "cuda")
         loss_fn = partial(focal_bce, gamma=self.args.focal)
-        total_loss, correct, seen = 0.0, 0, 0
+        total_loss, correct, seen, named, reals = 0.0, 0, 0, 0, 0
         bar = tqdm(zip(batches.order, loader), total=len(batches), desc=f"epoch {self.epoch}/{self.args.epochs}", unit="batch", mininterval=5)
         for index, (inputs, blended) in bar:
             taught = self._teacher_probs(inputs)
             inputs = inputs.to(self.device, non_blocking=True, memory_format=torch.channels_last)
             labels = torch.from_numpy(self.train_set.labels[index]).float().to(self.device)
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-                logits, part_logits, patch_logits = self._forward(inputs)
+                logits, part_logits, patch_logits, source_logits = self._forward(inputs)
             if self.args.consistency > 0:
                 first, second = logits.chunk(2)
                 loss = (loss_fn(first, labels) + loss_fn(second, labels)) / 2 + self.args.consistency * js_divergence(first, second)
@@ -290,6 +313,10 @@ class Trainer:
                 loss = loss + self.args.part_loss * self._part_loss(part_logits, index, blended.numpy())
             if patch_logits is not None:
                 loss = loss + self.args.patch_aux * loss_fn(patch_logits, labels.repeat(len(patch_logits) // len(labels)))
+            if source_logits is not None:
+                targets = torch.from_numpy(np.tile(self.source_targets[index], len(source_logits) // len(index))).to(self.device)
+                hidden, right, count = source_loss(source_logits, targets)
+                loss, named, reals = loss + self.args.source_adversary * hidden, named + right, reals + count
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -301,13 +328,14 @@ class Trainer:
             correct += int(((logits > 0).float() == labels).sum())
             seen += len(labels)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
-        return total_loss / seen, correct / seen
+        return total_loss / seen, correct / seen, (named / reals if reals else None)
 
-    def _forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def _forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """The real-vs-fake logits; with --part-loss the part logits read from the same pooled features; with
-        --patch-aux the patch head's mean logit, read from the same pass's first stages."""
-        if self.part_head is None and self.patch_head is None:
-            return self.model(inputs).squeeze(1).float(), None, None
+        --patch-aux the patch head's mean logit, read from the same pass's first stages; with --source-adversary
+        the real-source logits, from the pooled features through a reversed gradient."""
+        if not self.aux_heads:
+            return self.model(inputs).squeeze(1).float(), None, None, None
         if self.patch_head is None:
             features, early = self.model.forward_features(inputs), None
         else:
@@ -315,7 +343,8 @@ class Trainer:
         pooled = self.model.forward_head(features, pre_logits=True)
         part_logits = None if self.part_head is None else self.part_head(pooled).float()
         patch_logits = None if early is None else self.patch_head(early).mean(dim=(1, 2, 3)).float()
-        return self.model.get_classifier()(pooled).squeeze(1).float(), part_logits, patch_logits
+        source_logits = None if self.source_head is None else self.source_head(pooled).float()
+        return self.model.get_classifier()(pooled).squeeze(1).float(), part_logits, patch_logits, source_logits
 
     def _teacher_probs(self, inputs: torch.Tensor) -> torch.Tensor | None:
         """With --distill, the teacher's probabilities for the very crops the student reads, from the batch on the host."""
@@ -355,6 +384,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "part_head": None if self.part_head is None else self.part_head.state_dict(),
             "patch_head": None if self.patch_head is None else self.patch_head.state_dict(),
+            "source_head": None if self.source_head is None else self.source_head.state_dict(),
             "datasets": [str(d) for d in self.args.data], "seed": self.args.seed,
             "command": self.args.command, "recipe": self.recipe,
         }, path)
@@ -366,6 +396,8 @@ class Trainer:
             self.part_head.load_state_dict(state["part_head"])
         if self.patch_head is not None and state.get("patch_head"):
             self.patch_head.load_state_dict(state["patch_head"])
+        if self.source_head is not None and state.get("source_head"):
+            self.source_head.load_state_dict(state["source_head"])
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -474,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
             raise DatasetError(f"--part-loss is a weight, 0 (off) or more, got {args.part_loss}")
         if args.patch_aux < 0:
             raise DatasetError(f"--patch-aux is a weight, 0 (off) or more, got {args.patch_aux}")
+        if args.source_adversary < 0:
+            raise DatasetError(f"--source-adversary is a weight, 0 (off) or more, got {args.source_adversary}")
         if args.focal < 0:
             raise DatasetError(f"--focal is an exponent, 0 (off) or more, got {args.focal}")
         if not 0 < args.distill_weight <= 1:
