@@ -27,11 +27,14 @@ def test_the_reversed_gradient_passes_values_and_turns_the_gradient() -> None:
     assert torch.equal(out, features)
     (out * torch.tensor([2.0, 3.0, 4.0])).sum().backward()
     assert features.grad.tolist() == [-2.0, -3.0, -4.0]
+    scaled = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    (reversed_gradient(scaled, 0.25) * torch.tensor([2.0, 3.0, 4.0])).sum().backward()
+    assert scaled.grad.tolist() == [-0.5, -0.75, -1.0]  # DANN's lambda scales what the features get, not the head's loss
 
 
 def test_a_descent_step_teaches_the_head_the_source_and_the_features_to_hide_it() -> None:
     torch.manual_seed(0)
-    head, targets = SourceAdversary(4, 2), torch.tensor([0, 1, 0, 1, NOT_REAL, NOT_REAL])
+    head, targets = SourceAdversary(4, 2, strength=1.0), torch.tensor([0, 1, 0, 1, NOT_REAL, NOT_REAL])
     features = torch.randn(6, 4, requires_grad=True)
     before, _, _ = source_loss(head(features), targets)
     before.backward()
@@ -85,6 +88,7 @@ def test_the_adversary_trains_beside_the_classifier_and_is_never_exported(tmp_pa
     assert "--source-adversary 0.5" in state["command"] and np.isfinite(state["history"][0]["train_loss"])
     assert tuple(state["source_head"]["classify.2.weight"].shape)[0] == 2  # the two real sources
     assert 0 <= state["history"][0]["source_named"] <= 1
+    assert [g["initial_lr"] for g in state["optimizer"]["param_groups"]][1] == pytest.approx(10 * [g["initial_lr"] for g in state["optimizer"]["param_groups"]][0])
     assert not any(key.startswith("source") or key.startswith("classify") for key in state["model"])
     assert train.main([*args, "--resume"]) == 0  # the head is loaded back (strictly) with the rest
     assert export.main(["--checkpoint", str(run / "last.pt"), "--name", "adv", "--out", str(tmp_path / "x")]) == 0

@@ -18,33 +18,37 @@ from torch import nn
 from training.data import Sample
 
 HIDDEN = 256
+HEAD_LR_FACTOR = 10  # the head must learn the sources within a few epochs, or the features have nothing to hide from
 NOT_REAL = -1  # the target of a fake crop: no source to hide
 
 
 class _ReversedGradient(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, features: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, features: torch.Tensor, strength: float) -> torch.Tensor:
+        ctx.strength = strength
         return features.view_as(features)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return -grad
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.strength * grad, None
 
 
-def reversed_gradient(features: torch.Tensor) -> torch.Tensor:
-    """The identity going forward; going back, the gradient with its sign turned."""
-    return _ReversedGradient.apply(features)
+def reversed_gradient(features: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """The identity going forward; going back, the gradient with its sign turned and scaled by `strength`."""
+    return _ReversedGradient.apply(features, strength)
 
 
 class SourceAdversary(nn.Module):
-    """Which real source a crop's pooled features came from, through a reversed gradient."""
+    """Which real source a crop's pooled features came from. The head learns from its whole loss; the
+    features get that loss's gradient turned and scaled by `strength` (DANN's lambda)."""
 
-    def __init__(self, features: int, sources: int) -> None:
+    def __init__(self, features: int, sources: int, strength: float) -> None:
         super().__init__()
+        self.strength = strength
         self.classify = nn.Sequential(nn.Linear(features, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, sources))
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classify(reversed_gradient(pooled))
+        return self.classify(reversed_gradient(pooled, self.strength))
 
 
 def real_sources(samples: Sequence[Sample]) -> list[str]:

@@ -35,7 +35,7 @@ from training.cache import CropCache, CropSet, add_crop_arguments
 from training.cli import start_command
 from training.data import DatasetError, Split, make_split, scan_dataset
 from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics, mean_dataset_auc
-from training.adversary import SourceAdversary, real_sources, source_loss, source_targets
+from training.adversary import HEAD_LR_FACTOR, SourceAdversary, real_sources, source_loss, source_targets
 from training.models import MODELS, UnknownModel, create_model, entry, features_and_stage, head_parameters, patch_classifier, stage_channels
 from training.parts import PARTS, part_targets
 from training.predict import device_for, predict_probs
@@ -97,8 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "mean of their logits, as efficientnet_lite0_patch8 does; trained beside the classifier, so that the stages they share "
                         "must carry local evidence, and not exported (0 = off; EfficientNet-Lite models)")
     p.add_argument("--source-adversary", type=float, default=0.0, metavar="WEIGHT",
-                   help="with this weight, a head tries to name which real source each real crop came from, through a reversed gradient, "
-                        "so that the features learn to hide each real set's look (training/adversary.py); not exported (0 = off; timm models)")
+                   help="a head tries to name which real source each real crop came from, and the features get its gradient turned and "
+                        "scaled by WEIGHT (DANN's lambda), so that they learn to hide each real set's look (training/adversary.py); "
+                        "not exported (0 = off; timm models)")
     p.add_argument("--focal", type=float, default=0.0, metavar="GAMMA",
                    help="focal loss (Lin et al. 2017): each crop's cross-entropy weighted by (1 - the probability it gives the truth) ** GAMMA, "
                         "so the crops it already answers surely count less and the hard ones more (0 = plain cross-entropy)")
@@ -214,10 +215,11 @@ class Trainer:
         self.source_head = self._source_head()
         self.part_targets, self.part_known = part_targets(train.samples)
         self.source_targets = source_targets(train.samples, real_sources(train.samples))
-        parameters = [*self.model.parameters(), *(head for aux in self.aux_heads for head in aux.parameters())]
-        self.optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
+        groups = self._parameter_groups()
+        self.optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
         self.steps_per_epoch = math.ceil((args.epoch_size or len(train.samples)) / args.batch_size)
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=args.lr, total_steps=args.epochs * self.steps_per_epoch, pct_start=0.15)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=[g["lr"] for g in groups],
+                                                             total_steps=args.epochs * self.steps_per_epoch, pct_start=0.15)
         self.scaler = torch.amp.GradScaler(enabled=self.device.type == "cuda")
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema > 0 else None
         self.augment = None if args.no_augment else augment_spec(args)
@@ -250,7 +252,15 @@ class Trainer:
         sources = real_sources(self.train_set.samples)
         if len(sources) < 2:
             raise DatasetError(f"--source-adversary needs real photos from two sources or more to hide; the training split has {len(sources)}")
-        return SourceAdversary(self.model.num_features, len(sources)).to(self.device)
+        return SourceAdversary(self.model.num_features, len(sources), self.args.source_adversary).to(self.device)
+
+    def _parameter_groups(self) -> list[dict]:
+        """The network and the heads trained with it at --lr; the source adversary's head faster (HEAD_LR_FACTOR)."""
+        shared = [*self.model.parameters(), *(p for aux in (self.part_head, self.patch_head) if aux is not None for p in aux.parameters())]
+        groups = [{"params": shared, "lr": self.args.lr}]
+        if self.source_head is not None:
+            groups.append({"params": list(self.source_head.parameters()), "lr": self.args.lr * HEAD_LR_FACTOR})
+        return groups
 
     @property
     def aux_heads(self) -> list[nn.Module]:
@@ -316,7 +326,7 @@ class Trainer:
             if source_logits is not None:
                 targets = torch.from_numpy(np.tile(self.source_targets[index], len(source_logits) // len(index))).to(self.device)
                 hidden, right, count = source_loss(source_logits, targets)
-                loss, named, reals = loss + self.args.source_adversary * hidden, named + right, reals + count
+                loss, named, reals = loss + hidden, named + right, reals + count  # the features get it turned, scaled by the weight
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
