@@ -30,12 +30,12 @@ from service.contract import ModelLoadError
 from service.onnx_model import OnnxClassifier
 from service.preprocess import PreprocessSpec, to_input
 from training import baselines, plots
+from training.adversary import HEAD_LR_FACTOR, SourceAdversary, real_sources, source_loss, source_targets
 from training.augment import AugmentSpec, augment, augment_pair
 from training.cache import CropCache, CropSet, add_crop_arguments
 from training.cli import start_command
 from training.data import DatasetError, Split, make_split, scan_dataset
 from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics, mean_dataset_auc
-from training.adversary import HEAD_LR_FACTOR, SourceAdversary, real_sources, source_loss, source_targets
 from training.models import MODELS, UnknownModel, create_model, entry, features_and_stage, head_parameters, patch_classifier, stage_channels
 from training.parts import PARTS, part_targets
 from training.predict import device_for, predict_probs
@@ -214,7 +214,7 @@ class Trainer:
         self.patch_head = self._patch_head()
         self.source_head = self._source_head()
         self.part_targets, self.part_known = part_targets(train.samples)
-        self.source_targets = source_targets(train.samples, real_sources(train.samples))
+        self.source_targets = None if self.source_head is None else source_targets(train.samples, real_sources(train.samples))
         groups = self._parameter_groups()
         self.optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
         self.steps_per_epoch = math.ceil((args.epoch_size or len(train.samples)) / args.batch_size)
