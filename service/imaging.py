@@ -59,7 +59,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
         image = ImageOps.exif_transpose(image)
         return to_rgb(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, EOFError) as exc:
-        raise ImageError(f"image data is truncated or corrupt ({str(exc).strip()})", 400, "corrupt") from exc
+        raise ImageError(f"image data is truncated or corrupt ({exc})", 400, "corrupt") from exc
 
 
 def require_content(image: Image.Image) -> Image.Image:
