@@ -155,7 +155,8 @@ def ray_items(args: argparse.Namespace) -> list[BatchItem]:
         raise CommandError(str(exc)) from None
     angles = settings.angles_for(card) if args.tta is None else args.tta
     config = ray_engine.JobConfig(model=str(Path(args.model).resolve()), angles=angles, band=settings.band_for(card),
-                                  max_bytes=settings.max_bytes, max_pixels=settings.max_pixels, max_faces=settings.max_faces,
+                                  max_bytes=settings.max_bytes, max_pixels=settings.max_pixels, formats=settings.formats,
+                                  max_faces=settings.max_faces,
                                   detector=configured_detector(), filesystem=args.path if ray_engine.is_uri(args.path) else None,
                                   sort=str(args.sort.resolve()) if args.sort else None,
                                   annotate=str(args.annotate.resolve()) if args.annotate else None)
@@ -203,7 +204,7 @@ def load_engine(model: Path, tta: Sequence[float] | None, device: str, classifie
     angles = settings.angles_for(classifier.card) if tta is None else tta
     pipeline = Pipeline(classifier.card, detector, angles, settings.max_faces, settings.band_for(classifier.card))
     metrics = get_metrics()
-    return Engine(pipeline, local_classifier(classifier, metrics), settings.max_bytes, settings.max_pixels, metrics)
+    return Engine(pipeline, local_classifier(classifier, metrics), settings.max_bytes, settings.max_pixels, metrics, settings.formats)
 
 
 def run(engine: Engine, files: Sequence[FolderFile], copier: SortedCopier | None, annotator: AnnotationWriter | None) -> list[BatchItem]:

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.calibration import UncertainBand
+from service.imaging import FORMATS, parse_formats
 
 if TYPE_CHECKING:
     from service.contract import ModelCard
@@ -32,6 +33,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted upload, in bytes.")
     max_pixels: int = Field(40_000_000, gt=0, description="Largest accepted image, in pixels (checked before decoding).")
+    formats: Annotated[tuple[str, ...], NoDecode] = Field(
+        FORMATS, description="Image formats opened, comma-separated (e.g. JPEG,PNG,WEBP); all (or unset): every one this build supports. "
+                             "Each format is a decoder that untrusted bytes reach; others are answered 400 unopened.")
     max_faces: int = Field(20, gt=0, description="Faces classified per image; further faces are reported unclassified.")
     max_batch_files: int = Field(500, gt=0, description="Files accepted by one batch request.")
     data_root: Path = Field(REPO_ROOT / "data", description="Folder that the batch endpoint may read from.")
@@ -78,6 +82,16 @@ class Settings(BaseSettings):
             return parse_band(value) if isinstance(value, str) else value
         except ValueError as exc:
             raise ValueError(f"FACECHECK_UNCERTAIN_BAND: {exc}") from None
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _parse_formats(cls, value: object) -> object:
+        if isinstance(value, (tuple, list)):
+            value = ",".join(map(str, value))
+        try:
+            return parse_formats(value) if isinstance(value, str) else value
+        except ValueError as exc:
+            raise ValueError(f"FACECHECK_FORMATS: {exc}") from None
 
     @field_validator("batch_size", mode="before")
     @classmethod

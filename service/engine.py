@@ -27,7 +27,7 @@ from service.admission import Admission
 from service.annotate import AnnotationWriter, annotated_png
 from service.errors import ServiceError, classifier_disconnected, from_classifier_error, from_image_error
 from service.folders import SortedCopier
-from service.imaging import ImageError, decode_image, require_content
+from service.imaging import FORMATS, ImageError, decode_image, require_content
 from service.metrics import Metrics
 from service.onnx_model import OnnxClassifier
 from service.pipeline import Pipeline, Prepared, ms_since
@@ -72,11 +72,13 @@ class Source:
 
 
 class Engine:
-    def __init__(self, pipeline: Pipeline, classify: Classify, max_bytes: int, max_pixels: int, metrics: Metrics) -> None:
+    def __init__(self, pipeline: Pipeline, classify: Classify, max_bytes: int, max_pixels: int, metrics: Metrics,
+                 formats: Sequence[str] = FORMATS) -> None:
         self.pipeline = pipeline
         self.classify = classify
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
+        self.formats = tuple(formats)
         self.metrics = metrics
         self._prepare_slots: asyncio.Semaphore | None = None
 
@@ -159,23 +161,24 @@ class Engine:
         if self._prepare_slots is None:
             self._prepare_slots = asyncio.Semaphore(PREPARE_CONCURRENCY)
         async with self._prepare_slots:
-            image, prepared = await anyio.to_thread.run_sync(prepare, self.pipeline, data, file, self.max_bytes, self.max_pixels)
+            image, prepared = await anyio.to_thread.run_sync(prepare, self.pipeline, data, file, self.max_bytes, self.max_pixels, self.formats)
         self.metrics.observe_timings(prepared.timings_ms)
         self.metrics.faces_per_image.observe(len(prepared.faces))
         return (image if keep_image else None), prepared
 
 
-def prepare(pipeline: Pipeline, data: bytes, file: str, max_bytes: int, max_pixels: int) -> tuple[Image.Image, Prepared]:
+def prepare(pipeline: Pipeline, data: bytes, file: str, max_bytes: int, max_pixels: int,
+            formats: Sequence[str] = FORMATS) -> tuple[Image.Image, Prepared]:
     """A file's bytes decoded (a bad image is a ServiceError), its faces found, cropped and rotated."""
     started = time.perf_counter()
-    image = decode(data, max_bytes, max_pixels)
+    image = decode(data, max_bytes, max_pixels, formats)
     decode_ms = ms_since(started)
     return image, pipeline.prepare(image, file, {"decode": decode_ms})
 
 
-def decode(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
+def decode(data: bytes, max_bytes: int, max_pixels: int, formats: Sequence[str] = FORMATS) -> Image.Image:
     try:
-        return require_content(decode_image(data, max_bytes, max_pixels))
+        return require_content(decode_image(data, max_bytes, max_pixels, formats))
     except ImageError as exc:
         raise from_image_error(exc) from exc
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
@@ -23,8 +24,24 @@ register_heif_opener()
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "HEIF", *(("AVIF",) if features.check("avif") else ()))
 # Per channel, out of 255: slack for an encoder's rounding or dither on a flat colour (JPEG keeps one exact).
 BLANK_LEVELS = 2
-_NAMES = [{"WEBP": "WebP", "HEIF": "HEIC"}.get(f, f) for f in FORMATS]
-FORMAT_NAMES = ", ".join(_NAMES[:-1]) + f" or {_NAMES[-1]}"
+_ALIASES = {"JPG": "JPEG", "HEIC": "HEIF", "TIF": "TIFF"}
+
+
+def format_names(formats: Sequence[str] = FORMATS) -> str:
+    """The formats as people know them: "JPEG, PNG or WebP"."""
+    names = [{"WEBP": "WebP", "HEIF": "HEIC"}.get(f, f) for f in formats]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" or {names[-1]}"
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """Comma-separated format names ("jpeg,png,heic") as Pillow names them, each one this build can open; "all": FORMATS."""
+    if text.strip().lower() == "all":
+        return FORMATS
+    chosen = [_ALIASES.get(name.strip().upper(), name.strip().upper()) for name in text.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in FORMATS]
+    if unknown or not chosen:
+        raise ValueError(f"{', '.join(unknown) or 'no format'}: choose among {', '.join(FORMATS)}")
+    return tuple(dict.fromkeys(chosen))
 
 
 class ImageError(ValueError):
@@ -37,16 +54,16 @@ class ImageError(ValueError):
         self.reason = reason
 
 
-def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Decode `data` into an RGB image with EXIF orientation applied."""
+def decode_image(data: bytes, max_bytes: int, max_pixels: int, formats: Sequence[str] = FORMATS) -> Image.Image:
+    """Decode `data` into an RGB image with EXIF orientation applied; only `formats` (Pillow's names) are tried."""
     if not data:
         raise ImageError("empty upload: no image bytes received", 400, "empty")
     if len(data) > max_bytes:
         raise ImageError(f"upload is {len(data)} bytes; the limit is {max_bytes}", 413, "too_many_bytes")
     try:
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        image = Image.open(io.BytesIO(data), formats=formats)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageError(f"not an image in a supported format: {FORMAT_NAMES} ({exc.__class__.__name__})") from exc
+        raise ImageError(f"not an image in a supported format: {format_names(formats)} ({exc.__class__.__name__})") from exc
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}", 413, "too_many_pixels")

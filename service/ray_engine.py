@@ -41,6 +41,7 @@ from service.engine import assemble, decode, error_item, prepare, write_outputs
 from service.errors import ServiceError
 from service.faces import DetectorSettings, Face, FaceDetector
 from service.folders import FolderFile, SortedCopier, read_regular_file
+from service.imaging import FORMATS
 from service.pipeline import Pipeline, Prepared
 from service.schemas import BatchItem, FileError
 
@@ -75,6 +76,7 @@ class JobConfig(BaseModel):
     band: UncertainBand | None
     max_bytes: int
     max_pixels: int
+    formats: tuple[str, ...] = FORMATS
     max_faces: int
     detector: DetectorSettings
     filesystem: str | None = None  # the URI the file list came from; None: local paths
@@ -168,7 +170,7 @@ def prepare_batch(batch: pa.Table, config: JobConfig) -> pa.Table:
         try:
             if row["refusal"]:
                 raise_refusal(row["refusal"])
-            _, found = prepare(pipeline, read_input(config, row["source"]), row["file"], config.max_bytes, config.max_pixels)
+            _, found = prepare(pipeline, read_input(config, row["source"]), row["file"], config.max_bytes, config.max_pixels, config.formats)
             crops, prepared = found.crops.tobytes(), encode_prepared(found)
             n_crops = len(found.crops)
         except ServiceError as exc:
@@ -232,7 +234,7 @@ def finished_item(row: dict, pipeline: Pipeline, config: JobConfig, copier: Sort
     if copier is not None or annotator is not None:
         try:  # the file again, as the crops alone travelled: read, and decoded only for the picture
             data = read_input(config, row["source"])
-            image = decode(data, config.max_bytes, config.max_pixels) if annotator is not None else None
+            image = decode(data, config.max_bytes, config.max_pixels, config.formats) if annotator is not None else None
         except ServiceError as exc:
             return error_item(row["file"], exc).model_copy(update={"result": result})
         write_outputs(item, data, image, copier, annotator)

@@ -137,7 +137,7 @@ class FaceCheck:
         detector = FaceDetector(configured_detector(), device=detector_device(settings.device))
         self.pipeline = Pipeline(CARD, detector, settings.angles_for(CARD), settings.max_faces, settings.band_for(CARD))
         classify = self._classify if BATCHING else inline_classifier(self.metrics)
-        self.engine = Engine(self.pipeline, classify, settings.max_bytes, settings.max_pixels, self.metrics)
+        self.engine = Engine(self.pipeline, classify, settings.max_bytes, settings.max_pixels, self.metrics, settings.formats)
         log.info("face detector on %s; model card %s %s", detector.device, self.pipeline.card.name, self.pipeline.card.version)
 
     def __is_ready__(self) -> bool:

@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from service.engine import Source
 from service.errors import ServiceError, bad_field
-from service.imaging import FORMAT_NAMES
+from service.imaging import format_names
 
 FORM_OVERHEAD = 1024 * 1024  # multipart boundaries and text fields around one image
 TRUE = {"1", "true", "yes", "on"}
@@ -38,7 +38,7 @@ class ClassifyForm(bentoml.IODescriptor):
     """One image, as the multipart field `image`, or as the whole request body with Content-Type image/*
     (or application/octet-stream). `reject_no_face` is also accepted as a query parameter."""
 
-    image: ImageFile = Field(description=f"the photo: {FORMAT_NAMES}")
+    image: ImageFile = Field(description=f"the photo: {format_names()}, or those of them FACECHECK_FORMATS allows")
     reject_no_face: bool = Field(False, description="answer 422 when no face is found, instead of classifying the whole image")
 
 

@@ -101,6 +101,13 @@ def banded_server(tmp_path_factory: pytest.TempPathFactory, known: Known) -> Ser
 
 
 @pytest.fixture(scope="session")
+def jpeg_png_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
+    """A server that opens JPEG and PNG only (FACECHECK_FORMATS), as an operator might expose it."""
+    yield from serve(tmp_path_factory.mktemp("service-jpeg-png"), FACECHECK_FORMATS="jpg,PNG", FACECHECK_API_WORKERS="1",
+                     FACECHECK_ACCESS_LOG="false")
+
+
+@pytest.fixture(scope="session")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
     """A server with API keys: ENV_KEY in FACECHECK_API_KEYS, and FILE_KEY in FACECHECK_API_KEYS_FILE as its SHA-256 only;
     /metrics needs a key too. Its `headers` carry ENV_KEY."""

@@ -217,3 +217,18 @@ def test_annotated_pictures_never_follow_a_link_out_of_their_folder(tmp_path):
     assert items["b.jpg"]["ok"] and not (annotated / "b.jpg.png").is_symlink()
     assert (annotated / "b.jpg.png").read_bytes().startswith(b"\x89PNG")
     assert list(outside.iterdir()) == []
+
+
+def test_cli_opens_only_the_formats_FACECHECK_FORMATS_allows(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    face = synthetic_face(seed=3)
+    (folder / "face.jpg").write_bytes(encode(face))
+    (folder / "face.webp").write_bytes(encode(face, "WEBP"))
+    done = run_cli(folder, "--json", tmp_path / "r.json", "--tta", "0", "--device", "cpu", "-q", FACECHECK_FORMATS="jpeg")
+    assert done.returncode == 1, done.stderr  # 1: a file could not be classified
+    items = {item["file"]: item for item in json.loads((tmp_path / "r.json").read_text())["results"]}
+    assert items["face.jpg"]["ok"] and not items["face.webp"]["ok"]
+    assert items["face.webp"]["error"]["status"] == 400 and "supported format: JPEG (" in items["face.webp"]["error"]["error"]
+    refused = run_cli(folder, "-q", FACECHECK_FORMATS="jpeg,psd")
+    assert refused.returncode != 0 and "FACECHECK_FORMATS: PSD: choose among" in refused.stderr

@@ -1,6 +1,7 @@
 """Bad input of every kind gets a JSON client error with the right status, never a 500."""
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
@@ -92,3 +93,24 @@ def test_errors_are_counted_by_reason(server):
     counts = {line.split("}")[0] + "}": float(line.split()[-1]) for line in metrics.splitlines()
               if line.startswith("facecheck_errors_total{")}
     assert counts.get('facecheck_errors_total{reason="empty"}', 0) >= 1
+
+
+def test_a_format_left_out_by_FACECHECK_FORMATS_is_400_and_the_batch_reports_it(jpeg_png_server):
+    """WebP and HEIC are decoders untrusted bytes need not reach where an operator allows JPEG and PNG only."""
+    from PIL import Image
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()  # this process writes the HEIC; the server has its own opener
+    face = Image.open(io.BytesIO(JPEG))
+    assert post_raw(jpeg_png_server, JPEG).status_code == 200
+    assert post_raw(jpeg_png_server, PNG, "image/png").status_code == 200
+    for name, kind in (("face.webp", "WEBP"), ("face.heic", "HEIF")):
+        refused = post_file(jpeg_png_server, encode(face, kind), name, "image/*")
+        assert_error(refused, 400, "not_an_image")
+        assert "JPEG or PNG" in refused.json()["error"]
+    files = [("images", ("face.jpg", JPEG, "image/jpeg")), ("images", ("face.webp", encode(face, "WEBP"), "image/webp"))]
+    batch = requests.post(f"{jpeg_png_server.url}/classify_batch", files=files, timeout=120)
+    assert batch.status_code == 200, batch.text
+    items = {item["file"]: item for item in batch.json()["results"]}
+    assert items["face.jpg"]["result"]["verdict"] in ("real", "fake", "uncertain")
+    assert items["face.webp"]["error"]["status"] == 400 and "JPEG or PNG" in items["face.webp"]["error"]["error"]

@@ -427,3 +427,16 @@ def test_the_edge_policy_is_part_of_the_cache_key_only_where_it_is_not_the_old_o
 
     assert PreprocessSpec().cache_key() == "face-128-0.300-bicubic"
     assert PreprocessSpec(edges="fit").cache_key() == "face-128-0.300-bicubic-fit"
+
+
+def test_formats_setting_takes_common_names_and_refuses_unknown_ones():
+    from pydantic import ValidationError
+
+    from service.config import Settings
+    from service.imaging import FORMATS
+
+    assert Settings().formats == Settings(formats="all").formats == FORMATS
+    assert Settings(formats="jpg, HEIC,png,jpeg").formats == ("JPEG", "HEIF", "PNG")
+    for bad in ("psd", " , "):
+        with pytest.raises(ValidationError, match="FACECHECK_FORMATS: "):
+            Settings(formats=bad)
