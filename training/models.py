@@ -62,6 +62,18 @@ def _timm(name: str) -> Callable[[], nn.Module]:
     return build
 
 
+def _vit(name: str) -> Callable[[], nn.Module]:
+    """A timm ViT at any input size: position embeddings interpolated, the last partial patch padded."""
+    def build() -> nn.Module:
+        import timm
+
+        model = timm.create_model(name, pretrained=False, num_classes=1, dynamic_img_size=True, dynamic_img_pad=True)
+        _small_head(model.get_classifier())
+        return model
+
+    return build
+
+
 def _small_head(head: nn.Module) -> None:
     """Start the new head near p=0.5: timm's default init gives logits of +-10 on ImageNet features."""
     nn.init.normal_(head.weight, std=0.01)
@@ -172,6 +184,8 @@ MODELS: dict[str, ModelEntry] = {
     "efficientnet_lite0": _lite(0),
     "efficientnet_lite1": _lite(1),
     "efficientnet_lite2": _lite(2),
+    # DINOv2's weights ship in no package of their own: --pretrained a state dict in timm's names (docs, round 59)
+    "dinov2_small": ModelEntry(_vit("vit_small_patch14_dinov2"), IMAGENET_MEAN_STD, 126, "vit_small_patch14_dinov2.lvd142m"),
     "efficientnet_lite0_patch8": _patch(0, 3),  # each logit sees 67 px
     "efficientnet_lite0_patch16": _patch(0, 4),  # each logit sees 147 px
 }
