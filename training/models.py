@@ -51,23 +51,11 @@ def _conv_block(cin: int, cout: int, dropout: float) -> nn.Sequential:
     )
 
 
-def _timm(name: str) -> Callable[[], nn.Module]:
+def _timm(name: str, **options: bool) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import timm
 
-        model = timm.create_model(name, pretrained=False, num_classes=1)
-        _small_head(model.get_classifier())
-        return model
-
-    return build
-
-
-def _vit(name: str) -> Callable[[], nn.Module]:
-    """A timm ViT at any input size: position embeddings interpolated, the last partial patch padded."""
-    def build() -> nn.Module:
-        import timm
-
-        model = timm.create_model(name, pretrained=False, num_classes=1, dynamic_img_size=True, dynamic_img_pad=True)
+        model = timm.create_model(name, pretrained=False, num_classes=1, **options)
         _small_head(model.get_classifier())
         return model
 
@@ -185,7 +173,9 @@ MODELS: dict[str, ModelEntry] = {
     "efficientnet_lite1": _lite(1),
     "efficientnet_lite2": _lite(2),
     # DINOv2's weights ship in no package of their own: --pretrained a state dict in timm's names (docs, round 59)
-    "dinov2_small": ModelEntry(_vit("vit_small_patch14_dinov2"), IMAGENET_MEAN_STD, 126, "vit_small_patch14_dinov2.lvd142m"),
+    # any input size: position embeddings interpolated, the last partial patch padded
+    "dinov2_small": ModelEntry(_timm("vit_small_patch14_dinov2", dynamic_img_size=True, dynamic_img_pad=True), IMAGENET_MEAN_STD, 126,
+                               "vit_small_patch14_dinov2.lvd142m"),
     "efficientnet_lite0_patch8": _patch(0, 3),  # each logit sees 67 px
     "efficientnet_lite0_patch16": _patch(0, 4),  # each logit sees 147 px
 }
