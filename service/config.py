@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.calibration import UncertainBand
@@ -73,25 +73,17 @@ class Settings(BaseSettings):
             return None if value.strip().lower() == "card" else parse_angles(value)
         return value
 
-    @field_validator("uncertain_band", mode="before")
+    @field_validator("uncertain_band", "formats", mode="before")
     @classmethod
-    def _parse_band(cls, value: object) -> object:
+    def _parse_list(cls, value: object, info: ValidationInfo) -> object:
+        """A comma-separated setting (or a list of its items), parsed; a bad one names its variable."""
         if isinstance(value, (tuple, list)):
             value = ",".join(map(str, value))
+        parse = {"uncertain_band": parse_band, "formats": parse_formats}[info.field_name]
         try:
-            return parse_band(value) if isinstance(value, str) else value
+            return parse(value) if isinstance(value, str) else value
         except ValueError as exc:
-            raise ValueError(f"FACECHECK_UNCERTAIN_BAND: {exc}") from None
-
-    @field_validator("formats", mode="before")
-    @classmethod
-    def _parse_formats(cls, value: object) -> object:
-        if isinstance(value, (tuple, list)):
-            value = ",".join(map(str, value))
-        try:
-            return parse_formats(value) if isinstance(value, str) else value
-        except ValueError as exc:
-            raise ValueError(f"FACECHECK_FORMATS: {exc}") from None
+            raise ValueError(f"FACECHECK_{info.field_name.upper()}: {exc}") from None
 
     @field_validator("batch_size", mode="before")
     @classmethod
