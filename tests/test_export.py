@@ -122,3 +122,17 @@ def test_export_cli_writes_a_loadable_model_from_a_checkpoint(tmp_path):
     card = OnnxClassifier(tmp_path / "out" / "fromckpt.onnx", device="cpu").card
     assert (card.architecture, card.threshold, card.preprocess.input_size) == ("cnn", 0.3, 64)
     assert card.command == f"python -m training.export --checkpoint {tmp_path}/best.pt --name fromckpt --out {tmp_path}/out"
+
+
+def test_a_model_of_88_mb_exports_as_one_file_the_service_loads(tmp_path):
+    """torch's exporter writes a larger model's weights to a second file (.onnx.data) that would not travel with
+    the .onnx; the card step loads them and saves one self-contained file beside its card."""
+    torch.manual_seed(0)
+    model, _ = create_model("dinov2_small", pretrained="none")
+    path = export.export_model(model.eval(), tiny_card("vit", size=42), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vit.json", "vit.onnx"]
+    assert path.stat().st_size > 80_000_000
+    x = torch.randn(3, 3, 42, 42)
+    with torch.no_grad():
+        expected = export.ProbabilityModel(model).eval()(x).numpy()
+    assert np.abs(OnnxClassifier(path, device="cpu").predict(x.numpy()) - expected).max() <= export.PARITY_TOLERANCE
