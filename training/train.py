@@ -256,7 +256,7 @@ class Trainer:
 
     def _parameter_groups(self) -> list[dict]:
         """The network and the heads trained with it at --lr; the source adversary's head faster (HEAD_LR_FACTOR)."""
-        shared = [*self.model.parameters(), *(p for aux in (self.part_head, self.patch_head) if aux is not None for p in aux.parameters())]
+        shared = [*self.model.parameters(), *(p for aux in self.aux_heads if aux is not self.source_head for p in aux.parameters())]
         groups = [{"params": shared, "lr": self.args.lr}]
         if self.source_head is not None:
             groups.append({"params": list(self.source_head.parameters()), "lr": self.args.lr * HEAD_LR_FACTOR})
