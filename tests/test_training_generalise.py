@@ -273,3 +273,30 @@ def test_loso_combine_refuses_runs_of_other_photos(tmp_path: Path, capsys) -> No
     assert "did not score the same photos" in capsys.readouterr().err
     assert generalise.main(["loso-combine", "--run", str(tmp_path / "a"), "--run", str(tmp_path / "c"), "--out", str(tmp_path / "ac")]) == 2
     assert "no fold with scores.npz" in capsys.readouterr().err
+
+
+def test_a_lifting_member_raises_where_it_is_surer_than_of_every_real_set_and_never_lowers() -> None:
+    from training.ensemble import lift_floor, lifted
+
+    labels = np.r_[np.zeros(200, int), np.ones(50, int)]
+    datasets = np.array(["easy"] * 100 + ["hard"] * 100 + ["easy"] * 50)
+    logits = np.r_[np.linspace(-5, -1, 100), np.linspace(-2, 2, 100), np.full(50, 9.0)]  # the fakes' 9.0 must not move the floor
+    floor = lift_floor(logits, labels, datasets)
+    assert floor == pytest.approx(np.quantile(np.linspace(-2, 2, 100), 0.95))
+    assert lifted(np.array([0.0, 0.0, 0.0]), np.array([floor + 2, floor, -10.0]), floor, 0.5).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_loso_combine_lift_raises_the_first_runs_held_out_fakes_only_where_the_second_is_sure(tmp_path: Path, capsys) -> None:
+    """The second run is sure of the first held-out fake and scores the second as real: the first is lifted
+    above both test reals (0.1, and 0.4 lifted a little, as it is above the floor), the second keeps the first
+    run's 0.3, between them, where a mean logit would have pulled it under both."""
+    first = _fold(tmp_path / "a" / "gen-fake", held=[0.3, 0.3], val=[0.1, 0.4, 0.6, 0.9], test=[0.1, 0.4, 0.6, 0.9])
+    assert loso.fold_row(loso.Source("gen", 1), loso.FoldScores.load(first / loso.SCORES), 0.5)["roc_auc"] == 0.5
+    _fold(tmp_path / "b" / "gen-fake", held=[0.99, 0.01], val=[0.1, 0.4, 0.6, 0.9], test=[0.1, 0.4, 0.6, 0.9])
+    runs = ["--run", str(tmp_path / "a"), "--run", str(tmp_path / "b")]
+    assert generalise.main(["loso-combine", *runs, "--lift", "1", "--out", str(tmp_path / "lift")]) == 0
+    [row] = json.loads((tmp_path / "lift" / "loso.json").read_text())["rows"]
+    assert row["roc_auc"] == 0.75 and row["n"] == 2
+    capsys.readouterr()
+    assert generalise.main(["loso-combine", *runs, "--lift", "1", "--weight", "1", "--weight", "1", "--out", str(tmp_path / "both")]) == 2
+    assert "give one" in capsys.readouterr().err

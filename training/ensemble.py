@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper
 
@@ -70,6 +71,21 @@ def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ExportError("weights must be non-negative and not all zero")
     return [w / sum(weights) for w in weights]
+
+
+LIFT_QUANTILE = 0.95
+
+
+def lift_floor(logits: np.ndarray, labels: np.ndarray, datasets: np.ndarray) -> float:
+    """Where a lifting member starts to speak: the largest of the real sets' 95th percentiles of its
+    validation logits, so that it raises at most 5% of any real set's photos."""
+    reals = labels == 0
+    return max(float(np.quantile(logits[reals & (datasets == name)], LIFT_QUANTILE)) for name in np.unique(datasets[reals]))
+
+
+def lifted(base: np.ndarray, member: np.ndarray, floor: float, weight: float) -> np.ndarray:
+    """The base logit raised by `weight` per unit of the member's logit above its floor, and never lowered."""
+    return base + weight * np.maximum(0.0, member - floor)
 
 
 def member_graph(path: Path, prefix: str, size: int, ensemble_size: int) -> tuple[onnx.GraphProto, list[onnx.NodeProto]]:

@@ -13,7 +13,9 @@ loso: leave-one-source-out (training/loso.py). For each source, the recipe is tr
 small budget, and the held-out photos are scored: how many fakes are caught, how many reals called fake.
 Each fold keeps its photos' probabilities (scores.npz), so `loso-combine --run A --run B` gives the table
 an ensemble of the two recipes would get: the mean logit of their folds, its threshold chosen as a fold's
-(`--weight 3 --weight 1` for a weighted mean, as training.ensemble --weight builds).
+(`--weight 3 --weight 1` for a weighted mean, as training.ensemble --weight builds), or with `--lift W`
+the first run's logit raised, never lowered, by the others where each is surer than of 95% of every
+real set's validation photos.
 
 --readme README.md replaces the text between `<!-- generalise:NAME -->` and `<!-- /generalise:NAME -->`
 (NAME: robustness or loso) with the new table and a link to its PNG.
@@ -199,12 +201,18 @@ def run_loso(args: argparse.Namespace, train_options: list[str]) -> int:
 
 def run_loso_combine(args: argparse.Namespace) -> int:
     """The leave-one-source-out table of an ensemble: the mean logit of the folds of several `loso` runs."""
-    rows = loso.combined_rows(args.run, args.weight)
+    if args.lift is not None and args.weight:
+        raise GeneraliseError("--lift and --weight are two ways to combine: give one")
+    rows = loso.combined_rows(args.run, args.weight, args.lift)
     args.out.mkdir(parents=True, exist_ok=True)
     png = (args.figures or args.out) / "loso.png"
-    weights = f" (weights {', '.join(f'{w:g}' for w in args.weight)})" if args.weight else ""
-    loso.plot(rows, "leave one source out: the mean logit of " + " and ".join(run.name for run in args.run) + weights, png)
-    (args.out / "loso.json").write_text(json.dumps({"runs": [str(run) for run in args.run], "weights": args.weight, "rows": rows}, indent=1))
+    names = " and ".join(run.name for run in args.run)
+    if args.lift is not None:
+        title = f"{args.run[0].name} lifted by {' and '.join(run.name for run in args.run[1:])} (weight {args.lift:g})"
+    else:
+        title = f"the mean logit of {names}" + (f" (weights {', '.join(f'{w:g}' for w in args.weight)})" if args.weight else "")
+    loso.plot(rows, "leave one source out: " + title, png)
+    (args.out / "loso.json").write_text(json.dumps({"runs": [str(run) for run in args.run], "weights": args.weight, "lift": args.lift, "rows": rows}, indent=1))
     print(loso.table(rows))
     return 0
 
@@ -230,6 +238,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     co.add_argument("--run", type=Path, action="append", required=True, help="a loso run's --out folder (repeat; same data and split)")
     co.add_argument("--weight", type=float, action="append",
                     help="each run's weight on its folds' logits, in --run order (default: equal), as training.ensemble --weight")
+    co.add_argument("--lift", type=float, help="instead of a mean: the first run's logit raised by this weight per unit of each other run's logit "
+                    "above its floor (the largest of its real sets' 95th percentiles on validation), never lowered")
     co.add_argument("--out", type=Path, required=True, help="where loso.json and loso.png go")
     co.add_argument("--figures", type=Path, help="where the PNG goes (default: --out)")
     for sub, default_tta in ((r, None), (lo, "0")):

@@ -27,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 from service.calibration import logit
 from training import plots
 from training.cache import CropSet
-from training.ensemble import normalised
+from training.ensemble import lift_floor, lifted, normalised
 from training.metrics import balanced_accuracy_threshold
 from training.predict import predict_probs
 from training.report import format_table
@@ -110,29 +110,37 @@ def fold_row(source: Source, scores: FoldScores, threshold: float) -> dict[str, 
     }
 
 
-def combined_row(folders: Sequence[Path], weights: Sequence[float] | None = None) -> dict[str, Any]:
-    """One source's row for the (weighted) mean logit of several recipes' folds, its threshold chosen on validation as a fold's is."""
+def combined_row(folders: Sequence[Path], weights: Sequence[float] | None = None, lift: float | None = None) -> dict[str, Any]:
+    """One source's row for the (weighted) mean logit of several recipes' folds, or with `lift` the first
+    recipe's logit raised by the others (training.ensemble.lifted), its threshold chosen on validation as a fold's is."""
     runs = [FoldScores.load(folder / SCORES) for folder in folders]
     first = runs[0]
     if any(not (np.array_equal(r.val_labels, first.val_labels) and np.array_equal(r.test_labels, first.test_labels)
                 and len(r.held) == len(first.held)) for r in runs[1:]):
         raise ValueError(f"{', '.join(map(str, folders))} did not score the same photos: run them on the same data and split")
-    shares = normalised(weights, len(runs))
-    mean = {name: expit(np.average([logit(getattr(r, name)) for r in runs], axis=0, weights=shares)) for name in ("val", "test", "held")}
-    scores = FoldScores(mean["val"], first.val_labels, first.val_datasets, mean["test"], first.test_labels, mean["held"])
+    parts = ("val", "test", "held")
+    if lift is None:
+        shares = normalised(weights, len(runs))
+        combined = {name: np.average([logit(getattr(r, name)) for r in runs], axis=0, weights=shares) for name in parts}
+    else:
+        combined = {name: logit(getattr(first, name)) for name in parts}
+        for run in runs[1:]:
+            floor = lift_floor(logit(run.val), run.val_labels, run.val_datasets)
+            combined = {name: lifted(combined[name], logit(getattr(run, name)), floor, lift) for name in parts}
+    scores = FoldScores(expit(combined["val"]), first.val_labels, first.val_datasets, expit(combined["test"]), first.test_labels, expit(combined["held"]))
     row = json.loads((folders[0] / "fold.json").read_text())
     source = Source(row["dataset"], int(row["kind"] == "fake"))
     threshold = balanced_accuracy_threshold(scores.val_labels, scores.val, list(scores.val_datasets))
     return {**fold_row(source, scores, threshold), "best_epoch": None, "epochs_run": None}
 
 
-def combined_rows(runs: Sequence[Path], weights: Sequence[float] | None = None) -> list[dict[str, Any]]:
+def combined_rows(runs: Sequence[Path], weights: Sequence[float] | None = None, lift: float | None = None) -> list[dict[str, Any]]:
     """Every source whose fold each run has scored, in the first run's order."""
     folders = sorted((f for f in runs[0].iterdir() if (f / SCORES).is_file()), key=lambda f: (-int(f.name.endswith("-fake")), f.name))
     shared = [f.name for f in folders if all((run / f.name / SCORES).is_file() for run in runs[1:])]
     if not shared:
         raise ValueError(f"no fold with {SCORES} in every one of {', '.join(map(str, runs))} (folds run before scores were kept have none)")
-    return [combined_row([run / name for run in runs], weights) for name in shared]
+    return [combined_row([run / name for run in runs], weights, lift) for name in shared]
 
 
 def _concat(sets: list[CropSet]) -> CropSet:
