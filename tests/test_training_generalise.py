@@ -300,3 +300,27 @@ def test_loso_combine_lift_raises_the_first_runs_held_out_fakes_only_where_the_s
     capsys.readouterr()
     assert generalise.main(["loso-combine", *runs, "--lift", "1", "--weight", "1", "--weight", "1", "--out", str(tmp_path / "both")]) == 2
     assert "give one" in capsys.readouterr().err
+
+
+def test_the_strictest_threshold_keeps_a_small_hard_real_set_at_five_percent(tmp_path: Path) -> None:
+    """900 easy reals pooled with 100 hard ones: 5% of the pool lets half the hard set through, the strictest
+    threshold no more than 5% of it; an old fold's row (no such column) gains it from its scores."""
+    easy, hard = np.linspace(0.0, 0.3, 900), np.linspace(0.2, 0.9, 100)
+    val = np.r_[easy, hard, np.full(50, 0.95)]
+    labels = np.r_[np.zeros(1000, int), np.ones(50, int)]
+    datasets = np.array(["easy"] * 900 + ["hard"] * 1000)[: len(val)]
+    held = np.linspace(0.5, 1.0, 100)
+    scores = loso.FoldScores(val, labels, datasets, val, labels, held)
+    row = loso.fold_row(loso.Source("gen", 1), scores, 0.5)
+    assert np.mean(hard >= row["strict_threshold"]) > 0.3
+    assert np.mean(hard >= row["strictest_threshold"]) <= 0.05 and np.mean(easy >= row["strictest_threshold"]) == 0
+    assert row["called_fake_strictest"] < row["called_fake_strict"]
+
+    folder = tmp_path / "gen-fake"
+    folder.mkdir()
+    scores.save(folder / loso.SCORES)
+    old = {key: value for key, value in row.items() if "strictest" not in key} | {"best_epoch": 3}
+    (folder / "fold.json").write_text(json.dumps(old))
+    again = loso.done_row(folder)
+    assert again["called_fake_strictest"] == row["called_fake_strictest"] and again["best_epoch"] == 3
+    assert loso.table([again]).splitlines()[-1].split()[5] == f"{row['called_fake_strictest']:.1%}"  # its own column

@@ -39,6 +39,7 @@ from training.calibrate import CalibrationError, calibrate_model
 from training.card import ExportError, attach_card
 from training.cli import start_command
 from training.data import DatasetError, Split
+from training.metrics import every_real_set_quantile
 from training.scoring import default_split_file
 
 OUTPUT = "fake_probability"
@@ -77,10 +78,8 @@ LIFT_QUANTILE = 0.95
 
 
 def lift_floor(logits: np.ndarray, labels: np.ndarray, datasets: np.ndarray) -> float:
-    """Where a lifting member starts to speak: the largest of the real sets' 95th percentiles of its
-    validation logits, so that it raises at most 5% of any real set's photos."""
-    reals = labels == 0
-    return max(float(np.quantile(logits[reals & (datasets == name)], LIFT_QUANTILE)) for name in np.unique(datasets[reals]))
+    """Where a lifting member starts to speak: at most 5% of any real set's validation photos lie above it."""
+    return every_real_set_quantile(logits, labels, datasets, LIFT_QUANTILE)
 
 
 def lifted(base: np.ndarray, member: np.ndarray, floor: float, weight: float) -> np.ndarray:

@@ -106,6 +106,13 @@ def _group_recalls(labels: np.ndarray, probs: np.ndarray, datasets: list[str] | 
     return candidates, np.array(recalls), np.array(sizes)
 
 
+def every_real_set_quantile(scores: np.ndarray, labels: np.ndarray, datasets: np.ndarray, quantile: float) -> float:
+    """The largest of the real sets' `quantile`s: a threshold at or above it calls at most 1 - quantile of
+    *each* real set fake, not only of the reals pooled, where an easy large set can hide a hard small one."""
+    reals = labels == 0
+    return max(float(np.quantile(scores[reals & (datasets == name)], quantile)) for name in np.unique(datasets[reals]))
+
+
 def balanced_accuracy_threshold(labels: np.ndarray, probs: np.ndarray, datasets: list[str] | None = None) -> float:
     """The threshold that maximises the mean recall over (dataset, label) groups: balanced accuracy
     for one dataset. Pooled, the most numerous set would decide it; the training sampler, too, weights
