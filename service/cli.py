@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from service.annotate import AnnotationWriter
 from service.argv import join_option_values
 from service.batch import batch_result, to_csv
-from service.config import get_settings, parse_angles
+from service.config import get_settings, parse_angles, settings_error
 from service.contract import ModelLoadError
 from service.engine import Engine, Source, local_classifier
 from service.errors import ServiceError
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         get_settings()  # the parser's defaults come from the settings
     except ValidationError as exc:
-        print(f"{PROG}: error: {'; '.join(setting_error(error) for error in exc.errors())}", file=sys.stderr)
+        print(f"{PROG}: error: {settings_error(exc)}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(join_option_values(sys.argv[1:] if argv is None else argv, ("--tta",)))
     try:
@@ -110,12 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-
-
-def setting_error(error: dict) -> str:
-    """"FACECHECK_MAX_BYTES: Input should be greater than 0" from one of pydantic's errors."""
-    name = f"FACECHECK_{str(error['loc'][0]).upper()}" if error["loc"] else "FACECHECK_*"
-    return f"{name}: {error['msg'].removeprefix('Value error, ').removeprefix(f'{name}: ')}"
 
 
 def classify_command(args: argparse.Namespace) -> int:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.calibration import UncertainBand
@@ -173,6 +173,16 @@ def parse_band(text: str) -> Literal["card", "off"] | tuple[float, float]:
     if not 0.0 <= low <= high <= 1.0:
         raise ValueError(f"the uncertain band LOW,HIGH needs 0 <= LOW <= HIGH <= 1; got {text!r}")
     return low, high
+
+
+def settings_error(exc: ValidationError) -> str:
+    """"FACECHECK_MAX_BYTES: Input should be greater than 0" for each of pydantic's errors, joined."""
+    return "; ".join(_setting_error(error) for error in exc.errors())
+
+
+def _setting_error(error: Any) -> str:
+    name = f"FACECHECK_{str(error['loc'][0]).upper()}" if error["loc"] else "FACECHECK_*"
+    return f"{name}: {error['msg'].removeprefix('Value error, ').removeprefix(f'{name}: ')}"
 
 
 @lru_cache(maxsize=1)

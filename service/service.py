@@ -23,6 +23,7 @@ import anyio.to_thread
 import bentoml
 import numpy as np
 from bentoml.validators import ContentType
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -30,13 +31,14 @@ from starlette.routing import Route
 
 from service.admission import Admission
 from service.batch import batch_result
-from service.config import get_settings
+from service.config import Settings, get_settings, settings_error
+from service.contract import ModelCard, ModelLoadError
 from service.engine import Classify, Engine, Source, local_classifier
 from service.errors import ServiceError, document_errors
 from service.faces import FaceDetector, configured_detector, detector_device
 from service.folders import SortedCopier, list_files, resolve_folder
 from service.gate import Deadline, Gate, JsonErrors
-from service.keys import ApiKeys, warn_if_exposed
+from service.keys import ApiKeys, KeysError, warn_if_exposed
 from service.memory import start_trimming
 from service.metrics import Metrics, get_metrics
 from service.onnx_model import OnnxClassifier, read_card
@@ -45,13 +47,24 @@ from service.schemas import BatchResult, ImageResult
 from service.uploads import BatchInput, ClassifyInput, FolderInput, parse_bool, read_batch_request, read_folder_request, read_image_request
 
 log = logging.getLogger("bentoml.facecheck")
-settings = get_settings()
-# Read at import, which `bentoml serve` does in its own process before it starts any worker: unreadable keys,
-# or a missing or corrupt model, stop the server with that message, rather than sending the workers into a
-# restart loop. A server that listens beyond loopback without keys says so first.
-KEYS = ApiKeys.from_settings(settings)
-warn_if_exposed(KEYS, log)
-CARD = read_card(settings.model)
+
+
+def _read_at_start() -> tuple[Settings, ApiKeys, ModelCard]:
+    """Read at import, which `bentoml serve` does in its own process before it starts any worker: a bad
+    setting, unreadable keys, or a missing or corrupt model stop the server with one line that names it,
+    rather than a traceback or workers in a restart loop. A server that listens beyond loopback without keys says so first."""
+    try:
+        settings = get_settings()
+        keys = ApiKeys.from_settings(settings)
+        warn_if_exposed(keys, log)
+        return settings, keys, read_card(settings.model)
+    except ValidationError as exc:
+        raise SystemExit(f"facecheck: error: {settings_error(exc)}") from None
+    except (KeysError, ModelLoadError) as exc:
+        raise SystemExit(f"facecheck: error: {exc}") from None
+
+
+settings, KEYS, CARD = _read_at_start()
 document_errors()
 PAGE = (Path(__file__).parent / "static" / "index.html").read_text(encoding="utf-8")
 

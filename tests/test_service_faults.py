@@ -225,8 +225,8 @@ def test_bad_model_stops_the_server_with_a_clear_message(tmp_path, fault):
         with running_server(env, timeout_s=RECOVERY_S, log_path=log):
             pass  # /readyz answered 200: the server came up on a bad model
     text = log.read_text()
-    assert "ModelLoadError" in text and message in text, text[-3000:]
-    assert str(model) in text
+    assert "facecheck: error: " in text and message in text and str(model) in text, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]  # one line that names the problem, not a stack
 
 
 def test_a_malformed_uncertain_band_stops_the_server_with_a_clear_message(tmp_path):
@@ -236,4 +236,5 @@ def test_a_malformed_uncertain_band_stops_the_server_with_a_clear_message(tmp_pa
         with running_server(env, timeout_s=RECOVERY_S, log_path=log):
             pass  # /readyz answered 200: the server came up with a band it cannot mean
     text = log.read_text()
-    assert "FACECHECK_UNCERTAIN_BAND" in text and "needs 0 <= LOW <= HIGH <= 1; got '0.7,0.4'" in text, text[-3000:]
+    assert "facecheck: error: FACECHECK_UNCERTAIN_BAND: the uncertain band LOW,HIGH needs 0 <= LOW <= HIGH <= 1; got '0.7,0.4'" in text, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
