@@ -276,7 +276,7 @@ def test_loso_combine_refuses_runs_of_other_photos(tmp_path: Path, capsys) -> No
 
 
 def test_a_lifting_member_raises_where_it_is_surer_than_of_every_real_set_and_never_lowers() -> None:
-    from training.ensemble import lift_floor, lifted
+    from training.loso import lift_floor, lifted
 
     labels = np.r_[np.zeros(200, int), np.ones(50, int)]
     datasets = np.array(["easy"] * 100 + ["hard"] * 100 + ["easy"] * 50)

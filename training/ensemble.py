@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper
 
@@ -39,7 +38,6 @@ from training.calibrate import CalibrationError, calibrate_model
 from training.card import ExportError, attach_card
 from training.cli import start_command
 from training.data import DatasetError, Split
-from training.metrics import every_real_set_quantile
 from training.scoring import default_split_file
 
 OUTPUT = "fake_probability"
@@ -72,19 +70,6 @@ def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ExportError("weights must be non-negative and not all zero")
     return [w / sum(weights) for w in weights]
-
-
-LIFT_QUANTILE = 0.95
-
-
-def lift_floor(logits: np.ndarray, labels: np.ndarray, datasets: np.ndarray) -> float:
-    """Where a lifting member starts to speak: at most 5% of any real set's validation photos lie above it."""
-    return every_real_set_quantile(logits, labels, datasets, LIFT_QUANTILE)
-
-
-def lifted(base: np.ndarray, member: np.ndarray, floor: float, weight: float) -> np.ndarray:
-    """The base logit raised by `weight` per unit of the member's logit above its floor, and never lowered."""
-    return base + weight * np.maximum(0.0, member - floor)
 
 
 def member_graph(path: Path, prefix: str, size: int, ensemble_size: int) -> tuple[onnx.GraphProto, list[onnx.NodeProto]]:

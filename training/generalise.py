@@ -200,17 +200,17 @@ def run_loso(args: argparse.Namespace, train_options: list[str]) -> int:
 
 
 def run_loso_combine(args: argparse.Namespace) -> int:
-    """The leave-one-source-out table of an ensemble: the mean logit of the folds of several `loso` runs."""
+    """The leave-one-source-out table of an ensemble: the mean logit of the folds of several `loso` runs, or the first lifted by the others."""
     if args.lift is not None and args.weight:
         raise GeneraliseError("--lift and --weight are two ways to combine: give one")
     rows = loso.combined_rows(args.run, args.weight, args.lift)
     args.out.mkdir(parents=True, exist_ok=True)
     png = (args.figures or args.out) / "loso.png"
-    names = " and ".join(run.name for run in args.run)
     if args.lift is not None:
         title = f"{args.run[0].name} lifted by {' and '.join(run.name for run in args.run[1:])} (weight {args.lift:g})"
     else:
-        title = f"the mean logit of {names}" + (f" (weights {', '.join(f'{w:g}' for w in args.weight)})" if args.weight else "")
+        weights = f" (weights {', '.join(f'{w:g}' for w in args.weight)})" if args.weight else ""
+        title = f"the mean logit of {' and '.join(run.name for run in args.run)}{weights}"
     loso.plot(rows, "leave one source out: " + title, png)
     (args.out / "loso.json").write_text(json.dumps({"runs": [str(run) for run in args.run], "weights": args.weight, "lift": args.lift, "rows": rows}, indent=1))
     print(loso.table(rows))

@@ -27,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 from service.calibration import logit
 from training import plots
 from training.cache import CropSet
-from training.ensemble import lift_floor, lifted, normalised
+from training.ensemble import normalised
 from training.metrics import balanced_accuracy_threshold, every_real_set_quantile
 from training.predict import predict_probs
 from training.report import format_table
@@ -36,6 +36,16 @@ from training.train import Trainer, finish
 log = logging.getLogger("training.loso")
 FALSE_POSITIVE_BUDGET = 0.05
 SCORES = "scores.npz"
+
+
+def lift_floor(logits: np.ndarray, labels: np.ndarray, datasets: np.ndarray) -> float:
+    """Where a lifting recipe starts to speak: at most 5% of any real set's validation photos lie above it."""
+    return every_real_set_quantile(logits, labels, datasets, 1 - FALSE_POSITIVE_BUDGET)
+
+
+def lifted(base: np.ndarray, member: np.ndarray, floor: float, weight: float) -> np.ndarray:
+    """The base logit raised by `weight` per unit of the member's logit above its floor, and never lowered."""
+    return base + weight * np.maximum(0.0, member - floor)
 
 
 @dataclass(frozen=True)
@@ -96,7 +106,8 @@ class FoldScores:
 
 
 def fold_row(source: Source, scores: FoldScores, threshold: float) -> dict[str, Any]:
-    """The held-out source's row: called fake at the threshold and at the 5%-of-validation-reals one, its ranking against the other class."""
+    """The held-out source's row: called fake at the threshold, at 5% of the validation reals pooled and at 5% of each real set,
+    its ranking against the other class."""
     strict = float(np.quantile(scores.val[scores.val_labels == 0], 1 - FALSE_POSITIVE_BUDGET))
     strictest = every_real_set_quantile(scores.val, scores.val_labels, scores.val_datasets, 1 - FALSE_POSITIVE_BUDGET)
     opposite = scores.test[scores.test_labels != source.label]
@@ -114,7 +125,7 @@ def fold_row(source: Source, scores: FoldScores, threshold: float) -> dict[str, 
 
 def combined_row(folders: Sequence[Path], weights: Sequence[float] | None = None, lift: float | None = None) -> dict[str, Any]:
     """One source's row for the (weighted) mean logit of several recipes' folds, or with `lift` the first
-    recipe's logit raised by the others (training.ensemble.lifted), its threshold chosen on validation as a fold's is."""
+    recipe's logit raised by the others (`lifted`), its threshold chosen on validation as a fold's is."""
     runs = [FoldScores.load(folder / SCORES) for folder in folders]
     first = runs[0]
     if any(not (np.array_equal(r.val_labels, first.val_labels) and np.array_equal(r.test_labels, first.test_labels)
