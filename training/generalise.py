@@ -212,7 +212,8 @@ def run_loso_combine(args: argparse.Namespace) -> int:
         weights = f" (weights {', '.join(f'{w:g}' for w in args.weight)})" if args.weight else ""
         title = f"the mean logit of {' and '.join(run.name for run in args.run)}{weights}"
     loso.plot(rows, "leave one source out: " + title, png)
-    (args.out / "loso.json").write_text(json.dumps({"runs": [str(run) for run in args.run], "weights": args.weight, "lift": args.lift, "rows": rows}, indent=1))
+    record = {"runs": [str(run) for run in args.run], "weights": args.weight, "lift": args.lift, "rows": rows}
+    (args.out / "loso.json").write_text(json.dumps(record, indent=1))
     print(loso.table(rows))
     return 0
 

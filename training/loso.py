@@ -140,7 +140,8 @@ def combined_row(folders: Sequence[Path], weights: Sequence[float] | None = None
         for run in runs[1:]:
             floor = lift_floor(logit(run.val), run.val_labels, run.val_datasets)
             combined = {name: lifted(combined[name], logit(getattr(run, name)), floor, lift) for name in parts}
-    scores = FoldScores(expit(combined["val"]), first.val_labels, first.val_datasets, expit(combined["test"]), first.test_labels, expit(combined["held"]))
+    scores = FoldScores(expit(combined["val"]), first.val_labels, first.val_datasets,
+                        expit(combined["test"]), first.test_labels, expit(combined["held"]))
     row = json.loads((folders[0] / "fold.json").read_text())
     source = Source(row["dataset"], int(row["kind"] == "fake"))
     threshold = balanced_accuracy_threshold(scores.val_labels, scores.val, list(scores.val_datasets))
@@ -180,7 +181,8 @@ def _auc(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-HEADER = ["held out", "photos", "held out called fake", "at 5% FPR", "at 5% FPR of every real set", "ROC-AUC", "seen reals called fake", "seen fakes caught"]
+HEADER = ["held out", "photos", "held out called fake", "at 5% FPR", "at 5% FPR of every real set", "ROC-AUC",
+          "seen reals called fake", "seen fakes caught"]
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
