@@ -308,7 +308,7 @@ def test_the_strictest_threshold_keeps_a_small_hard_real_set_at_five_percent(tmp
     easy, hard = np.linspace(0.0, 0.3, 900), np.linspace(0.2, 0.9, 100)
     val = np.r_[easy, hard, np.full(50, 0.95)]
     labels = np.r_[np.zeros(1000, int), np.ones(50, int)]
-    datasets = np.array(["easy"] * 900 + ["hard"] * 1000)[: len(val)]
+    datasets = np.array(["easy"] * 900 + ["hard"] * 100 + ["hard"] * 50)  # the fakes: any set; only the reals count
     held = np.linspace(0.5, 1.0, 100)
     scores = loso.FoldScores(val, labels, datasets, val, labels, held)
     row = loso.fold_row(loso.Source("gen", 1), scores, 0.5)
