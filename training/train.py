@@ -36,6 +36,7 @@ from training.cache import CropCache, CropSet, add_crop_arguments
 from training.cli import start_command
 from training.data import DatasetError, Split, make_split, scan_dataset
 from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics, mean_dataset_auc
+from training.mixstyle import MixStyle, first_stages
 from training.models import MODELS, UnknownModel, create_model, entry, features_and_stage, head_parameters, patch_classifier, stage_channels
 from training.parts import PARTS, part_targets
 from training.predict import device_for, predict_probs
@@ -43,6 +44,7 @@ from training.selfblend import self_blend
 
 log = logging.getLogger("training.train")
 PATCH_AUX_STAGES = 3  # --patch-aux reads what efficientnet_lite0_patch8 reads: each position sees 67 px
+MIXSTYLE_STAGES = 3  # the paper mixes after a ResNet's first three of four stages; Lite0's first three are as early
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,6 +102,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a head tries to name which real source each real crop came from, and the features get its gradient turned and "
                         "scaled by WEIGHT (DANN's lambda), so that they learn to hide each real set's look (training/adversary.py); "
                         "not exported (0 = off; timm models)")
+    p.add_argument("--mixstyle", type=float, default=0.0, metavar="P",
+                   help="in this share of the batches, each crop's feature statistics after the first three stages are mixed with those of "
+                        "a crop of the same class from another source (MixStyle, training/mixstyle.py), so that a source's look stops "
+                        "telling real from fake; nothing exported (0 = off, 0.5 the paper's; EfficientNet-Lite models)")
     p.add_argument("--focal", type=float, default=0.0, metavar="GAMMA",
                    help="focal loss (Lin et al. 2017): each crop's cross-entropy weighted by (1 - the probability it gives the truth) ** GAMMA, "
                         "so the crops it already answers surely count less and the hard ones more (0 = plain cross-entropy)")
@@ -213,6 +219,8 @@ class Trainer:
         self.part_head = self._part_head()
         self.patch_head = self._patch_head()
         self.source_head = self._source_head()
+        self.mixstyle = self._mixstyle()
+        self.sources = np.array(train.datasets)
         self.part_targets, self.part_known = part_targets(train.samples)
         self.source_targets = None if self.source_head is None else source_targets(train.samples, real_sources(train.samples))
         groups = self._parameter_groups()
@@ -253,6 +261,14 @@ class Trainer:
         if len(sources) < 2:
             raise DatasetError(f"--source-adversary needs real photos from two sources or more to hide; the training split has {len(sources)}")
         return SourceAdversary(self.model.num_features, len(sources), self.args.source_adversary).to(self.device)
+
+    def _mixstyle(self) -> MixStyle | None:
+        if self.args.mixstyle <= 0:
+            return None
+        try:
+            return MixStyle(first_stages(self.model, MIXSTYLE_STAGES), self.args.mixstyle, self.args.seed)
+        except ValueError as e:
+            raise DatasetError(f"{e}; {self.args.model} is not one") from None
 
     def _parameter_groups(self) -> list[dict]:
         """The network and the heads trained with it at --lr; the source adversary's head faster (HEAD_LR_FACTOR)."""
@@ -308,6 +324,8 @@ class Trainer:
             taught = self._teacher_probs(inputs)
             inputs = inputs.to(self.device, non_blocking=True, memory_format=torch.channels_last)
             labels = torch.from_numpy(self.train_set.labels[index]).float().to(self.device)
+            if self.mixstyle is not None:
+                self.mixstyle.draw(self.train_set.labels[index], self.sources[index], len(inputs) // len(index), self.device)
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
                 logits, part_logits, patch_logits, source_logits = self._forward(inputs)
             if self.args.consistency > 0:
@@ -518,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
             raise DatasetError(f"--patch-aux is a weight, 0 (off) or more, got {args.patch_aux}")
         if args.source_adversary < 0:
             raise DatasetError(f"--source-adversary is a weight, 0 (off) or more, got {args.source_adversary}")
+        if not 0 <= args.mixstyle <= 1:
+            raise DatasetError(f"--mixstyle is a share of the batches, 0 to 1, got {args.mixstyle}")
         if args.focal < 0:
             raise DatasetError(f"--focal is an exponent, 0 (off) or more, got {args.focal}")
         if not 0 < args.distill_weight <= 1:
