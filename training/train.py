@@ -220,7 +220,7 @@ class Trainer:
         self.patch_head = self._patch_head()
         self.source_head = self._source_head()
         self.mixstyle = self._mixstyle()
-        self.sources = np.array(train.datasets)
+        self.sources = None if self.mixstyle is None else np.array(train.datasets)  # each sample's dataset, read per batch
         self.part_targets, self.part_known = part_targets(train.samples)
         self.source_targets = None if self.source_head is None else source_targets(train.samples, real_sources(train.samples))
         groups = self._parameter_groups()
@@ -323,9 +323,10 @@ class Trainer:
         for index, (inputs, blended) in bar:
             taught = self._teacher_probs(inputs)
             inputs = inputs.to(self.device, non_blocking=True, memory_format=torch.channels_last)
-            labels = torch.from_numpy(self.train_set.labels[index]).float().to(self.device)
+            batch_labels = self.train_set.labels[index]
+            labels = torch.from_numpy(batch_labels).float().to(self.device)
             if self.mixstyle is not None:
-                self.mixstyle.draw(self.train_set.labels[index], self.sources[index], len(inputs) // len(index), self.device)
+                self.mixstyle.draw(batch_labels, self.sources[index], len(inputs) // len(index), self.device)
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
                 logits, part_logits, patch_logits, source_logits = self._forward(inputs)
             if self.args.consistency > 0:
