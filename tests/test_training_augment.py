@@ -157,3 +157,19 @@ def test_a_tighter_framing_is_drawn_at_its_rate_for_any_crop() -> None:
     some = NONE.model_copy(update={"frame": 0.3})
     outs = [augment(crop, some, random.Random(seed)) for seed in range(400)]
     assert 80 < sum(_black_share(out) > 0 for out in outs) < 160
+
+
+def test_erasing_fills_one_rectangle_with_the_mean_colour_at_its_rate() -> None:
+    crop = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    mean = crop.reshape(-1, 3).mean(axis=0).round()
+    always = NONE.model_copy(update={"erase": 1.0})
+    for seed in range(30):
+        changed = (augment(crop, always, random.Random(seed)) != crop).any(axis=2)
+        rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+        box = changed[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        assert box.mean() > 0.9 and 0.01 < changed.mean() < 0.3  # one solid rectangle of 2-25% of the crop
+        np.testing.assert_array_equal(augment(crop, always, random.Random(seed))[changed], np.broadcast_to(mean, (changed.sum(), 3)))
+    np.testing.assert_array_equal(augment(crop, NONE, random.Random(0)), crop)
+    some = NONE.model_copy(update={"erase": 0.3})
+    outs = [augment(crop, some, random.Random(seed)) for seed in range(300)]
+    assert 60 < sum(not np.array_equal(out, crop) for out in outs) < 120

@@ -1,4 +1,4 @@
-"""Training-time augmentation of face crops: a tighter framing, flips, rotation, lighting, black and white, a beauty filter, blur or sharpening, resize, noise and JPEG re-encoding.
+"""Training-time augmentation of face crops: a tighter framing, flips, rotation, lighting, black and white, an erased rectangle, a beauty filter, blur or sharpening, resize, noise and JPEG re-encoding.
 
 A tighter framing (a profile picture's crop, a photo cut close to the face) shows in a crop as more of
 its square falling outside the photo: black bands with black edges, a smaller square enlarged with
@@ -44,6 +44,7 @@ class AugmentSpec(BaseModel):
     min_scale: float = Field(0.3, gt=0, le=1, description="smallest resize scale; scales are log-uniform in [min_scale, 1]")
     noise: float = Field(0.0, ge=0, le=1, description="probability of Gaussian noise, standard deviation 2-12 of 255, at the reduced size when resized")
     jpeg: float = Field(0.5, ge=0, le=1, description="probability of JPEG re-encoding, quality 50-95 (at the reduced size when resized)")
+    erase: float = Field(0.0, ge=0, le=1, description="probability of one rectangle (2-25% of the crop, aspect 0.3-3.3) filled with the crop's mean colour, before any degradation")
 
 
 def augment(crop: np.ndarray, spec: AugmentSpec, rng: random.Random) -> np.ndarray:
@@ -69,7 +70,23 @@ def _appearance(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Im
     if spec.lighting:
         image = jitter_lighting(image, spec.lighting, rng)
     # drawn only when asked for, so that recipes recorded without it draw the same crops
-    return monochrome(image) if spec.gray and rng.random() < spec.gray else image
+    if spec.gray and rng.random() < spec.gray:
+        image = monochrome(image)
+    return erased(image, rng) if spec.erase and rng.random() < spec.erase else image
+
+
+def erased(image: Image.Image, rng: random.Random) -> Image.Image:
+    """`image` with one random rectangle filled with its mean colour (random erasing, Zhong et al. 2020), so that
+    no single region, an eye or a GAN's tell-tale patch, is needed to decide."""
+    width, height = image.size
+    area = rng.uniform(0.02, 0.25) * width * height
+    aspect = math.exp(rng.uniform(math.log(0.3), math.log(1 / 0.3)))
+    box_w = max(1, min(width, round(math.sqrt(area * aspect))))
+    box_h = max(1, min(height, round(math.sqrt(area / aspect))))
+    left, top = rng.randint(0, width - box_w), rng.randint(0, height - box_h)
+    pixels = np.array(image)
+    pixels[top:top + box_h, left:left + box_w] = pixels.reshape(-1, pixels.shape[-1]).mean(axis=0).round().astype(np.uint8)
+    return Image.fromarray(pixels)
 
 
 def reframed(crop: Image.Image, edges: Edges, rng: random.Random, smallest: float) -> Image.Image:

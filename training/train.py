@@ -86,6 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resize", type=float, default=AugmentSpec().resize, help="probability of a down-and-up resize")
     p.add_argument("--min-scale", type=float, default=AugmentSpec().min_scale, help="smallest down-and-up scale (log-uniform up to 1)")
     p.add_argument("--jpeg", type=float, default=AugmentSpec().jpeg, help="probability of JPEG re-encoding at a random quality")
+    p.add_argument("--erase", type=float, default=AugmentSpec().erase,
+                   help="probability of one random rectangle of the crop filled with its mean colour (random erasing), fakes and reals alike, "
+                        "so that no single region is needed to decide")
     p.add_argument("--consistency", type=float, default=0.0, metavar="WEIGHT",
                    help="train on two views of each photo, augmented as usual and certainly scaled and re-saved, with this weight on the "
                         "Jensen-Shannon divergence of their answers (AugMix's consistency loss; 0 = off; each step costs about twice as much)")
@@ -132,7 +135,8 @@ def preprocess_spec(args: argparse.Namespace) -> PreprocessSpec:
 def augment_spec(args: argparse.Namespace) -> AugmentSpec:
     """The recipe's augmentation; an option out of its range is a DatasetError naming it."""
     options = {"frame": args.frame, "frame_min": args.frame_min, "edges": args.edges, "rotation": args.rotation, "gray": args.gray, "smooth": args.smooth, "noise": args.noise,
-               "blur": args.blur, "sharpen": args.sharpen, "resize": args.resize, "min_scale": args.min_scale, "jpeg": args.jpeg}
+               "blur": args.blur, "sharpen": args.sharpen, "resize": args.resize, "min_scale": args.min_scale, "jpeg": args.jpeg,
+               "erase": args.erase}
     try:
         return AugmentSpec(**options)
     except ValidationError as exc:
