@@ -173,3 +173,23 @@ def test_erasing_fills_one_rectangle_with_the_mean_colour_at_its_rate() -> None:
     some = NONE.model_copy(update={"erase": 0.3})
     outs = [augment(crop, some, random.Random(seed)) for seed in range(300)]
     assert 60 < sum(not np.array_equal(out, crop) for out in outs) < 120
+
+
+def test_shuffling_puts_the_same_tiles_back_in_another_order_at_its_rate() -> None:
+    crop = np.random.default_rng(4).integers(0, 256, (66, 66, 3), dtype=np.uint8)
+    always = NONE.model_copy(update={"shuffle": 1.0})
+
+    def tiles(pixels: np.ndarray) -> list[bytes]:
+        return [pixels[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16].tobytes() for r in range(4) for c in range(4)]
+
+    moved = 0
+    for seed in range(10):
+        out = augment(crop, always, random.Random(seed))
+        assert sorted(tiles(out)) == sorted(tiles(crop))  # every tile kept whole, none lost or repeated
+        np.testing.assert_array_equal(out[64:], crop[64:])  # what the grid leaves over stays in place
+        np.testing.assert_array_equal(out[:, 64:], crop[:, 64:])
+        moved += tiles(out) != tiles(crop)
+    assert moved == 10
+    some = NONE.model_copy(update={"shuffle": 0.3})
+    outs = [augment(crop, some, random.Random(seed)) for seed in range(300)]
+    assert 60 < sum(not np.array_equal(out, crop) for out in outs) < 120

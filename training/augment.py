@@ -1,4 +1,4 @@
-"""Training-time augmentation of face crops: a tighter framing, flips, rotation, lighting, black and white, an erased rectangle, a beauty filter, blur or sharpening, resize, noise and JPEG re-encoding.
+"""Training-time augmentation of face crops: a tighter framing, flips, rotation, lighting, black and white, shuffled tiles, an erased rectangle, a beauty filter, blur or sharpening, resize, noise and JPEG re-encoding.
 
 A tighter framing (a profile picture's crop, a photo cut close to the face) shows in a crop as more of
 its square falling outside the photo: black bands with black edges, a smaller square enlarged with
@@ -45,6 +45,7 @@ class AugmentSpec(BaseModel):
     noise: float = Field(0.0, ge=0, le=1, description="probability of Gaussian noise, standard deviation 2-12 of 255, at the reduced size when resized")
     jpeg: float = Field(0.5, ge=0, le=1, description="probability of JPEG re-encoding, quality 50-95 (at the reduced size when resized)")
     erase: float = Field(0.0, ge=0, le=1, description="probability of one rectangle (2-25% of the crop, aspect 0.3-3.3) filled with the crop's mean colour, before any degradation")
+    shuffle: float = Field(0.0, ge=0, le=1, description="probability of cutting the crop into a 4x4 grid of tiles and shuffling them, before any degradation")
 
 
 def augment(crop: np.ndarray, spec: AugmentSpec, rng: random.Random) -> np.ndarray:
@@ -72,7 +73,22 @@ def _appearance(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Im
     # drawn only when asked for, so that recipes recorded without it draw the same crops
     if spec.gray and rng.random() < spec.gray:
         image = monochrome(image)
+    if spec.shuffle and rng.random() < spec.shuffle:
+        image = shuffled(image, rng)
     return erased(image, rng) if spec.erase and rng.random() < spec.erase else image
+
+
+def shuffled(image: Image.Image, rng: random.Random, grid: int = 4) -> Image.Image:
+    """`image` cut into grid x grid tiles put back in a random order, so that only what each tile shows can
+    decide: the face's shape and a set's overall look are gone, a generator's texture stays."""
+    pixels = np.array(image)
+    side_h, side_w = pixels.shape[0] // grid, pixels.shape[1] // grid
+    tiles = [pixels[r * side_h:(r + 1) * side_h, c * side_w:(c + 1) * side_w].copy() for r in range(grid) for c in range(grid)]
+    rng.shuffle(tiles)
+    for index, tile in enumerate(tiles):
+        r, c = divmod(index, grid)
+        pixels[r * side_h:(r + 1) * side_h, c * side_w:(c + 1) * side_w] = tile
+    return Image.fromarray(pixels)
 
 
 def erased(image: Image.Image, rng: random.Random) -> Image.Image:

@@ -89,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--erase", type=float, default=AugmentSpec().erase,
                    help="probability of one random rectangle of the crop filled with its mean colour (random erasing), fakes and reals alike, "
                         "so that no single region is needed to decide")
+    p.add_argument("--shuffle", type=float, default=AugmentSpec().shuffle,
+                   help="probability of cutting the crop into 4x4 tiles put back in a random order, fakes and reals alike, "
+                        "so that the face's shape and a set's overall look cannot decide and each tile's texture must")
     p.add_argument("--consistency", type=float, default=0.0, metavar="WEIGHT",
                    help="train on two views of each photo, augmented as usual and certainly scaled and re-saved, with this weight on the "
                         "Jensen-Shannon divergence of their answers (AugMix's consistency loss; 0 = off; each step costs about twice as much)")
@@ -136,7 +139,7 @@ def augment_spec(args: argparse.Namespace) -> AugmentSpec:
     """The recipe's augmentation; an option out of its range is a DatasetError naming it."""
     options = {"frame": args.frame, "frame_min": args.frame_min, "edges": args.edges, "rotation": args.rotation, "gray": args.gray, "smooth": args.smooth, "noise": args.noise,
                "blur": args.blur, "sharpen": args.sharpen, "resize": args.resize, "min_scale": args.min_scale, "jpeg": args.jpeg,
-               "erase": args.erase}
+               "erase": args.erase, "shuffle": args.shuffle}
     try:
         return AugmentSpec(**options)
     except ValidationError as exc:
