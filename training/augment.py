@@ -30,22 +30,27 @@ from training.chains import monochrome, noisy, roundtrip, smoothed
 
 
 class AugmentSpec(BaseModel):
-    frame: float = Field(0.0, ge=0, le=1, description="probability of a tighter framing, as the crop shows it: black bands on 1-4 sides, each 5-35% of the side (edges black), or a random square of frame_min-100% of the side enlarged (edges fit)")
-    frame_min: float = Field(0.6, ge=0.2, le=1, description="smallest side of a tighter framing's square, as a share of the crop's side (edges fit)")
+    frame: float = Field(0.0, ge=0, le=1, description="probability of a tighter framing, as the crop shows it: black bands on 1-4 sides, each 5-35% of the side (edges black), or a random square of frame_min-100% of the side enlarged (edges fit); fakes and reals alike, so that how tightly a set's photos were framed cannot mean real or fake")
+    frame_min: float = Field(0.6, ge=0.2, le=1, description="smallest side of a tighter framing's square, as a share of the crop's side (edges fit; 0.4: the face fills the photo, as in a close-up portrait)")
     edges: Edges = Field("black", description="the crops' edges (PreprocessSpec.edges), which decide how a tighter framing shows")
     flip: float = Field(0.5, ge=0, le=1)
-    rotation: float = Field(15.0, ge=0, le=180, description="degrees, uniform in [-r, r]")
+    rotation: float = Field(15.0, ge=0, le=180, description="rotation range in degrees, uniform in [-r, r]")
     lighting: float = Field(0.2, ge=0, le=1, description="brightness/contrast/saturation jitter")
-    gray: float = Field(0.0, ge=0, le=1, description="probability of black and white (luma in three channels)")
-    smooth: float = Field(0.0, ge=0, le=1, description="probability of a beauty filter (bilateral smoothing, colour range 15-60 of 255, spatial 1.5-4.5 px)")
+    gray: float = Field(0.0, ge=0, le=1, description="probability of black and white (luma in three channels), fakes and reals alike, so that colour alone cannot mean fake")
+    smooth: float = Field(0.0, ge=0, le=1, description="probability of a beauty filter (bilateral smoothing, colour range 15-60 of 255, spatial 1.5-4.5 px), fakes and reals alike, as phone cameras and photo apps apply")
     blur: float = Field(0.2, ge=0, le=1, description="probability of a Gaussian blur, sigma 0.1-1.5")
-    sharpen: float = Field(0.0, ge=0, le=1, description="probability of an unsharp mask (radius 0.5-4 px, 50-250%) where no blur was drawn")
+    sharpen: float = Field(0.0, ge=0, le=1, description="probability of an unsharp mask (radius 0.5-4 px, 50-250%) where no blur was drawn (blur + sharpen at most 1)")
     resize: float = Field(0.5, ge=0, le=1, description="probability of a down-and-up resize")
     min_scale: float = Field(0.3, gt=0, le=1, description="smallest resize scale; scales are log-uniform in [min_scale, 1]")
-    noise: float = Field(0.0, ge=0, le=1, description="probability of Gaussian noise, standard deviation 2-12 of 255, at the reduced size when resized")
+    noise: float = Field(0.0, ge=0, le=1, description="probability of Gaussian noise, standard deviation 2-12 of 255, at the reduced size when resized, fakes and reals alike, as a phone leaves in dim light")
     jpeg: float = Field(0.5, ge=0, le=1, description="probability of JPEG re-encoding, quality 50-95 (at the reduced size when resized)")
-    erase: float = Field(0.0, ge=0, le=1, description="probability of one rectangle (2-25% of the crop, aspect 0.3-3.3) filled with the crop's mean colour, before any degradation")
-    shuffle: float = Field(0.0, ge=0, le=1, description="probability of cutting the crop into a 4x4 grid of tiles and shuffling them, before any degradation")
+    erase: float = Field(0.0, ge=0, le=1, description="probability of one rectangle (2-25% of the crop, aspect 0.3-3.3) filled with the crop's mean colour before any degradation (random erasing), fakes and reals alike, so that no single region is needed to decide")
+    shuffle: float = Field(0.0, ge=0, le=1, description="probability of cutting the crop into a 4x4 grid of tiles put back in a random order before any degradation, fakes and reals alike, so that only each tile's texture can decide")
+
+
+# what a training command sets, each as --name (flip, lighting and edges come from elsewhere)
+AUGMENT_OPTIONS = ("rotation", "frame", "frame_min", "blur", "gray", "smooth", "noise", "sharpen", "resize", "min_scale", "jpeg",
+                   "erase", "shuffle")
 
 
 def augment(crop: np.ndarray, spec: AugmentSpec, rng: random.Random) -> np.ndarray:

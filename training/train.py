@@ -31,7 +31,7 @@ from service.onnx_model import OnnxClassifier
 from service.preprocess import PreprocessSpec, to_input
 from training import baselines, plots
 from training.adversary import HEAD_LR_FACTOR, SourceAdversary, real_sources, source_loss, source_targets
-from training.augment import AugmentSpec, augment, augment_pair
+from training.augment import AUGMENT_OPTIONS, AugmentSpec, augment, augment_pair
 from training.cache import CropCache, CropSet, add_crop_arguments
 from training.cli import start_command
 from training.data import DatasetError, Split, make_split, scan_dataset
@@ -67,31 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.0, help="decay of an exponential moving average of the weights, validated and saved in place of the raw ones (e.g. 0.995; 0 = off)")
     p.add_argument("--input-size", type=int, help="crop side in pixels (default: the model's, 128)")
     add_crop_arguments(p)
-    p.add_argument("--rotation", type=float, default=15.0, help="rotation augmentation range in degrees (+-)")
     p.add_argument("--no-augment", action="store_true", help="train on the crops as they are")
-    p.add_argument("--frame", type=float, default=AugmentSpec().frame,
-                   help="probability of a tighter framing (black bands on the crop's sides, or with --edges fit a smaller square enlarged), "
-                        "fakes and reals alike, so that how tightly a set's photos were framed cannot mean real or fake")
-    p.add_argument("--frame-min", type=float, default=AugmentSpec().frame_min,
-                   help="with --edges fit, the smallest tighter framing, as a share of the crop's side (0.4: the face fills the photo, "
-                        "as in a close-up portrait)")
-    p.add_argument("--blur", type=float, default=AugmentSpec().blur, help="probability of a Gaussian blur")
-    p.add_argument("--gray", type=float, default=AugmentSpec().gray,
-                   help="probability of turning a crop black and white, fakes and reals alike, so that colour alone cannot mean fake")
-    p.add_argument("--smooth", type=float, default=AugmentSpec().smooth,
-                   help="probability of a beauty filter (edge-preserving smoothing of skin), fakes and reals alike, as phone cameras and photo apps apply")
-    p.add_argument("--noise", type=float, default=AugmentSpec().noise,
-                   help="probability of Gaussian noise (standard deviation 2-12 of 255), fakes and reals alike, as a phone leaves in dim light")
-    p.add_argument("--sharpen", type=float, default=AugmentSpec().sharpen, help="probability of an unsharp mask where no blur was drawn (--blur + --sharpen at most 1)")
-    p.add_argument("--resize", type=float, default=AugmentSpec().resize, help="probability of a down-and-up resize")
-    p.add_argument("--min-scale", type=float, default=AugmentSpec().min_scale, help="smallest down-and-up scale (log-uniform up to 1)")
-    p.add_argument("--jpeg", type=float, default=AugmentSpec().jpeg, help="probability of JPEG re-encoding at a random quality")
-    p.add_argument("--erase", type=float, default=AugmentSpec().erase,
-                   help="probability of one random rectangle of the crop filled with its mean colour (random erasing), fakes and reals alike, "
-                        "so that no single region is needed to decide")
-    p.add_argument("--shuffle", type=float, default=AugmentSpec().shuffle,
-                   help="probability of cutting the crop into 4x4 tiles put back in a random order, fakes and reals alike, "
-                        "so that the face's shape and a set's overall look cannot decide and each tile's texture must")
+    for name in AUGMENT_OPTIONS:
+        field = AugmentSpec.model_fields[name]
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=field.default, help=field.description.replace("%", "%%"))
     p.add_argument("--consistency", type=float, default=0.0, metavar="WEIGHT",
                    help="train on two views of each photo, augmented as usual and certainly scaled and re-saved, with this weight on the "
                         "Jensen-Shannon divergence of their answers (AugMix's consistency loss; 0 = off; each step costs about twice as much)")
@@ -137,9 +116,7 @@ def preprocess_spec(args: argparse.Namespace) -> PreprocessSpec:
 
 def augment_spec(args: argparse.Namespace) -> AugmentSpec:
     """The recipe's augmentation; an option out of its range is a DatasetError naming it."""
-    options = {"frame": args.frame, "frame_min": args.frame_min, "edges": args.edges, "rotation": args.rotation, "gray": args.gray, "smooth": args.smooth, "noise": args.noise,
-               "blur": args.blur, "sharpen": args.sharpen, "resize": args.resize, "min_scale": args.min_scale, "jpeg": args.jpeg,
-               "erase": args.erase, "shuffle": args.shuffle}
+    options = {name: getattr(args, name) for name in AUGMENT_OPTIONS} | {"edges": args.edges}
     try:
         return AugmentSpec(**options)
     except ValidationError as exc:
