@@ -127,3 +127,31 @@ def test_crop_keeps_the_centre_fraction_of_each_side() -> None:
 def test_crop_out_of_range_is_refused(text: str) -> None:
     with pytest.raises(ChainError):
         parse_chain(text)
+
+
+def test_vivid_saturates_and_stretches_contrast() -> None:
+    photo = Image.fromarray(np.array([[[150, 110, 90], [60, 70, 80]]], dtype=np.uint8))
+    before, after = np.asarray(photo).astype(float), np.asarray(parse_chain("vivid140")(photo)).astype(float)
+    assert np.ptp(after[0, 0]) > np.ptp(before[0, 0])  # the skin tone's channels further apart: more saturated
+    assert abs(after[0, 0].mean() - after[0, 1].mean()) > abs(before[0, 0].mean() - before[0, 1].mean())
+    assert np.array_equal(np.asarray(parse_chain("vivid100")(photo)), np.asarray(photo))
+
+
+def test_warm_raises_red_lowers_blue_and_keeps_green() -> None:
+    photo = Image.new("RGB", (4, 4), (100, 120, 140))
+    assert np.asarray(parse_chain("warm15")(photo))[0, 0].tolist() == [115, 120, 119]
+
+
+def test_gamma_darkens_above_one_and_lightens_below() -> None:
+    photo = Image.new("RGB", (4, 4), (128, 128, 128))
+    darker, lighter = (int(np.asarray(parse_chain(text)(photo))[0, 0, 0]) for text in ("gamma150", "gamma67"))
+    assert darker == round(255 * (128 / 255) ** 1.5) and lighter == round(255 * (128 / 255) ** 0.67)
+    assert darker < 128 < lighter
+    white = Image.new("RGB", (2, 2), (255, 255, 255))
+    assert np.asarray(parse_chain("gamma150")(white)).min() == 255
+
+
+@pytest.mark.parametrize("text", ["vivid", "vivid5", "vivid400", "warm0", "warm60", "gamma10", "gamma500", "vivid1.4"])
+def test_colour_steps_out_of_range_are_refused(text: str) -> None:
+    with pytest.raises(ChainError):
+        parse_chain(text)
