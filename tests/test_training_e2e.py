@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from training import baselines, evaluate, export, report, scoring, train
+from training.models import create_model
 from training.cache import CropCache
 from training.chains import ROBUSTNESS_CHAINS
 from training.data import Split, scan_dataset
@@ -554,6 +555,7 @@ def test_training_with_each_recipe_option_runs_and_records_it(option: list[str],
     (["--min-scale", "0"], "--min-scale 0.0: input should be greater than 0"),
     (["--erase", "1.5"], "--erase 1.5: input should be less than or equal to 1"),
     (["--shuffle", "-0.5"], "--shuffle -0.5: input should be greater than or equal to 0"),
+    (["--freeze-stages", "-1"], "--freeze-stages is a number of stages"),
 ])
 def test_a_recipe_option_out_of_range_is_a_clear_error_before_any_work(options: list[str], message: str, tmp_path: Path, capsys) -> None:
     data = make_dataset(tmp_path / "gen", n_real=2, n_fake=2)
@@ -705,3 +707,29 @@ def test_distillation_options_out_of_range_are_a_clear_error_before_any_work(opt
     assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), *options]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_frozen_stages_keep_their_imagenet_weights_and_statistics_while_the_rest_trains(tmp_path: Path, private_cache) -> None:
+    data = make_dataset(tmp_path / "gen")
+    run = tmp_path / "run"
+    assert train.main(["--model", "efficientnet_lite0", "--data", str(data), "--out", str(run), *TINY, "--freeze-epochs", "0",
+                       "--freeze-stages", "3"]) == 0
+    trained = torch.load(run / "last.pt", map_location="cpu", weights_only=False)["model"]
+    imagenet = create_model("efficientnet_lite0", pretrained="auto")[0].state_dict()
+    frozen = [k for k in imagenet if k.split(".")[0] in ("conv_stem", "bn1") or k.startswith(("blocks.0.", "blocks.1.", "blocks.2."))]
+    later = [k for k in imagenet if k.startswith(("blocks.3.", "blocks.6.", "conv_head")) and not k.endswith("num_batches_tracked")]
+    assert any(k.endswith("running_mean") for k in frozen)
+    assert all(torch.equal(trained[k], imagenet[k]) for k in frozen)
+    assert not all(torch.equal(trained[k], imagenet[k]) for k in later)
+
+
+@pytest.mark.parametrize(("model", "options", "message"), [
+    ("cnn", ["--pretrained", "auto"], "--freeze-stages: needs an EfficientNet-Lite model"),
+    ("efficientnet_lite0", ["--pretrained", "none"], "--freeze-stages keeps pretrained weights"),
+])
+def test_frozen_stages_are_refused_where_there_are_none_to_keep(model: str, options: list[str], message: str, tmp_path: Path,
+                                                                private_cache, capsys) -> None:
+    data = make_dataset(tmp_path / "gen", n_real=4, n_fake=4)
+    assert train.main(["--model", model, "--data", str(data), "--out", str(tmp_path / "run"), *TINY, *options, "--freeze-stages", "2"]) == 2
+    assert message in capsys.readouterr().err

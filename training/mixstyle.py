@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from training.models import early_layers
+
 ALPHA = 0.1  # Beta(0.1, 0.1): most mixes lie near one crop's own statistics or near its partner's, as in the paper
 EPS = 1e-6
 
@@ -71,8 +73,8 @@ class MixStyle:
 
 
 def first_stages(model: nn.Module, count: int) -> list[nn.Module]:
-    """The first `count` stages of an EfficientNet-Lite (timm's `blocks`)."""
-    blocks = getattr(model, "blocks", None)
-    if blocks is None or len(blocks) <= count:
-        raise ValueError(f"--mixstyle needs an EfficientNet-Lite model with more than {count} stages")
-    return [blocks[i] for i in range(count)]
+    """The first `count` stages of an EfficientNet-Lite (timm's `blocks`), without its stem."""
+    try:
+        return early_layers(model, count)[2:]
+    except ValueError as e:
+        raise ValueError(f"--mixstyle {e}") from None

@@ -130,6 +130,14 @@ def stage_channels(model: nn.Module, stages: int) -> int:
     return model.blocks[stages - 1][-1].conv_pwl.out_channels
 
 
+def early_layers(model: nn.Module, stages: int) -> list[nn.Module]:
+    """A timm EfficientNet's stem and its first `stages` stages."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not hasattr(model, "conv_stem") or len(blocks) <= stages:
+        raise ValueError(f"needs an EfficientNet-Lite model with more than {stages} stages")
+    return [model.conv_stem, model.bn1, *blocks[:stages]]
+
+
 def features_and_stage(model: nn.Module, x: torch.Tensor, stages: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A timm EfficientNet's final feature map and, from the same pass, its first `stages` stages' output."""
     x = model.bn1(model.conv_stem(x))

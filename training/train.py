@@ -37,7 +37,7 @@ from training.cli import start_command
 from training.data import DatasetError, Split, make_split, scan_dataset
 from training.metrics import THRESHOLD_RULE, balanced_accuracy_threshold, binary_metrics, mean_dataset_auc
 from training.mixstyle import MixStyle, first_stages
-from training.models import MODELS, UnknownModel, create_model, entry, features_and_stage, head_parameters, patch_classifier, stage_channels
+from training.models import MODELS, UnknownModel, create_model, early_layers, entry, features_and_stage, head_parameters, patch_classifier, stage_channels
 from training.parts import PARTS, part_targets
 from training.predict import device_for, predict_probs
 from training.selfblend import self_blend
@@ -91,6 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="in this share of the batches, each crop's feature statistics after the first three stages are mixed with those of "
                         "a crop of the same class from another source (MixStyle, training/mixstyle.py), so that a source's look stops "
                         "telling real from fake; nothing exported (0 = off, 0.5 the paper's; EfficientNet-Lite models)")
+    p.add_argument("--freeze-stages", type=int, default=0, metavar="N",
+                   help="keep the stem and the first N stages of a pretrained EfficientNet-Lite at their starting weights and batch-norm "
+                        "statistics for the whole training, so that its low-level filters stay generic and cannot tune themselves to "
+                        "one generator's texture (0 = off; Lite0 has 7 stages)")
     p.add_argument("--focal", type=float, default=0.0, metavar="GAMMA",
                    help="focal loss (Lin et al. 2017): each crop's cross-entropy weighted by (1 - the probability it gives the truth) ** GAMMA, "
                         "so the crops it already answers surely count less and the hard ones more (0 = plain cross-entropy)")
@@ -204,6 +208,7 @@ class Trainer:
         self.patch_head = self._patch_head()
         self.source_head = self._source_head()
         self.mixstyle = self._mixstyle()
+        self.frozen_layers = self._frozen_layers()
         self.sources = None if self.mixstyle is None else np.array(train.datasets)  # each sample's dataset, read per batch
         self.part_targets, self.part_known = part_targets(train.samples)
         self.source_targets = None if self.source_head is None else source_targets(train.samples, real_sources(train.samples))
@@ -254,6 +259,17 @@ class Trainer:
         except ValueError as e:
             raise DatasetError(f"{e}; {self.args.model} is not one") from None
 
+    def _frozen_layers(self) -> list[nn.Module]:
+        if self.args.freeze_stages <= 0:
+            return []
+        try:
+            layers = early_layers(self.model, self.args.freeze_stages)
+        except ValueError as e:
+            raise DatasetError(f"--freeze-stages: {e}; {self.args.model} is not one") from None
+        if not self.pretrained:
+            raise DatasetError("--freeze-stages keeps pretrained weights; this model starts from random ones")
+        return layers
+
     def _parameter_groups(self) -> list[dict]:
         """The network and the heads trained with it at --lr; the source adversary's head faster (HEAD_LR_FACTOR)."""
         shared = [*self.model.parameters(), *(p for aux in self.aux_heads if aux is not self.source_head for p in aux.parameters())]
@@ -291,11 +307,14 @@ class Trainer:
 
     def _freeze_backbone(self, frozen: bool) -> None:
         head = {id(p) for p in head_parameters(self.model)}
+        kept = {id(p) for layer in self.frozen_layers for p in layer.parameters()}
         for parameter in self.model.parameters():
-            parameter.requires_grad = not frozen or id(parameter) in head
+            parameter.requires_grad = (not frozen or id(parameter) in head) and id(parameter) not in kept
 
     def _train_epoch(self) -> tuple[float, float, float | None]:
         self.model.train()
+        for layer in self.frozen_layers:
+            layer.eval()  # batch norm keeps its pretrained statistics
         generator = torch.Generator().manual_seed(self.args.seed * 1000 + self.epoch)
         order = torch.multinomial(torch.from_numpy(self.train_set.group_weights(self.args.set_weights, self.args.balance)), self.steps_per_epoch * self.args.batch_size, replacement=True, generator=generator)
         batches = BatchMaker(self.train_set.crops, self.train_set.labels, order.view(self.steps_per_epoch, -1).numpy(), self.spec,
@@ -523,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
             raise DatasetError(f"--source-adversary is a weight, 0 (off) or more, got {args.source_adversary}")
         if not 0 <= args.mixstyle <= 1:
             raise DatasetError(f"--mixstyle is a share of the batches, 0 to 1, got {args.mixstyle}")
+        if args.freeze_stages < 0:
+            raise DatasetError(f"--freeze-stages is a number of stages, 0 (off) or more, got {args.freeze_stages}")
         if args.focal < 0:
             raise DatasetError(f"--focal is an exponent, 0 (off) or more, got {args.focal}")
         if not 0 < args.distill_weight <= 1:
