@@ -19,10 +19,10 @@ from PIL import Image
 from torch import nn
 
 from training import baselines, evaluate, export, report, scoring, train
-from training.models import create_model
 from training.cache import CropCache
 from training.chains import ROBUSTNESS_CHAINS
 from training.data import Split, scan_dataset
+from training.models import create_model
 from service.onnx_model import OnnxClassifier
 from service.preprocess import to_input
 
