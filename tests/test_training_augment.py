@@ -193,3 +193,17 @@ def test_shuffling_puts_the_same_tiles_back_in_another_order_at_its_rate() -> No
     some = NONE.model_copy(update={"shuffle": 0.3})
     outs = [augment(crop, some, random.Random(seed)) for seed in range(300)]
     assert 60 < sum(not np.array_equal(out, crop) for out in outs) < 120
+
+
+def test_a_tint_moves_red_and_blue_apart_either_way_at_its_rate() -> None:
+    crop = np.full((32, 32, 3), 128, dtype=np.uint8)
+    always = NONE.model_copy(update={"tint": 1.0})
+    shifts = []
+    for seed in range(60):
+        red, green, blue = (int(v) for v in augment(crop, always, random.Random(seed))[0, 0])
+        assert green == 128 and abs((red - 128) + (blue - 128)) <= 1  # red and blue move by the same amount, opposite ways
+        shifts.append(red - 128)
+    assert min(shifts) < -15 and max(shifts) > 15 and max(abs(s) for s in shifts) <= round(0.2 * 128)  # warm and cool, within 20%
+    some = NONE.model_copy(update={"tint": 0.3})
+    outs = [augment(crop, some, random.Random(seed)) for seed in range(300)]
+    assert 60 < sum(not np.array_equal(out, crop) for out in outs) < 120

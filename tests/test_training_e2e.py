@@ -533,7 +533,7 @@ def test_the_consistency_loss_is_zero_for_one_answer_and_grows_with_disagreement
 
 @pytest.mark.slow
 @pytest.mark.parametrize("option", [["--consistency", "4"], ["--self-blend", "0.5"], ["--sharpen", "0.3"], ["--frame", "0.5"], ["--loader-workers", "2"],
-                                    ["--focal", "2"], ["--erase", "0.5"], ["--shuffle", "0.5"]], ids=lambda o: o[0])
+                                    ["--focal", "2"], ["--erase", "0.5"], ["--shuffle", "0.5"], ["--tint", "0.5"]], ids=lambda o: o[0])
 def test_training_with_each_recipe_option_runs_and_records_it(option: list[str], tmp_path: Path, private_cache) -> None:
     data = make_dataset(tmp_path / "gen")
     assert train.main(["--model", "cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--pretrained", "none", *TINY, *option]) == 0
@@ -555,6 +555,7 @@ def test_training_with_each_recipe_option_runs_and_records_it(option: list[str],
     (["--min-scale", "0"], "--min-scale 0.0: input should be greater than 0"),
     (["--erase", "1.5"], "--erase 1.5: input should be less than or equal to 1"),
     (["--shuffle", "-0.5"], "--shuffle -0.5: input should be greater than or equal to 0"),
+    (["--tint", "2"], "--tint 2.0: input should be less than or equal to 1"),
     (["--freeze-stages", "-1"], "--freeze-stages is a number of stages"),
 ])
 def test_a_recipe_option_out_of_range_is_a_clear_error_before_any_work(options: list[str], message: str, tmp_path: Path, capsys) -> None:

@@ -1,4 +1,4 @@
-"""Training-time augmentation of face crops: a tighter framing, flips, rotation, lighting, black and white, shuffled tiles, an erased rectangle, a beauty filter, blur or sharpening, resize, noise and JPEG re-encoding.
+"""Training-time augmentation of face crops: a tighter framing, flips, rotation, lighting, a colour cast, black and white, shuffled tiles, an erased rectangle, a beauty filter, blur or sharpening, resize, noise and JPEG re-encoding.
 
 A tighter framing (a profile picture's crop, a photo cut close to the face) shows in a crop as more of
 its square falling outside the photo: black bands with black edges, a smaller square enlarged with
@@ -26,7 +26,9 @@ from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import BaseModel, Field
 
 from service.preprocess import RESAMPLE, Edges, rotate
-from training.chains import monochrome, noisy, roundtrip, smoothed
+from training.chains import monochrome, noisy, recoloured, roundtrip, smoothed
+
+TINT = 0.2  # the strongest colour cast a tint draws: red and blue 20% apart each way
 
 
 class AugmentSpec(BaseModel):
@@ -36,6 +38,7 @@ class AugmentSpec(BaseModel):
     flip: float = Field(0.5, ge=0, le=1)
     rotation: float = Field(15.0, ge=0, le=180, description="rotation range in degrees, uniform in [-r, r]")
     lighting: float = Field(0.2, ge=0, le=1, description="brightness/contrast/saturation jitter")
+    tint: float = Field(0.0, ge=0, le=1, description="probability of a colour cast: red up and blue down, or the other way, by up to 20% (training.chains' warm filter, warm or cool), fakes and reals alike, as white balance and photo apps' filters give, so that a set's colour balance cannot mean real or fake")
     gray: float = Field(0.0, ge=0, le=1, description="probability of black and white (luma in three channels), fakes and reals alike, so that colour alone cannot mean fake")
     smooth: float = Field(0.0, ge=0, le=1, description="probability of a beauty filter (bilateral smoothing, colour range 15-60 of 255, spatial 1.5-4.5 px), fakes and reals alike, as phone cameras and photo apps apply")
     blur: float = Field(0.2, ge=0, le=1, description="probability of a Gaussian blur, sigma 0.1-1.5")
@@ -49,7 +52,7 @@ class AugmentSpec(BaseModel):
 
 
 # what a training command sets, each as --name (flip, lighting and edges come from elsewhere)
-AUGMENT_OPTIONS = ("rotation", "frame", "frame_min", "blur", "gray", "smooth", "noise", "sharpen", "resize", "min_scale", "jpeg",
+AUGMENT_OPTIONS = ("rotation", "frame", "frame_min", "blur", "tint", "gray", "smooth", "noise", "sharpen", "resize", "min_scale", "jpeg",
                    "erase", "shuffle")
 
 
@@ -75,6 +78,9 @@ def _appearance(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Im
         image = rotate(image, rng.uniform(-spec.rotation, spec.rotation))
     if spec.lighting:
         image = jitter_lighting(image, spec.lighting, rng)
+    # drawn only when asked for, so that recipes recorded without it draw the same crops
+    if spec.tint and rng.random() < spec.tint:
+        image = recoloured(image, "warm", rng.uniform(-TINT, TINT))
     # drawn only when asked for, so that recipes recorded without it draw the same crops
     if spec.gray and rng.random() < spec.gray:
         image = monochrome(image)
