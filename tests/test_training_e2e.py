@@ -20,7 +20,7 @@ from torch import nn
 
 from training import baselines, evaluate, export, report, scoring, train
 from training.cache import CropCache
-from training.chains import ROBUSTNESS_CHAINS
+from training.chains import ROBUSTNESS_CHAINS, parse_chain
 from training.data import Split, scan_dataset
 from training.models import create_model
 from service.onnx_model import OnnxClassifier
@@ -263,9 +263,12 @@ def test_calibrate_rewrites_an_exports_card_and_the_cli_applies_it(trained_cnn, 
     figures = tmp_path / "figures"
     exported = {path: path.read_bytes() for path in out.iterdir()}
     capsys.readouterr()
-    assert calibrate.main(["--model", str(out / "tiny.onnx"), "--data", str(data), "--precision", "0.9", "--validation-only"]) == 0
-    preview = capsys.readouterr().out
+    assert calibrate.main(["--model", str(out / "tiny.onnx"), "--data", str(data), "--precision", "0.9", "--validation-only",
+                           "--chains", "warm15"]) == 0
+    preview, tinted_preview = capsys.readouterr().out.split("\n\nthe validation split re-processed by warm15")
     assert {path: path.read_bytes() for path in out.iterdir()} == exported  # nothing written
+    assert calibrate.main(["--model", str(out / "tiny.onnx"), "--data", str(data), "--chains", "sepia", "--validation-only"]) == 2
+    assert calibrate.main(["--model", str(out / "tiny.onnx"), "--data", str(data), "--chains", "warm15"]) == 2  # only a preview re-processes
     assert calibrate.main(["--model", str(out / "tiny.onnx"), "--data", str(data), "--precision", "0.9", "--validation-only",
                            "--readme", str(readme)]) == 2
     assert calibrate.main(["--model", str(out / "tiny.onnx"), "--data", str(data), "--precision", "0.9", "--figures", str(figures),
@@ -298,6 +301,21 @@ def test_calibrate_rewrites_an_exports_card_and_the_cli_applies_it(trained_cnn, 
         assert result["fake_probability"] == pytest.approx(probability, abs=1e-6)
         assert result["verdict"] == label(result["fake_probability"], card.threshold, card.uncertain_band)
         assert result["model"]["calibration"] == card.calibration.method and result["model"]["uncertain_band"] == list(card.uncertain_band.edges)
+
+    # the preview's warm15 rows are what the calibrated service answers for the validation photos so tinted
+    tinted = tmp_path / "tinted"
+    validation = Split.load(out / "tiny.split.json").select(scan_dataset(data), "val")
+    for sample in validation:
+        (tinted / sample.key).parent.mkdir(parents=True, exist_ok=True)
+        parse_chain("warm15")(Image.open(sample.path)).save(tinted / sample.key)
+    assert cli.main(["classify", str(tinted), "--recursive", "--tta", "-15,0,15", "--device", "cpu", "--json", str(answer), "-q",
+                     "--model", str(out / "tiny.onnx")]) == 0
+    verdicts = [(Path(item["file"]).parent.name, item["result"]["verdict"]) for item in json.loads(answer.read_text())["results"]]
+    assert len(verdicts) == len(validation)
+    fakes = [verdict for folder, verdict in verdicts if folder == "fake"]
+    row = next(line for line in tinted_preview.splitlines() if line.split()[:1] == ["gen"])
+    assert f"{sum(v == 'fake' for v in fakes) / len(fakes):.1%}" in row
+    assert f"{sum(v == 'uncertain' for _, v in verdicts) / len(verdicts):.1%}" in row
 
 
 @pytest.mark.slow

@@ -114,27 +114,6 @@ def test_robustness_refuses_before_any_work(exported, tmp_path: Path, capsys) ->
     assert "unknown step 'sepia'" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_robustness_re_processes_the_validation_part_when_asked_and_never_writes_it_as_test(exported, tmp_path: Path, capsys,
-                                                                                              monkeypatch) -> None:
-    model, data = exported
-    split = json.loads(model.with_name("tiny.split.json").read_text())["datasets"]["gen"]
-    scored: list[str] = []
-    measure = robustness.measure
-    monkeypatch.setattr(robustness, "measure", lambda onnx, samples, *rest, **kw: scored.extend(s.key for s in samples) or measure(onnx, samples, *rest, **kw))
-    argv = ["robustness", "--model", str(model), "--data", str(data), "--chains", "x0.5", "--tta", "0", "--part", "val", "--out", str(tmp_path / "val")]
-    assert generalise.main(argv) == 0
-    assert "validation split of" in capsys.readouterr().out
-    summary = json.loads((tmp_path / "val" / "robustness.json").read_text())[str(model)]
-    assert sorted(scored) == sorted(split["val"]) and not set(scored) & set(split["test"])
-    assert summary["part"] == "val" and summary["results"]["x0.5"]["gen"]["n"] == len(split["val"])
-    for refused in (["--from-card"], ["--readme", str(tmp_path / "README.md")]):
-        (tmp_path / "README.md").write_text(README)
-        assert generalise.main([*argv, *refused]) == 2
-        assert "the card and the README record the test split" in capsys.readouterr().err
-    assert README == (tmp_path / "README.md").read_text()
-
-
 def test_limited_keeps_each_labels_share_and_is_the_same_every_run(tmp_path: Path) -> None:
     from training.data import scan_dataset
 

@@ -59,7 +59,7 @@ from service.contract import ModelCard, ModelLoadError
 from service.onnx_model import read_card
 from training import plots
 from training.card import ExportError, attach_card, measure_test, service_threshold_rule, validation_threshold, write_card_json
-from training.chains import ROBUSTNESS_CHAINS
+from training.chains import ROBUSTNESS_CHAINS, ChainError, chain_names, parse_chain
 from training.cli import start_command
 from training.data import DatasetError, Sample, Split, scan_dataset
 from training.metrics import chance_ece, expected_calibration_error, uncertain_metrics
@@ -344,17 +344,25 @@ VALIDATION_HEADER = ["validation set", "n", "ROC-AUC", "ECE after", "uncertain",
                      "fakes answered real"]
 
 
-def validation_report(fit: ValidationFit) -> str:
-    """The calibration, threshold and band an export would get, and what they do to each validation set."""
-    names, probs = np.array(fit.raw.datasets), fit.probs
-    rows = []
-    for name, m in per_set(fit.raw, probs, fit.threshold, fit.band).items():
-        labels = fit.raw.labels[names == name]
+def validation_report(fit: ValidationFit, rechained: dict[str, Predictions] | None = None) -> str:
+    """The calibration, threshold and band an export would get, and what they do to each validation set: as
+    it is, then re-processed by each chain of `rechained` (its photos scored uncalibrated through that chain)."""
+    text = (f"on validation: {describe(fit.calibration)}; threshold {fit.threshold:.4f}; uncertain band [{fit.band.low:.4f}, {fit.band.high:.4f})\n"
+            + _validation_table(fit.raw, fit.probs, fit))
+    for chain, raw in (rechained or {}).items():
+        text += f"\n\nthe validation split re-processed by {chain}, at the same calibration, threshold and band:\n"
+        text += _validation_table(raw, image_probs(raw, fit.calibration), fit)
+    return text
+
+
+def _validation_table(raw: Predictions, probs: np.ndarray, fit: ValidationFit) -> str:
+    names, rows = np.array(raw.datasets), []
+    for name, m in per_set(raw, probs, fit.threshold, fit.band).items():
+        labels = raw.labels[names == name]
         auc = roc_auc_score(labels, probs[names == name]) if len(set(labels.tolist())) == 2 else None
         rows.append([name, str(m["n"]), "–" if auc is None else f"{auc:.3f}", f"{m['ece_after']:.3f}", f"{m['uncertain_share']:.1%}",
                      *("–" if m[key] is None else f"{m[key]:.1%}" for key in ("real_answered_fake", "fake_answered_fake", "fake_answered_real"))])
-    return (f"on validation: {describe(fit.calibration)}; threshold {fit.threshold:.4f}; uncertain band [{fit.band.low:.4f}, {fit.band.high:.4f})\n"
-            + format_table(VALIDATION_HEADER, rows))
+    return format_table(VALIDATION_HEADER, rows)
 
 
 def describe(calibration: Calibration) -> str:
@@ -396,6 +404,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--readme", type=Path, help="write the table into this README's <!-- generalise:calibration --> section")
     p.add_argument("--validation-only", action="store_true", help="fit on validation and print what the calibration and band would do "
                    "to each validation set; the model, its card and the test split are left alone (for choosing between candidates)")
+    p.add_argument("--chains", type=chain_names, default=[], help="with --validation-only: also the validation split re-processed by each "
+                   "of these chains (training/chains.py, ';'-separated, e.g. 'warm15;x0.5'), at the same calibration, threshold and band")
     return p.parse_args(join_option_values(argv, ("--tta",)))
 
 
@@ -420,15 +430,22 @@ def main(argv: list[str] | None = None) -> int:
             angles = parse_angles(args.tta) if args.tta is not None else card_angles(card)
         except ValueError:
             raise CalibrationError(f"--tta takes comma-separated degrees such as -15,0,15, got {args.tta!r}") from None
+        chains = [parse_chain(text) for text in args.chains]
         if args.validation_only:
             if args.readme or args.figures:
                 raise CalibrationError("--validation-only writes nothing: leave out --readme and --figures")
             samples = [s for folder in args.data for s in scan_dataset(folder)]
-            print(validation_report(fit_on_validation(args.model, card, samples, Split.load(split_file), angles, args.precision)))
+            split = Split.load(split_file)
+            fit = fit_on_validation(args.model, card, samples, split, angles, args.precision)
+            rechained = {chain.name: predict_onnx(args.model, split.select(samples, "val"), angles, device="cpu", desc=f"validation, {chain.name}",
+                                                  calibrated=False, chain=chain) for chain in chains}
+            print(validation_report(fit, rechained))
             return 0
+        if args.chains:
+            raise CalibrationError("--chains re-processes the validation split for --validation-only; an export's card records its own chains")
         figures = args.figures or REPO_ROOT / "runs" / f"calibrate-{args.model.stem}"
         card = calibrate_model(args.model, args.data, Split.load(split_file), angles, figures, args.precision, command)
-    except (CalibrationError, ExportError, DatasetError, ModelLoadError, SectionError) as exc:
+    except (CalibrationError, ChainError, ExportError, DatasetError, ModelLoadError, SectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary(card))

@@ -139,6 +139,11 @@ class Chain:
         return image
 
 
+def chain_names(text: str) -> list[str]:
+    """A command line's ';'-separated chains, each left to parse_chain."""
+    return [c.strip() for c in text.split(";") if c.strip()]
+
+
 def parse_chain(text: str) -> Chain:
     steps = []
     for part in text.strip().split(">"):

@@ -37,7 +37,7 @@ from training import loso, robustness
 from training import train as train_command
 from training.cache import CropCache
 from training.card import ExportError, robustness_results
-from training.chains import ROBUSTNESS_CHAINS, ChainError, parse_chain
+from training.chains import ROBUSTNESS_CHAINS, ChainError, chain_names, parse_chain
 from training.cli import start_command
 from training.data import DatasetError, Sample, Split, make_split
 from training.evaluate import choose_samples, parse_angles, scan_folders
@@ -46,7 +46,6 @@ from training.scoring import EvaluationError, inspect_model
 
 # The LOSO training budget: the full recipe's data, sampling and augmentation, from ImageNet weights, at
 # 128 px for 2 x 3,072 samples, no frozen epoch and no weight averaging (too few steps for either).
-PART_NAMES = {"test": "test", "val": "validation"}  # robustness --part: which split part is re-processed
 LOSO_BUDGET = ["--input-size", "128", "--epochs", "2", "--epoch-size", "3072", "--freeze-epochs", "0", "--patience", "2", "--ema", "0"]
 
 
@@ -80,8 +79,6 @@ def limited(samples: list[Sample], limit: int | None, seed: int = 0) -> list[Sam
 
 def run_robustness(args: argparse.Namespace) -> int:
     check_section(args.readme, "robustness")
-    if args.part != "test" and (args.from_card or args.readme):
-        raise GeneraliseError(f"--part {args.part}: the card and the README record the test split; drop --from-card and --readme to measure another part")
     datasets = scan_folders(args.data)
     sections, summaries = [], {}
     for model in args.model:
@@ -89,7 +86,7 @@ def run_robustness(args: argparse.Namespace) -> int:
         if info.kind != "onnx":
             raise GeneraliseError(f"{model}: robustness scores whole photos through the service pipeline, so it takes an exported .onnx model")
         notes: list[str] = []
-        chosen, split_file = choose_samples(datasets, args.part, args.split_file, model, notes)
+        chosen, split_file = choose_samples(datasets, "test", args.split_file, model, notes)
         chains = [robustness.UNPROCESSED, *(parse_chain(c).name for c in chains_to_report(args, model))]
         angles = info.angles if args.tta is None else args.tta
         if args.from_card:
@@ -98,11 +95,11 @@ def run_robustness(args: argparse.Namespace) -> int:
             samples = limited([s for selected, _ in chosen.values() for s in selected], args.limit)
             results = robustness.measure(model, samples, angles, chains, info.threshold, band=info.uncertain_band)
         png = (args.figures or args.out) / f"robustness-{model.stem}.png"
-        robustness.plot(results, f"{model.name}: {PART_NAMES[args.part]} split re-processed, threshold {info.threshold:.2f}", png)
+        robustness.plot(results, f"{model.name}: test split re-processed, threshold {info.threshold:.2f}", png)
         worst = robustness.worst(results)
-        summaries[str(model)] = {"threshold": info.threshold, "split_file": str(split_file), "part": args.part, "angles": list(angles), "limit": args.limit,
+        summaries[str(model)] = {"threshold": info.threshold, "split_file": str(split_file), "angles": list(angles), "limit": args.limit,
                                  "results": results, "worst": worst}
-        print(f"\n{model} ({info.name}), threshold {info.threshold:.3f}, {PART_NAMES[args.part]} split of {split_file}, angles {list(angles)}"
+        print(f"\n{model} ({info.name}), threshold {info.threshold:.3f}, test split of {split_file}, angles {list(angles)}"
               + (f", at most {args.limit} photos per set" if args.limit else ""))
         print(robustness.table(results))
         print(robustness.worst_line(worst))
@@ -229,10 +226,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     commands = p.add_subparsers(dest="table", required=True)
     r = commands.add_parser("robustness", help="the test split re-processed by each chain, through the service pipeline")
     r.add_argument("--model", type=Path, action="append", required=True, help="an exported .onnx model; repeat to compare several")
-    r.add_argument("--chains", type=lambda text: [c for c in text.split(";") if c.strip()],
+    r.add_argument("--chains", type=chain_names,
                    help=f"chains separated by ';' (default: {';'.join(ROBUSTNESS_CHAINS)}; with --from-card, those the card recorded)")
-    r.add_argument("--part", choices=list(PART_NAMES), default="test",
-                   help="which part of the split to re-process: val chooses a recipe by its chains without reading test (not with --from-card or --readme, which show test)")
     r.add_argument("--limit", type=int, help="at most this many test photos per dataset (seeded; default: all)")
     r.add_argument("--out", type=Path, default=Path("runs/generalise"), help="where robustness.json and the PNGs go")
     r.add_argument("--from-card", action="store_true", help="the figures the model's card recorded at export, measured on its whole test split, instead of measuring again")
