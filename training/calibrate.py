@@ -59,7 +59,7 @@ from service.contract import ModelCard, ModelLoadError
 from service.onnx_model import read_card
 from training import plots
 from training.card import ExportError, attach_card, measure_test, service_threshold_rule, validation_threshold, write_card_json
-from training.chains import ROBUSTNESS_CHAINS, ChainError, chain_names, parse_chain
+from training.chains import ROBUSTNESS_CHAINS, Chain, ChainError, chain_names, parse_chain
 from training.cli import start_command
 from training.data import DatasetError, Sample, Split, scan_dataset
 from training.metrics import chance_ece, expected_calibration_error, uncertain_metrics
@@ -415,6 +415,15 @@ def card_angles(card: ModelCard) -> tuple[float, ...]:
     return get_settings().angles_for() if recorded is None else recorded
 
 
+def preview(args: argparse.Namespace, card: ModelCard, split: Split, angles: Sequence[float], chains: Sequence[Chain]) -> str:
+    """--validation-only: the fit on validation, and what it does to the validation split as it is and re-processed by each chain."""
+    samples = [s for folder in args.data for s in scan_dataset(folder)]
+    fit = fit_on_validation(args.model, card, samples, split, angles, args.precision)
+    rechained = {chain.name: predict_onnx(args.model, split.select(samples, "val"), angles, device="cpu", desc=f"validation, {chain.name}",
+                                          calibrated=False, chain=chain) for chain in chains}
+    return validation_report(fit, rechained)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv, command = start_command("training.calibrate", argv)
     args = parse_args(argv)
@@ -434,14 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.validation_only:
             if args.readme or args.figures:
                 raise CalibrationError("--validation-only writes nothing: leave out --readme and --figures")
-            samples = [s for folder in args.data for s in scan_dataset(folder)]
-            split = Split.load(split_file)
-            fit = fit_on_validation(args.model, card, samples, split, angles, args.precision)
-            rechained = {chain.name: predict_onnx(args.model, split.select(samples, "val"), angles, device="cpu", desc=f"validation, {chain.name}",
-                                                  calibrated=False, chain=chain) for chain in chains}
-            print(validation_report(fit, rechained))
+            print(preview(args, card, Split.load(split_file), angles, chains))
             return 0
-        if args.chains:
+        if chains:
             raise CalibrationError("--chains re-processes the validation split for --validation-only; an export's card records its own chains")
         figures = args.figures or REPO_ROOT / "runs" / f"calibrate-{args.model.stem}"
         card = calibrate_model(args.model, args.data, Split.load(split_file), angles, figures, args.precision, command)
