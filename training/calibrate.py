@@ -405,7 +405,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--validation-only", action="store_true", help="fit on validation and print what the calibration and band would do "
                    "to each validation set; the model, its card and the test split are left alone (for choosing between candidates)")
     p.add_argument("--chains", type=chain_names, default=[], help="with --validation-only: also the validation split re-processed by each "
-                   "of these chains (training/chains.py, ';'-separated, e.g. 'warm15;x0.5'), at the same calibration, threshold and band")
+                   "of these chains (training/chains.py, ';'-separated, e.g. 'warm15;x0.5'), at the same calibration, threshold and band: what "
+                   "they do to its ECE and its verdicts (training.compare --chain compares candidates' rankings and thresholds)")
     return p.parse_args(join_option_values(argv, ("--tta",)))
 
 
