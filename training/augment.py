@@ -38,7 +38,7 @@ class AugmentSpec(BaseModel):
     flip: float = Field(0.5, ge=0, le=1)
     rotation: float = Field(15.0, ge=0, le=180, description="rotation range in degrees, uniform in [-r, r]")
     lighting: float = Field(0.2, ge=0, le=1, description="brightness/contrast/saturation jitter")
-    tint: float = Field(0.0, ge=0, le=1, description="probability of a colour cast: red up and blue down, or the other way, by up to 20% (training.chains' warm filter, warm or cool), fakes and reals alike, as white balance and photo apps' filters give, so that a set's colour balance cannot mean real or fake")
+    tint: float = Field(0.0, ge=0, le=1, description=f"probability of a colour cast: red up and blue down, or the other way, by up to {TINT:.0%} (training.chains' warm filter, warm or cool), fakes and reals alike, as white balance and photo apps' filters give, so that a set's colour balance cannot mean real or fake")
     gray: float = Field(0.0, ge=0, le=1, description="probability of black and white (luma in three channels), fakes and reals alike, so that colour alone cannot mean fake")
     smooth: float = Field(0.0, ge=0, le=1, description="probability of a beauty filter (bilateral smoothing, colour range 15-60 of 255, spatial 1.5-4.5 px), fakes and reals alike, as phone cameras and photo apps apply")
     blur: float = Field(0.2, ge=0, le=1, description="probability of a Gaussian blur, sigma 0.1-1.5")
