@@ -78,10 +78,9 @@ def _appearance(image: Image.Image, spec: AugmentSpec, rng: random.Random) -> Im
         image = rotate(image, rng.uniform(-spec.rotation, spec.rotation))
     if spec.lighting:
         image = jitter_lighting(image, spec.lighting, rng)
-    # drawn only when asked for, so that recipes recorded without it draw the same crops
+    # each drawn only when asked for, so that recipes recorded without it draw the same crops
     if spec.tint and rng.random() < spec.tint:
         image = recoloured(image, "warm", rng.uniform(-TINT, TINT))
-    # drawn only when asked for, so that recipes recorded without it draw the same crops
     if spec.gray and rng.random() < spec.gray:
         image = monochrome(image)
     if spec.shuffle and rng.random() < spec.shuffle:
