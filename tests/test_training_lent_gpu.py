@@ -99,3 +99,30 @@ def test_the_machine_side_gathers_crops_trains_each_recipe_and_returns_small_che
         assert "--split .gpd2/split.json" in state["command"] and "$DATA" not in state["command"]
         assert "epoch 1:" in (out / f"{name}.log").read_text()
     assert export.main(["--checkpoint", str(out / "both.pt"), "--name", "both", "--out", str(tmp_path / "x")]) == 0
+
+
+def _photo_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in (folder / "data").rglob("*.jpg")) / 1e6
+
+
+def test_by_default_each_folder_leaves_room_for_the_tree_the_call_carries(repo, monkeypatch) -> None:
+    checkout, sets, split_file = repo
+    (checkout / "model.bin").write_bytes(b"\0" * 400_000)  # untracked, not ignored: a call carries it too
+    monkeypatch.setattr(lent_gpu, "CALL_LIMIT_MB", 0.48)  # 0.08 MB of photos a call beside the 0.4 MB tree
+    monkeypatch.setattr(lent_gpu, "CALL_MARGIN_MB", 0.0)
+    monkeypatch.setattr(lent_gpu, "SMALLEST_USEFUL_BUDGET_MB", 0.0)
+    args = [a for folder in sets for a in ("--data", str(folder))]
+    assert lent_gpu.main([*args, "--split", str(split_file), "--calls", "4", "--last-reserve-mb", "0"]) == 0
+    folders = sorted(checkout.glob(".gpd*"))
+    assert len(folders) == 4 and all(_photo_mb(f) <= 0.08 for f in folders)
+    assert sum(_photo_mb(f) for f in folders) > 0.08  # more than one call's room, so the budget was binding
+
+
+def test_a_tree_that_leaves_too_little_room_is_a_clear_error_naming_the_way_out(repo, monkeypatch, capsys) -> None:
+    checkout, sets, split_file = repo
+    (checkout / "model.bin").write_bytes(b"\0" * 400_000)
+    monkeypatch.setattr(lent_gpu, "CALL_LIMIT_MB", 0.75)
+    assert lent_gpu.main(["--data", str(sets[0]), "--split", str(split_file)]) == 2
+    err = capsys.readouterr().err
+    assert "carries the tree (0.4 MB" in err and "git rm -q --cached exports/*.onnx" in err
+    assert not list(checkout.glob(".gpd*"))

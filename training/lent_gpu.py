@@ -81,6 +81,31 @@ def slim_checkpoint(source: Path, destination: Path) -> None:
     torch.save({key: state.get(key) for key in CHECKPOINT_KEEPS}, destination)
 
 
+CALL_LIMIT_MB = 64 * 2**20 / 1e6  # what one device call carries, the working tree included
+CALL_MARGIN_MB = 1.0
+SMALLEST_USEFUL_BUDGET_MB = 10.0
+
+
+def carried_tree_mb() -> float:
+    """What a device call carries besides the staged photos: the files git tracks, and the untracked ones
+    it does not ignore."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, check=True).stdout.decode()
+    return sum(path.stat().st_size for path in map(Path, filter(None, listed.split("\0"))) if path.is_file()) / 1e6
+
+
+def default_budget_mb() -> float:
+    """The room a call leaves for photos once it carries the tree; a clear error where that is too little to use."""
+    tree = carried_tree_mb()
+    budget = CALL_LIMIT_MB - tree - CALL_MARGIN_MB
+    if budget < SMALLEST_USEFUL_BUDGET_MB:
+        raise DatasetError(
+            f"each call carries the tree ({tree:.1f} MB of {CALL_LIMIT_MB:.1f}), which leaves {budget:.1f} MB for photos: "
+            "for the data calls take the exports out of the index (`git rm -q --cached exports/*.onnx` and `/exports/*.onnx` "
+            "in .git/info/exclude; `git reset -q -- exports/` and the exclude line removed restore them), or pass --budget-mb")
+    return budget
+
+
 def ignored_by_git(folder: Path) -> bool:
     result = subprocess.run(["git", "check-ignore", "-q", f"{folder}/"], capture_output=True)
     return result.returncode == 0
@@ -92,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", type=Path, required=True, help="the split the run will use, e.g. exports/default.split.json")
     p.add_argument("--keep", action="append", default=[], metavar="SET:PART=SHARE", help="carry only this seeded share of a set's train or val part")
     p.add_argument("--calls", type=int, default=3, help="folders, one a call")
-    p.add_argument("--budget-mb", type=float, default=58.0, help="photos per folder, in MB (the call's limit less the tracked tree)")
+    p.add_argument("--budget-mb", type=float, help="photos per folder, in MB (default: the call's limit less the tree it "
+                   "carries, git's tracked and untracked files, measured now)")
     p.add_argument("--last-reserve-mb", type=float, default=20.0, help="room left in the last folder for wheels and scripts")
     p.add_argument("--out", default=".gpd", help="folder prefix: <out>1, <out>2, ...")
     p.add_argument("--seed", type=int, default=0)
@@ -101,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         split = carried_split(Split.load(args.split), parse_keep(args.keep), args.seed)
         samples = [s for folder in args.data for s in scan_dataset(folder)]
         chosen = split.select(samples, "train") + split.select(samples, "val")
-        budgets = [int(args.budget_mb * 1e6)] * args.calls
+        budget_mb = args.budget_mb if args.budget_mb is not None else default_budget_mb()
+        budgets = [int(budget_mb * 1e6)] * args.calls
         budgets[-1] -= int(args.last_reserve_mb * 1e6)
         folders = pack(chosen, budgets)
     except (DatasetError, OSError) as exc:
@@ -118,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(sample.path, destination)
     split.save(targets[-1] / "split.json")
+    print(f"at most {budget_mb:.1f} MB of photos a folder, beside the tree each call carries")
     for target, folder in zip(targets, folders):
         print(f"{target}: {len(folder)} photos, {sum(s.path.stat().st_size for s in folder) / 1e6:.1f} MB")
     print(f"{targets[-1]}/split.json: the run's --split")
