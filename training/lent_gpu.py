@@ -89,9 +89,13 @@ SMALLEST_USEFUL_BUDGET_MB = 10.0
 def carried_tree_mb() -> float:
     """What a device call carries besides the staged photos: the files git tracks, and the untracked ones
     it does not ignore."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            capture_output=True, check=True).stdout.decode()
-    return sum(path.stat().st_size for path in map(Path, filter(None, listed.split("\0"))) if path.is_file()) / 1e6
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if top.returncode != 0:
+        raise DatasetError("run it in the git checkout whose tree the calls carry, or pass --budget-mb")
+    root = Path(top.stdout.strip())
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                            capture_output=True, check=True, text=True).stdout
+    return sum(path.stat().st_size for path in (root / name for name in listed.split("\0") if name) if path.is_file()) / 1e6
 
 
 def default_budget_mb() -> float:
