@@ -155,3 +155,19 @@ def test_gamma_darkens_above_one_and_lightens_below() -> None:
 def test_colour_steps_out_of_range_are_refused(text: str) -> None:
     with pytest.raises(ChainError):
         parse_chain(text)
+
+
+@pytest.mark.parametrize(("text", "colour"), [("pad25", (255, 255, 255)), ("padblack10", (0, 0, 0))])
+def test_pad_centres_the_photo_on_a_canvas_of_one_colour(text: str, colour: tuple[int, int, int]) -> None:
+    photo = Image.new("RGB", (100, 80), (200, 30, 40))
+    border = round(100 * int(text.removeprefix("padblack").removeprefix("pad")) / 100)
+    padded = parse_chain(text)(photo)
+    assert padded.size == (100 + 2 * border, 80 + 2 * border)
+    assert padded.getpixel((0, 0)) == colour and padded.getpixel((padded.width - 1, padded.height - 1)) == colour
+    assert np.array_equal(np.asarray(padded.crop((border, border, border + 100, border + 80))), np.asarray(photo))
+
+
+@pytest.mark.parametrize("text", ["pad0", "pad101", "padblack0"])
+def test_pad_out_of_range_is_refused(text: str) -> None:
+    with pytest.raises(ChainError, match="out of range"):
+        parse_chain(text)

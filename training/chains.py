@@ -20,6 +20,8 @@ on the same photo after any of these. Chains are written as steps joined by `>`,
     vivid140      a photo app's "vivid" filter: saturation 140%, contrast half as far (120%)
     warm15        a warm filter: red 15% stronger and blue 15% weaker, as a sunset or an app's tint
     gamma150      gamma 1.5: mid-tones darker, as an underexposed photo (gamma67 lightens them)
+    pad25         posted on a white canvas: 25% of the longer side added on every side, as apps that fit a
+                  photo into a square post do (padblack25: a black one)
 
     "x0.5>x2"     down to half the size and back up, as a thumbnail that is viewed enlarged
     "256px>jpeg90" the size and quality of an FFHQ photo downscaled from 1024 px and saved at quality 90
@@ -39,7 +41,7 @@ from service.preprocess import RESAMPLE
 
 _STEP = re.compile(r"^(?:x(?P<scale>\d+(?:\.\d+)?)|(?P<side>\d+)px|jpeg(?P<quality>\d+)|webp(?P<webp>\d+)|avif(?P<avif>\d+)"
                    r"|blur(?P<radius>\d+(?:\.\d+)?)|sharpen(?P<sharpen>\d+)|(?P<gray>gray)|noise(?P<noise>\d+(?:\.\d+)?)|smooth(?P<smooth>\d+)"
-                   r"|crop(?P<crop>0?\.\d+)|vivid(?P<vivid>\d+)|warm(?P<warm>\d+)|gamma(?P<gamma>\d+))$")
+                   r"|crop(?P<crop>0?\.\d+)|vivid(?P<vivid>\d+)|warm(?P<warm>\d+)|gamma(?P<gamma>\d+)|pad(?P<pad>\d+)|padblack(?P<padblack>\d+))$")
 
 
 class ChainError(ValueError):
@@ -78,6 +80,15 @@ def centre_crop(image: Image.Image, fraction: float) -> Image.Image:
     return image.convert("RGB").crop((left, top, left + width, top + height))
 
 
+def on_canvas(image: Image.Image, fraction: float, colour: str) -> Image.Image:
+    """The photo centred on a canvas of one colour, `fraction` of its longer side wider on every side."""
+    image = image.convert("RGB")
+    border = round(max(image.size) * fraction)
+    canvas = Image.new("RGB", (image.width + 2 * border, image.height + 2 * border), colour)
+    canvas.paste(image, (border, border))
+    return canvas
+
+
 def smoothed(image: Image.Image, colour: float, space: float | None = None) -> Image.Image:
     """A beauty filter: OpenCV's bilateral filter, which averages neighbours of similar colour only, so skin
     flattens and edges stay. `colour` and `space` are its two ranges, in levels of 255 and in pixels
@@ -103,7 +114,7 @@ def recoloured(image: Image.Image, kind: str, amount: float) -> Image.Image:
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # scale, side, jpeg, webp, avif, blur, sharpen, gray, noise, smooth, crop, vivid, warm, gamma
+    kind: str  # scale, side, jpeg, webp, avif, blur, sharpen, gray, noise, smooth, crop, vivid, warm, gamma, pad, padblack
     value: float
 
     def __call__(self, image: Image.Image) -> Image.Image:
@@ -123,6 +134,8 @@ class Step:
             return smoothed(image, self.value)
         if self.kind == "crop":
             return centre_crop(image, self.value)
+        if self.kind in ("pad", "padblack"):
+            return on_canvas(image, self.value / 100, "white" if self.kind == "pad" else "black")
         if self.kind in ("vivid", "warm", "gamma"):
             return recoloured(image, self.kind, self.value / 100)
         return image.convert("RGB").filter(ImageFilter.GaussianBlur(self.value))
@@ -151,13 +164,14 @@ def parse_chain(text: str) -> Chain:
         if not match:
             raise ChainError(f"unknown step {part.strip()!r} in chain {text!r}: use x<scale>, <side>px, jpeg<quality>, webp<quality>, avif<quality>, "
                              "blur<radius>, sharpen<percent>, gray, noise<sigma>, smooth<colour range>, crop<fraction>, vivid<percent>, "
-                             "warm<percent> or gamma<percent>")
+                             "warm<percent>, gamma<percent>, pad<percent> or padblack<percent>")
         kind, value = next((k, 0.0 if k == "gray" else float(v)) for k, v in match.groupdict().items() if v is not None)
         if (kind in ("quality", "webp", "avif") and not 1 <= value <= 100) or (kind == "sharpen" and not 1 <= value <= 500) \
                 or (kind in ("scale", "side", "radius") and value <= 0) or (kind == "scale" and value > 8) \
                 or (kind == "noise" and not 0 < value <= 64) or (kind == "smooth" and not 1 <= value <= 255) \
                 or (kind == "crop" and not 0.1 <= value < 1) or (kind == "vivid" and not 10 <= value <= 300) \
-                or (kind == "warm" and not 1 <= value <= 50) or (kind == "gamma" and not 25 <= value <= 400):
+                or (kind == "warm" and not 1 <= value <= 50) or (kind == "gamma" and not 25 <= value <= 400) \
+                or (kind in ("pad", "padblack") and not 1 <= value <= 100):
             raise ChainError(f"step {part.strip()!r} in chain {text!r} is out of range")
         steps.append(Step({"quality": "jpeg", "radius": "blur"}.get(kind, kind), value))
     return Chain(text.strip(), tuple(steps))
