@@ -171,3 +171,28 @@ def test_pad_centres_the_photo_on_a_canvas_of_one_colour(text: str, colour: tupl
 def test_pad_out_of_range_is_refused(text: str) -> None:
     with pytest.raises(ChainError, match="out of range"):
         parse_chain(text)
+
+
+def test_circle_is_the_centre_square_white_outside_its_circle() -> None:
+    photo = Image.new("RGB", (120, 80), (200, 30, 40))
+    photo.paste((10, 200, 10), (0, 0, 20, 80))  # a green strip the centre square leaves out
+    avatar = parse_chain("circle")(photo)
+    assert avatar.size == (80, 80)
+    assert avatar.getpixel((0, 0)) == (255, 255, 255) and avatar.getpixel((79, 79)) == (255, 255, 255)
+    assert avatar.getpixel((40, 40)) == (200, 30, 40) and avatar.getpixel((40, 1)) == (200, 30, 40)
+    assert (10, 200, 10) not in {colour for _, colour in avatar.getcolors(maxcolors=1 << 16)}
+
+
+def test_rot_turns_the_photo_counter_clockwise_without_resampling() -> None:
+    photo = Image.new("RGB", (30, 20), (0, 0, 0))
+    photo.putpixel((29, 0), (255, 0, 0))  # the top right corner
+    turned = {text: parse_chain(text)(photo) for text in ("rot90", "rot180", "rot270")}
+    assert turned["rot90"].size == (20, 30) and turned["rot90"].getpixel((0, 0)) == (255, 0, 0)
+    assert turned["rot180"].size == (30, 20) and turned["rot180"].getpixel((0, 19)) == (255, 0, 0)
+    assert turned["rot270"].size == (20, 30) and turned["rot270"].getpixel((19, 29)) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("text", ["rot45", "rot0", "circle2"])
+def test_rot_and_circle_refuse_what_they_do_not_do(text: str) -> None:
+    with pytest.raises(ChainError, match="unknown step"):
+        parse_chain(text)

@@ -21,7 +21,11 @@ on the same photo after any of these. Chains are written as steps joined by `>`,
     warm15        a warm filter: red 15% stronger and blue 15% weaker, as a sunset or an app's tint
     gamma150      gamma 1.5: mid-tones darker, as an underexposed photo (gamma67 lightens them)
     pad25         posted on a white canvas: 25% of the longer side added on every side, as apps that fit a
-                  photo into a square post do (padblack25: a black one)
+                  photo into a square post do (padblack25: a black one; pad3 is a thin white frame)
+    circle        a round profile picture: the centre square, outside its inscribed circle white (where a
+                  transparent avatar's corners are, once the service lays it on white)
+    rot90         turned a quarter counter-clockwise with no EXIF orientation to undo it, as a photo whose
+                  metadata was stripped before it was turned upright (rot180, rot270)
 
     "x0.5>x2"     down to half the size and back up, as a thumbnail that is viewed enlarged
     "256px>jpeg90" the size and quality of an FFHQ photo downscaled from 1024 px and saved at quality 90
@@ -35,13 +39,13 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter, features
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, features
 
 from service.preprocess import RESAMPLE
 
 _STEP = re.compile(r"^(?:x(?P<scale>\d+(?:\.\d+)?)|(?P<side>\d+)px|jpeg(?P<quality>\d+)|webp(?P<webp>\d+)|avif(?P<avif>\d+)"
                    r"|blur(?P<radius>\d+(?:\.\d+)?)|sharpen(?P<sharpen>\d+)|(?P<gray>gray)|noise(?P<noise>\d+(?:\.\d+)?)|smooth(?P<smooth>\d+)"
-                   r"|crop(?P<crop>0?\.\d+)|vivid(?P<vivid>\d+)|warm(?P<warm>\d+)|gamma(?P<gamma>\d+)|pad(?P<pad>\d+)|padblack(?P<padblack>\d+))$")
+                   r"|crop(?P<crop>0?\.\d+)|vivid(?P<vivid>\d+)|warm(?P<warm>\d+)|gamma(?P<gamma>\d+)|pad(?P<pad>\d+)|padblack(?P<padblack>\d+)|(?P<circle>circle)|rot(?P<rot>90|180|270))$")
 
 
 class ChainError(ValueError):
@@ -89,6 +93,19 @@ def on_canvas(image: Image.Image, fraction: float, colour: str) -> Image.Image:
     return canvas
 
 
+def avatar(image: Image.Image) -> Image.Image:
+    """The photo's centre square, white outside the circle inscribed in it."""
+    image = image.convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    mask = Image.new("L", square.size, 0)
+    ImageDraw.Draw(mask).ellipse((0, 0, side - 1, side - 1), fill=255)
+    out = Image.new("RGB", square.size, "white")
+    out.paste(square, (0, 0), mask)
+    return out
+
+
 def smoothed(image: Image.Image, colour: float, space: float | None = None) -> Image.Image:
     """A beauty filter: OpenCV's bilateral filter, which averages neighbours of similar colour only, so skin
     flattens and edges stay. `colour` and `space` are its two ranges, in levels of 255 and in pixels
@@ -114,7 +131,7 @@ def recoloured(image: Image.Image, kind: str, amount: float) -> Image.Image:
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # scale, side, jpeg, webp, avif, blur, sharpen, gray, noise, smooth, crop, vivid, warm, gamma, pad, padblack
+    kind: str  # scale, side, jpeg, webp, avif, blur, sharpen, gray, noise, smooth, crop, vivid, warm, gamma, pad, padblack, circle, rot
     value: float
 
     def __call__(self, image: Image.Image) -> Image.Image:
@@ -134,6 +151,10 @@ class Step:
             return smoothed(image, self.value)
         if self.kind == "crop":
             return centre_crop(image, self.value)
+        if self.kind == "circle":
+            return avatar(image)
+        if self.kind == "rot":
+            return image.convert("RGB").rotate(self.value, expand=True)
         if self.kind in ("pad", "padblack"):
             return on_canvas(image, self.value / 100, "white" if self.kind == "pad" else "black")
         if self.kind in ("vivid", "warm", "gamma"):
@@ -164,8 +185,8 @@ def parse_chain(text: str) -> Chain:
         if not match:
             raise ChainError(f"unknown step {part.strip()!r} in chain {text!r}: use x<scale>, <side>px, jpeg<quality>, webp<quality>, avif<quality>, "
                              "blur<radius>, sharpen<percent>, gray, noise<sigma>, smooth<colour range>, crop<fraction>, vivid<percent>, "
-                             "warm<percent>, gamma<percent>, pad<percent> or padblack<percent>")
-        kind, value = next((k, 0.0 if k == "gray" else float(v)) for k, v in match.groupdict().items() if v is not None)
+                             "warm<percent>, gamma<percent>, pad<percent>, padblack<percent>, circle or rot<90|180|270>")
+        kind, value = next((k, 0.0 if k in ("gray", "circle") else float(v)) for k, v in match.groupdict().items() if v is not None)
         if (kind in ("quality", "webp", "avif") and not 1 <= value <= 100) or (kind == "sharpen" and not 1 <= value <= 500) \
                 or (kind in ("scale", "side", "radius") and value <= 0) or (kind == "scale" and value > 8) \
                 or (kind == "noise" and not 0 < value <= 64) or (kind == "smooth" and not 1 <= value <= 255) \
