@@ -12,6 +12,8 @@ at a time, back to back. Rows:
 - service: a real `bentoml serve` on loopback, POST /classify, adaptive batching on (FACECHECK_BATCH_SIZE=64,
   the default on a GPU) and off (1, the default on CPU), and with its defaults but one API worker instead
   of two (FACECHECK_API_WORKERS=1);
+- orientation: the in-process pipeline with turning photos upright off (FACECHECK_TURN_SIDEWAYS=false), and on
+  with the same photos turned on their side;
 - TTA: the in-process pipeline with no, 3 and 5 rotations;
 - int8: where the served model has an int8 sibling (exports/<name>-int8.onnx, python -m training.quantize),
   the in-process pipeline and the service with it;
@@ -44,7 +46,7 @@ import numpy as np
 import requests
 from urllib3 import encode_multipart_formdata
 
-from loadtests.images import Payload, single_face_payloads
+from loadtests.images import Payload, sideways, single_face_payloads
 from loadtests.server import REPO, running_server
 
 TTA5 = (-30.0, -15.0, 0.0, 15.0, 30.0)
@@ -131,14 +133,16 @@ def http_run(url: str, payloads: Sequence[Payload], clients: int, seconds: float
 
 
 def engine_run(tta: Sequence[float] | None, device: str, payloads: Sequence[Payload], clients: int, seconds: float, name: str,
-               model: Path | None = None, on_start: Callable[[], None] = lambda: None, classifier_threads: int = 0) -> Run:
+               model: Path | None = None, on_start: Callable[[], None] = lambda: None, classifier_threads: int = 0,
+               turn_sideways: bool | None = None) -> Run:
     """The service's Engine in this process (the served model unless `model`): `clients` asyncio tasks, one image at a time each;
     `tta` None: the rotations the service uses with the model (FACECHECK_TTA_ANGLES, else its card's). `on_start` is
-    called when the model is loaded and warmed up, as the measured window starts; `classifier_threads` 0: one per core."""
+    called when the model is loaded and warmed up, as the measured window starts; `classifier_threads` 0: one per core;
+    `turn_sideways` None: FACECHECK_TURN_SIDEWAYS."""
     from service.cli import load_engine
     from service.config import get_settings
 
-    engine = load_engine(model or get_settings().model, tta, device, classifier_threads)
+    engine = load_engine(model or get_settings().model, tta, device, classifier_threads, turn_sideways)
 
     async def drive() -> Run:
         run = Run(name, clients)
@@ -399,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     headline = sorted({n, 16})  # the service's gap to the in-process pipeline is measured at both
     for clients in headline:
         note(f"inprocess_{clients}", engine_run(None, args.device, payloads, clients, s, f"in-process, {clients} clients"))
+    note(f"inprocess_turning_off_{n}", engine_run(None, args.device, payloads, n, s, "in-process, turning off", turn_sideways=False))
+    note(f"inprocess_sideways_{n}", engine_run(None, args.device, sideways(payloads), n, s, "in-process, photos on their side", turn_sideways=True))
     if not args.quick:
         note("inprocess_tta0", engine_run((), args.device, payloads, n, s, "in-process, no TTA"))
         note("inprocess_tta5", engine_run(TTA5, args.device, payloads, n, s, "in-process, TTA 5"))
@@ -468,6 +474,8 @@ def ratios(runs: dict[str, Run], classifier: dict[str, float], detection: dict[s
                   (f"in-process pipeline, served model / {other} ({n} clients)", f"inprocess_{n}", f"inprocess_model_{other}_{n}")]
     pairs += [(f"service: batching on / off, {c} client{'s' if c > 1 else ''}", f"service_batching_on_{c}", f"service_batching_off_{c}")
               for c in sorted({1, 4, 16, n})]
+    pairs += [(f"orientation: turning on (the default) / off, upright photos (in-process, {n} clients)", f"inprocess_{n}", f"inprocess_turning_off_{n}"),
+              (f"orientation: photos on their side / upright, turning on (in-process, {n} clients)", f"inprocess_sideways_{n}", f"inprocess_{n}")]
     pairs += [("TTA: no rotation / the model's (in-process)", "inprocess_tta0", f"inprocess_{n}"),
               ("TTA: 5 rotations / the model's (in-process)", "inprocess_tta5", f"inprocess_{n}")]
     rows = [(label, rate[a] / rate[b]) for label, a, b in pairs if a in rate and b in rate]

@@ -48,6 +48,11 @@ def single_face_payloads(size: int = 400, count: int = 40, seed: int = 0) -> lis
     return [Payload(p.name, jpeg(Image.open(p).convert("RGB").resize((size, size)))) for p in face_files(count, seed)]
 
 
+def sideways(payloads: list[Payload]) -> list[Payload]:
+    """The same photos turned a quarter counter-clockwise, as a photo whose EXIF orientation was lost lies."""
+    return [Payload(p.name, jpeg(Image.open(io.BytesIO(p.data)).transpose(Image.Transpose.ROTATE_90)), p.content_type) for p in payloads]
+
+
 def blank_payload() -> Payload:
     """A flat grey PNG, refused (422 `blank`) as soon as it is decoded: what a request for it costs is the way in and out."""
     buffer = io.BytesIO()

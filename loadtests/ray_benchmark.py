@@ -144,7 +144,8 @@ def stage_costs(folder: Path, photos: int) -> dict[str, float]:
     settings = get_settings()
     card = read_card(settings.model)
     config = JobConfig(model=str(settings.model), angles=settings.angles_for(card), band=settings.band_for(card), max_bytes=settings.max_bytes,
-                       max_pixels=settings.max_pixels, max_faces=settings.max_faces, detector=configured_detector())
+                       max_pixels=settings.max_pixels, max_faces=settings.max_faces, detector=configured_detector(),
+                       orientation_model=str(settings.orientation_path) if settings.orientation_path else None)
     try:
         done = dataset(from_folder(find_files(folder, False)), config, RayOptions(cpus=2)).materialize()
         unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}

@@ -56,7 +56,8 @@ def banner_text(result: ImageResult) -> str:
     if not result.face_found:
         return f"No face found; whole image classified: {verdict}"
     classified = sum(face.classified for face in result.faces)
-    return f"{verdict} ({'1 face' if classified == 1 else f'most-fake of {classified} faces'})"
+    turned = f", read turned {result.turned} degrees" if result.turned else ""
+    return f"{verdict} ({'1 face' if classified == 1 else f'most-fake of {classified} faces'}{turned})"
 
 
 class AnnotationWriter:

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from service.schemas import BatchItem, BatchResult, BatchSummary
 
-CSV_COLUMNS = ("file", "ok", "verdict", "fake_probability", "faces", "face_found", "sorted_to", "status", "reason", "error")
+CSV_COLUMNS = ("file", "ok", "verdict", "fake_probability", "faces", "face_found", "turned", "sorted_to", "status", "reason", "error")
 
 
 def batch_result(items: Sequence[BatchItem], with_csv: bool = False) -> BatchResult:
@@ -38,7 +38,7 @@ def to_csv(items: Sequence[BatchItem]) -> str:
         row: dict[str, object] = {"file": item.file, "ok": item.ok, "sorted_to": item.sorted_to or ""}
         if item.result is not None:
             row |= {"verdict": item.result.verdict, "fake_probability": repr(item.result.fake_probability),
-                    "faces": len(item.result.faces), "face_found": item.result.face_found}
+                    "faces": len(item.result.faces), "face_found": item.result.face_found, "turned": item.result.turned}
         if item.error is not None:
             row |= {"status": item.error.status, "reason": item.error.reason, "error": item.error.error}
         writer.writerow(row)

@@ -163,7 +163,7 @@ def ray_items(args: argparse.Namespace) -> list[BatchItem]:
     angles = settings.angles_for(card) if args.tta is None else args.tta
     config = ray_engine.JobConfig(model=str(Path(args.model).resolve()), angles=angles, band=settings.band_for(card),
                                   max_bytes=settings.max_bytes, max_pixels=settings.max_pixels, formats=settings.formats,
-                                  max_faces=settings.max_faces,
+                                  max_faces=settings.max_faces, orientation_model=str(settings.orientation_path) if settings.orientation_path else None,
                                   detector=configured_detector(), filesystem=args.path if ray_engine.is_uri(args.path) else None,
                                   sort=str(args.sort.resolve()) if args.sort else None,
                                   annotate=str(args.annotate.resolve()) if args.annotate else None)
@@ -195,21 +195,24 @@ def find_files(path: Path, recursive: bool, exclude: Sequence[Path] = ()) -> lis
         raise CommandError(f"{path}: {exc.message}") from None
 
 
-def load_engine(model: Path, tta: Sequence[float] | None, device: str, classifier_threads: int = 0) -> Engine:
+def load_engine(model: Path, tta: Sequence[float] | None, device: str, classifier_threads: int = 0, turn_sideways: bool | None = None) -> Engine:
     """The service's Engine with the face detector and the ONNX model loaded in this process; `tta` None: the
-    rotations in force for the model (FACECHECK_TTA_ANGLES, else its card's); `classifier_threads` 0: one per core."""
+    rotations in force for the model (FACECHECK_TTA_ANGLES, else its card's); `classifier_threads` 0: one per core;
+    `turn_sideways` None: FACECHECK_TURN_SIDEWAYS."""
     from service.faces import FaceDetector, configured_detector, detector_device
     from service.onnx_model import OnnxClassifier
+    from service.orientation import OrientationModel, configured_orientation
     from service.pipeline import Pipeline
 
     settings = get_settings()
     try:
         classifier = OnnxClassifier(model, device, classifier_threads)
         detector = FaceDetector(configured_detector(), device=detector_device(device))
+        orientation = configured_orientation() if turn_sideways is None else OrientationModel(settings.orientation_model) if turn_sideways else None
     except (ModelLoadError, RuntimeError) as exc:
         raise CommandError(str(exc)) from None
     angles = settings.angles_for(classifier.card) if tta is None else tta
-    pipeline = Pipeline(classifier.card, detector, angles, settings.max_faces, settings.band_for(classifier.card))
+    pipeline = Pipeline(classifier.card, detector, angles, settings.max_faces, settings.band_for(classifier.card), orientation=orientation)
     metrics = get_metrics()
     return Engine(pipeline, local_classifier(classifier, metrics), settings.max_bytes, settings.max_pixels, metrics, settings.formats)
 

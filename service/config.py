@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "exports" / "default.onnx"
+DEFAULT_ORIENTATION_MODEL = REPO_ROOT / "exports" / "orientation.onnx"
 DEFAULT_TTA_ANGLES = (-15.0, 0.0, 15.0)  # for a model whose card records none
 
 
@@ -30,6 +31,9 @@ class Settings(BaseSettings):
     uncertain_band: Annotated[Literal["card", "off"] | tuple[float, float], NoDecode] = Field(
         "card", description="Calibrated fake probabilities answered 'uncertain': card (the model card's band; none if it has none), "
                             "off (every answer real or fake), or LOW,HIGH for [LOW, HIGH).")
+    turn_sideways: bool = Field(True, description="Photos on their side (no EXIF orientation) are turned until their faces stand upright, "
+                                "as FACECHECK_ORIENTATION_MODEL tells, before the faces are cropped; false: every photo is read as it is.")
+    orientation_model: Path = Field(DEFAULT_ORIENTATION_MODEL, description="Exported orientation network (python -m training.orientation).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted upload, in bytes.")
     max_pixels: int = Field(40_000_000, gt=0, description="Largest accepted image, in pixels (checked before decoding).")
@@ -137,6 +141,11 @@ class Settings(BaseSettings):
         """Unbatched classifier calls of one API worker run side by side: as many as its share of the cores holds."""
         cores = len(os.sched_getaffinity(0))
         return max(1, (cores // self.api_workers) // self.classifier_cpu_threads)
+
+    @property
+    def orientation_path(self) -> Path | None:
+        """The orientation network in force: FACECHECK_ORIENTATION_MODEL, or None where FACECHECK_TURN_SIDEWAYS is off."""
+        return self.orientation_model.resolve() if self.turn_sideways else None
 
     @property
     def sorted_root(self) -> Path:

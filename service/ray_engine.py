@@ -42,6 +42,7 @@ from service.errors import ServiceError
 from service.faces import DetectorSettings, Face, FaceDetector
 from service.folders import FolderFile, SortedCopier, read_regular_file
 from service.imaging import FORMATS
+from service.orientation import OrientationModel
 from service.pipeline import Pipeline, Prepared
 from service.schemas import BatchItem, FileError
 
@@ -79,6 +80,7 @@ class JobConfig(BaseModel):
     formats: tuple[str, ...] = FORMATS
     max_faces: int
     detector: DetectorSettings
+    orientation_model: str | None = None  # the orientation network, where photos on their side are turned upright; as `model`
     filesystem: str | None = None  # the URI the file list came from; None: local paths
     sort: str | None = None
     annotate: str | None = None
@@ -142,7 +144,9 @@ def _pipeline_of(config_json: str) -> Pipeline:
     from service.onnx_model import read_card
 
     config = JobConfig.model_validate_json(config_json)
-    return Pipeline(read_card(config.model), FaceDetector(config.detector, device="cpu"), config.angles, config.max_faces, config.band)
+    orientation = OrientationModel(config.orientation_model) if config.orientation_model else None
+    return Pipeline(read_card(config.model), FaceDetector(config.detector, device="cpu"), config.angles, config.max_faces, config.band,
+                    orientation=orientation)
 
 
 @lru_cache(maxsize=4)

@@ -47,6 +47,9 @@ class ImageResult(BaseModel):
     faces_unclassified: int = Field(0, description="faces beyond FACECHECK_MAX_FACES, listed but not classified")
     whole_image: dict[str, float] | None = Field(None, description="when no face was found: the whole image's calibrated TTA probabilities",
                                                  json_schema_extra=NULLABLE)
+    turned: Literal[0, 90, 180, 270] = Field(0, description="degrees counter-clockwise the photo was turned for its faces to stand upright "
+                                             "before they were cropped (a photo on its side); boxes stay in the photo's own pixels. "
+                                             "0 where FACECHECK_TURN_SIDEWAYS is off")
     model: ModelInfo
     timings_ms: dict[str, float]
 

@@ -42,6 +42,7 @@ from service.keys import ApiKeys, KeysError, warn_if_exposed
 from service.memory import start_trimming
 from service.metrics import Metrics, get_metrics
 from service.onnx_model import OnnxClassifier, read_card
+from service.orientation import OrientationModel
 from service.pipeline import Pipeline
 from service.schemas import BatchResult, ImageResult
 from service.uploads import BatchInput, ClassifyInput, FolderInput, parse_bool, read_batch_request, read_folder_request, read_image_request
@@ -51,13 +52,16 @@ log = logging.getLogger("bentoml.facecheck")
 
 def _read_at_start() -> tuple[Settings, ApiKeys, ModelCard]:
     """Read at import, which `bentoml serve` does in its own process before it starts any worker: a bad
-    setting, unreadable keys, or a missing or corrupt model stop the server with one line that names it,
+    setting, unreadable keys, or a missing or corrupt model (or orientation network) stop the server with one line that names it,
     rather than a traceback or workers in a restart loop. A server that listens beyond loopback without keys says so first."""
     try:
         settings = get_settings()
         keys = ApiKeys.from_settings(settings)
         warn_if_exposed(keys, log)
-        return settings, keys, read_card(settings.model)
+        card = read_card(settings.model)
+        if settings.orientation_path is not None:
+            OrientationModel(settings.orientation_path)
+        return settings, keys, card
     except ValidationError as exc:
         raise SystemExit(f"facecheck: error: {settings_error(exc)}") from None
     except (KeysError, ModelLoadError) as exc:
@@ -148,7 +152,8 @@ class FaceCheck:
         self.metrics = get_metrics()
         start_trimming()
         detector = FaceDetector(configured_detector(), device=detector_device(settings.device))
-        self.pipeline = Pipeline(CARD, detector, settings.angles_for(CARD), settings.max_faces, settings.band_for(CARD))
+        self.pipeline = Pipeline(CARD, detector, settings.angles_for(CARD), settings.max_faces, settings.band_for(CARD),
+                                 orientation=OrientationModel(settings.orientation_path) if settings.orientation_path else None)
         classify = self._classify if BATCHING else inline_classifier(self.metrics)
         self.engine = Engine(self.pipeline, classify, settings.max_bytes, settings.max_pixels, self.metrics, settings.formats)
         log.info("face detector on %s; model card %s %s", detector.device, self.pipeline.card.name, self.pipeline.card.version)

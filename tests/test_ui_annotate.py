@@ -110,6 +110,9 @@ def test_banner_says_when_no_face_was_found():
     assert banner_text(_result([], "real", 0.3)).startswith("No face found; whole image classified: REAL")
     face = FaceResult(box=(0, 0, 1, 1), detection_score=1.0, fake_probability=0.9, label="fake", tta={"0": 0.9})
     assert banner_text(_result([face, face])) == "FAKE, fake probability 0.90 (most-fake of 2 faces)"
+    turned = _result([face])
+    turned.turned = 90
+    assert banner_text(turned) == "FAKE, fake probability 0.90 (1 face, read turned 90 degrees)"
 
 
 def test_an_uncertain_face_is_amber_and_the_banner_says_what_uncertain_means():

@@ -152,6 +152,24 @@ def test_page_in_a_browser_shows_boxes_verdicts_and_errors(server, browser, tmp_
     assert "400" in error.text and "not_an_image" in error.text
 
 
+def test_page_says_when_a_photo_on_its_side_was_read_turned(server, browser, tmp_path):
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    originals = sorted((SHARED_DATA / "lfw-real" / "real").glob("*.jpg"))[:1]
+    if not originals:
+        pytest.skip(f"needs a photo in {SHARED_DATA / 'lfw-real' / 'real'}")
+    sideways = tmp_path / "sideways.png"
+    Image.open(originals[0]).convert("RGB").transpose(Image.Transpose.ROTATE_90).save(sideways)
+    expected = requests.post(f"{server.url}/classify", files={"image": (sideways.name, sideways.read_bytes(), "image/png")}, timeout=120).json()
+    assert expected["turned"] == 270
+    browser.get(f"{server.url}/ui")
+    upload(browser, [sideways])
+    verdict = card_for(browser, sideways.name).find_element(By.CSS_SELECTOR, ".verdict")
+    assert verdict.get_attribute("data-verdict") == expected["verdict"]
+    assert "read with the photo turned 270\u00b0 to stand upright" in verdict.text
+
+
 def test_page_shows_an_uncertain_answer_in_amber_and_says_what_it_means(browser, banded_server, known, tmp_path):
     from selenium.webdriver.common.by import By
 

@@ -18,6 +18,7 @@ from service.calibration import UncertainBand
 from service.config import DEFAULT_TTA_ANGLES, REPO_ROOT, Settings, get_settings, parse_band
 from service.imaging import ImageError, read_image_file
 from service.onnx_model import OnnxClassifier
+from service.orientation import configured_orientation
 from service.pipeline import Pipeline
 from service.preprocess import PreprocessSpec
 from training import baselines
@@ -83,7 +84,7 @@ def predict_onnx_sets(model_path: Path, samples: Sequence[Sample], angle_sets: S
     union = tuple(sorted({a for s in sets for a in s}))
     classifier = OnnxClassifier(model_path, device)
     settings = get_settings()
-    pipeline = Pipeline(classifier.card, CachingDetector(), union, settings.max_faces, calibrated=calibrated)
+    pipeline = Pipeline(classifier.card, CachingDetector(), union, settings.max_faces, calibrated=calibrated, orientation=configured_orientation())
     kept, found, unreadable, owners = [], [], [], []
     probs: dict[AngleSet, list[float]] = {s: [] for s in sets}
     units: dict[AngleSet, list[list[float]]] = {s: [] for s in sets}
