@@ -205,6 +205,21 @@ def paired_runs(model: Path, label: str, device: str, payloads: Sequence[Payload
     return out
 
 
+def turning_pairs(device: str, payloads: Sequence[Payload], clients: int, seconds: float, rounds: int) -> list[tuple[float, float]]:
+    """`rounds` back-to-back pairs of the in-process pipeline on upright photos, turning photos on their side off then on: img/s each."""
+    return [(engine_run(None, device, payloads, clients, seconds, f"in-process, turning off, pair {r}", turn_sideways=False).per_s,
+             engine_run(None, device, payloads, clients, seconds, f"in-process, turning on, pair {r}", turn_sideways=True).per_s)
+            for r in range(1, rounds + 1)]
+
+
+def turning_ratio(pairs: Sequence[tuple[float, float]], clients: int) -> list[tuple[str, float]]:
+    ratios = [on / off for off, on in pairs]
+    if not ratios:
+        return []
+    return [(f"orientation: turning on / off, upright photos (in-process, {clients} clients), median of {len(ratios)} adjacent pairs "
+             f"(range {min(ratios):.2f}-{max(ratios):.2f})", round(float(np.median(ratios)), 2))]
+
+
 def paired_ratios(pairs: Sequence[Pair]) -> list[tuple[str, float]]:
     """The median service / in-process ratio of each model and client count."""
     groups: dict[tuple[str, int], list[float]] = {}
@@ -401,10 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         note("naive", naive_run(payloads, s))
     headline = sorted({n, 16})  # the service's gap to the in-process pipeline is measured at both
+    # next to the first in-process row, whose photos and settings they share but for turning
+    note(f"inprocess_sideways_{n}", engine_run(None, args.device, sideways(payloads), n, s, "in-process, photos on their side", turn_sideways=True))
+    note(f"inprocess_turning_off_{n}", engine_run(None, args.device, payloads, n, s, "in-process, turning off", turn_sideways=False))
     for clients in headline:
         note(f"inprocess_{clients}", engine_run(None, args.device, payloads, clients, s, f"in-process, {clients} clients"))
-    note(f"inprocess_turning_off_{n}", engine_run(None, args.device, payloads, n, s, "in-process, turning off", turn_sideways=False))
-    note(f"inprocess_sideways_{n}", engine_run(None, args.device, sideways(payloads), n, s, "in-process, photos on their side", turn_sideways=True))
     if not args.quick:
         note("inprocess_tta0", engine_run((), args.device, payloads, n, s, "in-process, no TTA"))
         note("inprocess_tta5", engine_run(TTA5, args.device, payloads, n, s, "in-process, TTA 5"))
@@ -431,12 +447,13 @@ def main(argv: list[str] | None = None) -> int:
     models = [("float", Settings().model)] + ([("int8", int8)] if int8 else [])
     for label, model in models if rounds else []:
         pairs += paired_runs(model, label, args.device, payloads, headline, s, rounds, out / f"server-pairs-{label}.log")
+    turning = turning_pairs(args.device, payloads, n, s, rounds)
 
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "command": "python -m loadtests.benchmark " + " ".join(argv or sys.argv[1:]),
               "workload": f"{args.images} single-face JPEGs, {args.size}x{args.size}, {served_tta()}", "classifier_crops_per_s": classifier,
               "detection_ms_per_image": detection, "runs": {k: r.summary() for k, r in runs.items()}}
     report["default_batching"] = default_batching()
-    report["ratios"] = ratios(runs, classifier, detection, n, report["default_batching"]) + \
+    report["ratios"] = ratios(runs, classifier, detection, n, report["default_batching"]) + turning_ratio(turning, n) + \
         [(label, round(value, 2)) for label, value in paired_ratios(pairs)]
     report["pairs"] = [pair.summary() for pair in pairs]
     (out / "benchmark.json").write_text(json.dumps(report, indent=1))

@@ -247,6 +247,7 @@ def report(answer: BatchResult, args: argparse.Namespace, out) -> None:
             if item.ok and item.result is not None:
                 result = item.result
                 faces = f"{len(result.faces)} face{'s' if len(result.faces) != 1 else ''}" if result.face_found else "no face: whole image"
+                faces += f", turned {result.turned}" if result.turned else ""
                 print(f"{result.verdict:<9} {result.fake_probability:.3f}  {faces:<21} {item.file}", file=out)
             elif item.result is not None:  # classified, but its sorted copy or annotated picture failed
                 print(f"{item.result.verdict:<9} {item.result.fake_probability:.3f}  {'(output failed)':<21} {item.file}", file=out)

@@ -258,13 +258,13 @@ def internal_error(file: str, exc: Exception) -> FileError:
 def encode_prepared(prepared: Prepared) -> str:
     """A Prepared without its crops, which travel as bytes beside it."""
     return json.dumps({"faces": [[list(face.box), face.score] for face in prepared.faces], "classified": prepared.classified,
-                       "timings_ms": prepared.timings_ms})
+                       "timings_ms": prepared.timings_ms, "turned": prepared.turned})
 
 
 def decode_prepared(file: str, text: str, crops: np.ndarray) -> Prepared:
     data = json.loads(text)
     faces = [Face(tuple(box), score) for box, score in data["faces"]]
-    return Prepared(file, faces, data["classified"], crops, data["timings_ms"])
+    return Prepared(file, faces, data["classified"], crops, data["timings_ms"], data["turned"])
 
 
 def to_row(item: BatchItem, setup: str) -> dict:

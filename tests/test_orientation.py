@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ import requests
 import torch
 from PIL import Image
 
-from service.config import Settings, get_settings
+from service.config import REPO_ROOT, Settings, get_settings
 from service.contract import ModelLoadError
 from service.faces import FaceDetector, configured_detector
 from service.orientation import TRANSPOSE, TURNS, OrientationCard, OrientationModel, box_in_photo, find_upright
@@ -124,6 +127,21 @@ def test_the_served_answer_says_how_far_a_photo_on_its_side_was_turned(server):
     assert response.status_code == 200, response.text
     (row,) = csv.DictReader(io.StringIO(response.json()["csv"]))
     assert row["turned"] == "270" and row["verdict"] == expected["verdict"]
+
+
+def test_the_cli_says_how_far_it_turned_a_photo_and_can_be_told_not_to(tmp_path):
+    sideways = tmp_path / "sideways.png"
+    photo("lfw-real/real", 3).transpose(TRANSPOSE[90]).save(sideways)
+
+    def line(**settings: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "service.cli", "classify", str(sideways)], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=600, env=dict(os.environ) | settings)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()[0]
+
+    turned = line()
+    assert "1 face, turned 270" in turned and turned.endswith("sideways.png")
+    assert "turned" not in line(FACECHECK_TURN_SIDEWAYS="false")
 
 
 def test_training_exports_a_network_the_service_loads(tmp_path):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from service.batch import CSV_COLUMNS
 from service.config import REPO_ROOT
@@ -60,7 +61,7 @@ def parquet_files(out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """42 photos (6 from each source, 2 of them in a subfolder) and what a backlog also holds: a text
-    file, a truncated JPEG, a photo without a face and a FIFO."""
+    file, a truncated JPEG, a photo without a face, a photo on its side and a FIFO."""
     files = photos(6)
     folder = tmp_path_factory.mktemp("ray") / "photos"
     fill(folder, files[2:])
@@ -68,6 +69,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "notes.txt").write_text("not a photo")
     (folder / "truncated.jpg").write_bytes(files[0].read_bytes()[:2000])
     (folder / "ramp.png").write_bytes(encode(gradient(), "PNG"))
+    (folder / "sideways.png").write_bytes(encode(Image.open(files[-1]).convert("RGB").transpose(Image.Transpose.ROTATE_90), "PNG"))
     os.mkfifo(folder / "pipe.jpg")
     return folder
 
@@ -101,8 +103,8 @@ def test_ray_answers_as_the_in_process_engine_with_workers_killed_mid_run(folder
             continue
         mine, reference = item["result"], theirs["result"]
         assert item["ok"], item
-        assert (mine["file"], mine["verdict"], mine["face_found"], len(mine["faces"]), mine["model"]) == \
-               (reference["file"], reference["verdict"], reference["face_found"], len(reference["faces"]), reference["model"]), item["file"]
+        assert (mine["file"], mine["verdict"], mine["face_found"], len(mine["faces"]), mine["turned"], mine["model"]) == \
+               (reference["file"], reference["verdict"], reference["face_found"], len(reference["faces"]), reference["turned"], reference["model"]), item["file"]
         assert mine["fake_probability"] == pytest.approx(reference["fake_probability"], abs=1e-5), item["file"]
         for face, theirs_face in zip(mine["faces"], reference["faces"]):
             assert face["box"] == pytest.approx(theirs_face["box"], abs=1e-3) and face["label"] == theirs_face["label"]
@@ -113,6 +115,7 @@ def test_ray_answers_as_the_in_process_engine_with_workers_killed_mid_run(folder
     reasons = {item["file"]: item["error"]["reason"] for item in answer["results"] if item["error"]}
     assert reasons == {"notes.txt": "not_an_image", "truncated.jpg": "corrupt", "pipe.jpg": "special_file"}
     assert not in_process["ramp.png"]["result"]["face_found"] and answer["summary"]["no_face"] >= 1
+    assert in_process["sideways.png"]["result"]["turned"] == 270
 
     rows = list(csv.DictReader(io.StringIO((out / "r.csv").read_text())))
     assert list(rows[0]) == list(CSV_COLUMNS) and [row["file"] for row in rows] == expected
