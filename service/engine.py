@@ -138,6 +138,8 @@ class Engine:
         result = assemble(self.pipeline, prepared, probs, ms_since(started))
         self.metrics.stage_seconds.labels(stage="classify").observe(result.timings_ms["classify"] / 1000.0)
         self.metrics.predictions.labels(label=result.verdict).inc()
+        if result.turned:
+            self.metrics.turned.labels(degrees=str(result.turned)).inc()
         return image, result
 
     async def _predict(self, crops: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ class Metrics:
     faces_per_image: Histogram
     batch_size: Histogram
     predictions: Counter
+    turned: Counter
     errors: Counter
 
     def observe_timings(self, timings_ms: dict[str, float]) -> None:
@@ -41,5 +42,6 @@ def get_metrics() -> Metrics:
         batch_size=Histogram("facecheck_classifier_batch_size", "Crops per ONNX Runtime call (adaptive batches; "
                              "a face brings one crop per TTA angle, two where the card mirrors)", buckets=_BATCH),
         predictions=Counter("facecheck_predictions", "Images classified, by verdict", ["label"]),
+        turned=Counter("facecheck_turned", "Images read turned upright (a photo on its side), by degrees counter-clockwise", ["degrees"]),
         errors=Counter("facecheck_errors", "Refused requests and files, by reason", ["reason"]),
     )

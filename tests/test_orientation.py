@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -127,6 +128,9 @@ def test_the_served_answer_says_how_far_a_photo_on_its_side_was_turned(server):
     assert response.status_code == 200, response.text
     (row,) = csv.DictReader(io.StringIO(response.json()["csv"]))
     assert row["turned"] == "270" and row["verdict"] == expected["verdict"]
+    metrics = requests.get(f"{server.url}/metrics", timeout=120).text
+    assert re.search(r'^facecheck_turned_total\{degrees="270"\} [1-9]', metrics, re.MULTILINE)
+    assert re.search(r'^facecheck_turned_total\{degrees="90"\} [1-9]', metrics, re.MULTILINE)
 
 
 def test_the_cli_says_how_far_it_turned_a_photo_and_can_be_told_not_to(tmp_path):
