@@ -201,14 +201,14 @@ def load_engine(model: Path, tta: Sequence[float] | None, device: str, classifie
     `turn_sideways` None: FACECHECK_TURN_SIDEWAYS."""
     from service.faces import FaceDetector, configured_detector, detector_device
     from service.onnx_model import OnnxClassifier
-    from service.orientation import OrientationModel, configured_orientation
+    from service.orientation import configured_orientation
     from service.pipeline import Pipeline
 
     settings = get_settings()
     try:
         classifier = OnnxClassifier(model, device, classifier_threads)
         detector = FaceDetector(configured_detector(), device=detector_device(device))
-        orientation = configured_orientation() if turn_sideways is None else OrientationModel(settings.orientation_model) if turn_sideways else None
+        orientation = configured_orientation(turn_sideways)
     except (ModelLoadError, RuntimeError) as exc:
         raise CommandError(str(exc)) from None
     angles = settings.angles_for(classifier.card) if tta is None else tta

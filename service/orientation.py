@@ -73,12 +73,14 @@ class OrientationModel:
         return self.turn_probabilities(found.image, found.faces[0])[0]
 
 
-def configured_orientation() -> OrientationModel | None:
-    """The orientation network of FACECHECK_ORIENTATION_MODEL, or None where FACECHECK_TURN_SIDEWAYS is off."""
+def configured_orientation(turn_sideways: bool | None = None) -> OrientationModel | None:
+    """The orientation network of FACECHECK_ORIENTATION_MODEL, or None where turning is off: `turn_sideways`,
+    else FACECHECK_TURN_SIDEWAYS."""
     from service.config import get_settings
 
-    path = get_settings().orientation_path
-    return OrientationModel(path) if path is not None else None
+    settings = get_settings()
+    on = settings.turn_sideways if turn_sideways is None else turn_sideways
+    return OrientationModel(settings.orientation_model) if on else None
 
 
 class Detector(Protocol):

@@ -42,7 +42,7 @@ from service.keys import ApiKeys, KeysError, warn_if_exposed
 from service.memory import start_trimming
 from service.metrics import Metrics, get_metrics
 from service.onnx_model import OnnxClassifier, read_card
-from service.orientation import OrientationModel
+from service.orientation import configured_orientation
 from service.pipeline import Pipeline
 from service.schemas import BatchResult, ImageResult
 from service.uploads import BatchInput, ClassifyInput, FolderInput, parse_bool, read_batch_request, read_folder_request, read_image_request
@@ -59,8 +59,7 @@ def _read_at_start() -> tuple[Settings, ApiKeys, ModelCard]:
         keys = ApiKeys.from_settings(settings)
         warn_if_exposed(keys, log)
         card = read_card(settings.model)
-        if settings.orientation_path is not None:
-            OrientationModel(settings.orientation_path)
+        configured_orientation()  # loaded once here so that a bad one stops the server, not its workers
         return settings, keys, card
     except ValidationError as exc:
         raise SystemExit(f"facecheck: error: {settings_error(exc)}") from None
@@ -153,7 +152,7 @@ class FaceCheck:
         start_trimming()
         detector = FaceDetector(configured_detector(), device=detector_device(settings.device))
         self.pipeline = Pipeline(CARD, detector, settings.angles_for(CARD), settings.max_faces, settings.band_for(CARD),
-                                 orientation=OrientationModel(settings.orientation_path) if settings.orientation_path else None)
+                                 orientation=configured_orientation())
         classify = self._classify if BATCHING else inline_classifier(self.metrics)
         self.engine = Engine(self.pipeline, classify, settings.max_bytes, settings.max_pixels, self.metrics, settings.formats)
         log.info("face detector on %s; model card %s %s", detector.device, self.pipeline.card.name, self.pipeline.card.version)
